@@ -1,0 +1,5 @@
+import sys
+
+from moonlora.cli import main
+
+sys.exit(main())

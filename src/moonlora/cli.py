@@ -1,0 +1,94 @@
+"""Command line: parses arguments and calls library functions, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from moonlora.audio import AudioConfig, AudioError
+from moonlora.contract import ContractMismatch
+from moonlora.decode import DecodeConfig
+from moonlora.manifest import ManifestError
+from moonlora.model import DEFAULT_MODEL, ModelSourceError
+
+# Errors that come from what the user passed: one line, exit code 2, no traceback.
+USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, FileExistsError, ValueError)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"{DEFAULT_MODEL} (offline, default), a hub id such as UsefulSensors/moonshine-tiny, or a save_pretrained folder")
+
+
+def add_decode_args(parser: argparse.ArgumentParser) -> None:
+    defaults = DecodeConfig()
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="clips per decode batch")
+    parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="1 = greedy search")
+    parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | mps")
+    parser.add_argument("--dtype", default=defaults.dtype, help="float32 | bfloat16 | float16")
+    parser.add_argument("--rms-target-dbfs", type=float, default=None,
+                        help="scale every clip to this RMS level (dBFS) before decoding; default: keep the level")
+
+
+def decode_config(args: argparse.Namespace) -> DecodeConfig:
+    return DecodeConfig(num_beams=args.num_beams, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from moonlora.transcribe import TranscribeConfig, print_summary, run_transcribe
+
+    config = TranscribeConfig(
+        manifest=args.manifest, model=args.model, adapter=args.adapter, output_dir=args.output_dir,
+        overwrite=args.overwrite, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs), decode=decode_config(args),
+    )
+    result, out_dir = run_transcribe(config, progress=not args.quiet)
+    print_summary(result, out_dir)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from moonlora.demo import DemoConfig, run_demo
+    from moonlora.transcribe import print_summary
+
+    result, out_dir = run_demo(DemoConfig(output_dir=args.output_dir, model=args.model), progress=not args.quiet)
+    print_summary(result, out_dir)
+    for clip in result.clips:
+        print(f"ref: {clip.utterance.text}\nhyp: {clip.hypothesis}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moonlora", description="LoRA for Moonshine speech recognition, with honest WER.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    transcribe = commands.add_parser("transcribe", help="transcribe a manifest and score it (WER, CER, flags)")
+    transcribe.add_argument("--manifest", required=True, help="JSONL manifest (audio_filepath, text, ...)")
+    add_model_args(transcribe)
+    transcribe.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder to apply")
+    transcribe.add_argument("--output-dir", default=None, help="where to write transcripts.jsonl and summary.json")
+    transcribe.add_argument("--overwrite", action="store_true", help="replace results already in --output-dir")
+    add_decode_args(transcribe)
+    transcribe.set_defaults(handler=cmd_transcribe)
+
+    demo = commands.add_parser("demo", help="the main job on the offline default model")
+    add_model_args(demo)
+    demo.add_argument("--output-dir", default=None, help="default: outputs/demo-<time>")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except USER_ERRORS as error:
+        print(f"moonlora: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moonlora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Model sources: one resolver (`load_model`) behind every command's `--model`.
+
+- `bundled:base-en` (default): Moonshine base converted from the moonshine-cpp wheel into a
+  transformers checkpoint in the user cache, once, and rebuilt when the wheel's files change.
+- a local `save_pretrained` directory, or a Hugging Face Hub id such as
+  `UsefulSensors/moonshine-tiny`, through plain `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from platformdirs import user_cache_dir
+from transformers import (
+    AutoFeatureExtractor,
+    AutoTokenizer,
+    MoonshineForConditionalGeneration,
+    Wav2Vec2FeatureExtractor,
+)
+
+from moonlora import bundled
+from moonlora.audio import SAMPLE_RATE
+from moonlora.decode import DTYPES, resolve_device
+
+DEFAULT_MODEL = "bundled:base-en"
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_MODELS = ("base-en",)
+CONVERTER_VERSION = "1"  # bump when convert.py changes what it writes
+COMPLETE_MARKER = "moonlora_source.json"
+ADAPTER_MATH_KEYS = ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out")
+
+
+class ModelSourceError(RuntimeError):
+    """A --model or --adapter value that cannot be loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A Moonshine model with what it needs to hear and write, and where it came from."""
+
+    model: torch.nn.Module  # MoonshineForConditionalGeneration, or a PeftModel around it
+    feature_extractor: object
+    tokenizer: object
+    source: str  # the --model value
+    weights_sha256: str  # of the base weights, before any adapter
+    adapter_path: str | None = None
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MOONLORA_CACHE") or user_cache_dir("moonlora"))
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256(CONVERTER_VERSION.encode())
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def bundled_feature_extractor() -> Wav2Vec2FeatureExtractor:
+    # Moonshine reads the raw waveform: no normalization, just padding and an attention mask.
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
+        do_normalize=False, return_attention_mask=True,
+    )
+
+
+def _write_bundled_checkpoint(target: Path, source_hash: str) -> None:
+    from moonlora.convert import convert_bundled_base
+    from moonlora.tokenizer import build_hf_tokenizer
+
+    model = convert_bundled_base(bundled.encoder_ort_path(), bundled.decoder_ort_path())
+    model.save_pretrained(target)
+    build_hf_tokenizer(bundled.tokenizer_bin_path()).save_pretrained(target)
+    bundled_feature_extractor().save_pretrained(target)
+    (target / COMPLETE_MARKER).write_text(json.dumps({"source_sha256": source_hash, "converter": CONVERTER_VERSION}))
+
+
+def bundled_checkpoint(name: str = "base-en") -> Path:
+    """The converted checkpoint directory, converting it first if it is missing or stale."""
+    if name not in BUNDLED_MODELS:
+        raise ModelSourceError(f"unknown bundled model 'bundled:{name}'; available: bundled:base-en")
+    try:
+        sources = [bundled.encoder_ort_path(), bundled.decoder_ort_path(), bundled.tokenizer_bin_path()]
+    except bundled.BundledModelMissing as error:
+        raise ModelSourceError(str(error)) from None
+    source_hash = _sha256_files(sources)
+    target = cache_root() / f"bundled-{name}-{source_hash[:16]}"
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a temporary sibling, then rename: a crash never leaves a half checkpoint.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _write_bundled_checkpoint(staging, source_hash)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            if not (target / COMPLETE_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _hub_reachable() -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _from_pretrained(location: str, local_only: bool):
+    model = MoonshineForConditionalGeneration.from_pretrained(location, local_files_only=local_only)
+    feature_extractor = AutoFeatureExtractor.from_pretrained(location, local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+    return model, feature_extractor, tokenizer
+
+
+def _load_hub(spec: str):
+    try:  # already in the local Hugging Face cache: works offline
+        return _from_pretrained(spec, local_only=True)
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise ModelSourceError(
+            f"cannot load '{spec}': the Hugging Face Hub is not reachable and the model is not in "
+            f"the local cache; use --model {DEFAULT_MODEL} for the offline Moonshine base"
+        )
+    try:
+        return _from_pretrained(spec, local_only=False)
+    except OSError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelSourceError(
+            f"cannot load '{spec}' from the Hugging Face Hub ({first_line}); "
+            f"check the id, or use --model {DEFAULT_MODEL} offline"
+        ) from None
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Hash of every tensor in the state dict, by name: the same weights give the same hash."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def adapter_sha256(model: torch.nn.Module) -> str | None:
+    """Hash of the adapter (LoRA) tensors alone; None when no adapter is attached."""
+    if not hasattr(model, "peft_config"):
+        return None
+    from peft import get_peft_model_state_dict
+
+    # Only the settings that change what the adapter computes: the rest of a PEFT config
+    # (inference_mode, base model path, ...) differs between a trained and a reloaded adapter.
+    config = model.peft_config[model.active_adapter].to_dict()
+    digest = hashlib.sha256(json.dumps(
+        {key: config.get(key) for key in ADAPTER_MATH_KEYS}, sort_keys=True, default=str,
+    ).encode())
+    for name, tensor in sorted(get_peft_model_state_dict(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Module:
+    """Wrap the model in a PeftModel with the saved LoRA adapter active."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelSourceError(
+            f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json); pass the adapter "
+            "directory a moonlora run wrote"
+        )
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelSourceError(f"{adapter_dir}: cannot load the adapter onto this model ({error})") from None
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "float32",
+    adapter: str | Path | None = None,
+) -> LoadedModel:
+    """Resolve `--model` (and optionally `--adapter`) into a ready-to-use model in eval mode."""
+    if spec.startswith(BUNDLED_PREFIX):
+        model, feature_extractor, tokenizer = _from_pretrained(
+            str(bundled_checkpoint(spec[len(BUNDLED_PREFIX):])), local_only=True
+        )
+    elif Path(spec).expanduser().is_dir():
+        try:
+            model, feature_extractor, tokenizer = _from_pretrained(str(Path(spec).expanduser()), local_only=True)
+        except (OSError, ValueError) as error:
+            raise ModelSourceError(f"{spec}: not a Moonshine save_pretrained folder ({error})") from None
+    elif Path(spec).expanduser().exists() or spec.count("/") != 1:
+        raise ModelSourceError(
+            f"--model {spec!r}: not a folder, a hub id (owner/name) or {DEFAULT_MODEL}"
+        )
+    else:
+        model, feature_extractor, tokenizer = _load_hub(spec)
+    base_hash = weights_sha256(model)
+    if adapter is not None:
+        model = attach_adapter(model, adapter)
+    model = model.to(device=resolve_device(device), dtype=DTYPES[dtype]).eval()
+    return LoadedModel(
+        model=model, feature_extractor=feature_extractor, tokenizer=tokenizer, source=spec,
+        weights_sha256=base_hash, adapter_path=None if adapter is None else str(adapter),
+    )

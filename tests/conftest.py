@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny random Moonshine (fast, offline) and tiny audio files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import MoonshineConfig, MoonshineForConditionalGeneration
+
+from moonlora import bundled
+from moonlora.model import bundled_feature_extractor
+
+
+def tiny_config() -> MoonshineConfig:
+    return MoonshineConfig(
+        vocab_size=32768, hidden_size=16, intermediate_size=32,
+        encoder_num_hidden_layers=1, decoder_num_hidden_layers=1,
+        encoder_num_attention_heads=2, decoder_num_attention_heads=2,
+        encoder_num_key_value_heads=2, decoder_num_key_value_heads=2,
+        max_position_embeddings=256, pad_token_id=2, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    )
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer():
+    from moonlora.tokenizer import build_hf_tokenizer
+
+    return build_hf_tokenizer(bundled.tokenizer_bin_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, hf_tokenizer) -> Path:
+    """A save_pretrained folder holding a ~0.6M-parameter random Moonshine."""
+    torch.manual_seed(0)
+    model = MoonshineForConditionalGeneration(tiny_config()).eval()
+    folder = tmp_path_factory.mktemp("tiny-moonshine")
+    model.save_pretrained(folder)
+    hf_tokenizer.save_pretrained(folder)
+    bundled_feature_extractor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny_loaded(tiny_model_dir):
+    from moonlora.model import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+def write_tone(path: Path, seconds: float, sample_rate: int = 16000, channels: int = 1, seed: int = 0) -> Path:
+    """A noisy tone (stand-in speech) of the given length."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    wave = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.05 * rng.standard_normal(t.size)
+    data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
+    sf.write(str(path), data.astype(np.float32), sample_rate)
+    return path
+
+
+@pytest.fixture()
+def tone_manifest(tmp_path) -> Path:
+    """Five clips of 0.8–3 s with transcripts, paths relative to the manifest."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rows = []
+    for i, seconds in enumerate([1.0, 2.5, 0.8, 3.0, 1.7]):
+        write_tone(clips / f"c{i}.wav", seconds, seed=i)
+        rows.append({"audio_filepath": f"clips/c{i}.wav", "text": f"clip number {i}", "speaker": f"s{i % 2}"})
+    manifest = tmp_path / "tones.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
