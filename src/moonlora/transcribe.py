@@ -44,20 +44,20 @@ class TranscribeConfig:
         return asdict(self)
 
 
-def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create out_dir; refuse one that already holds results unless overwriting."""
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder that already holds results, before any slow work starts."""
     if (out_dir / "summary.json").exists() and not overwrite:
         raise OutputExists(f"{out_dir}: already holds results (summary.json); pick another --output-dir or pass --overwrite")
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[EvalResult, Path]:
     manifest = load_manifest(config.manifest)
     out_dir = config.resolved_output_dir()
-    prepare_output_dir(out_dir, config.overwrite)
+    check_output_dir(out_dir, config.overwrite)
     loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype, adapter=config.adapter)
     result = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress)
     resolved = {**config.to_dict(), "output_dir": str(out_dir)}
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
     write_eval(result, out_dir, extra={"model": config.model, "adapter": config.adapter, "provenance": provenance()})
     return result, out_dir
