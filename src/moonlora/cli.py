@@ -57,6 +57,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from moonlora.diagnose import DiagnoseConfig, run
+
+    config = DiagnoseConfig(manifests=tuple(args.manifests), max_seconds=args.max_seconds,
+                            thresholds=tuple(args.thresholds), seed=args.seed,
+                            val_fraction=args.val_fraction, json_path=args.json)
+    report, markdown = run(config)
+    print(markdown)
+    return 1 if report.unloaded else 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from moonlora.synth.build import build_domain
+
+    result = build_domain(args.domain, n=args.n, seed=args.seed, out_dir=Path(args.out),
+                          test_fraction=args.test_fraction, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{result.n_train} train clips ({result.train_seconds / 60:.1f} min): {result.train_manifest}")
+    print(f"{result.n_test} test clips ({result.test_seconds / 60:.1f} min, unseen voices): {result.test_manifest}")
+    return 0
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from moonlora.augment import AugmentConfig, augment_manifest
+
+    result = augment_manifest(AugmentConfig(
+        manifest=args.manifest, out_dir=args.out, noise_snr_db=args.snr_db, band=args.band, speed=args.speed,
+        seed=args.seed, overwrite=args.overwrite, noise_color=args.noise_color,
+    ), progress=not args.quiet)
+    print(f"{result.written} clips ({result.total_seconds / 60:.1f} min): {result.manifest_path}")
+    for row in result.skipped:
+        print(f"skipped {row}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moonlora", description="LoRA for Moonshine speech recognition, with honest WER.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -75,6 +111,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(demo)
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo-<time>")
     demo.set_defaults(handler=cmd_demo)
+
+    diagnose = commands.add_parser("diagnose", help="duration profile, splits, problems and leakage of manifests")
+    diagnose.add_argument("--manifests", nargs="+", required=True, help="one or more JSONL manifests")
+    diagnose.add_argument("--max-seconds", type=float, required=True, help="duration cap used for the split table")
+    diagnose.add_argument("--thresholds", type=float, nargs="+", default=[5, 8, 10, 15, 20],
+                          help="duration thresholds (seconds) for the profile table")
+    diagnose.add_argument("--seed", type=int, default=42, help="seed of the train/val split")
+    diagnose.add_argument("--val-fraction", type=float, default=0.2, help="share of clips for validation")
+    diagnose.add_argument("--json", default=None, help="also write the whole report as JSON here")
+    diagnose.set_defaults(handler=cmd_diagnose)
+
+    synth = commands.add_parser("synth", help="build a synthetic domain (espeak-ng voices) with train/test manifests")
+    synth.add_argument("--domain", default="atc", help="registered domain (moonlora.synth.domains): atc")
+    synth.add_argument("--n", type=int, default=300, help="number of utterances")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="output folder (clips/, train.jsonl, test.jsonl)")
+    synth.add_argument("--test-fraction", type=float, default=0.33, help="share of utterances for the test voices")
+    synth.add_argument("--overwrite", action="store_true", help="replace a domain already in --out")
+    synth.set_defaults(handler=cmd_synth)
+
+    augment = commands.add_parser("augment", help="domain-shifted copies of a manifest: noise, band-limit, speed")
+    augment.add_argument("--manifest", required=True)
+    augment.add_argument("--out", required=True, help="output folder (clips/, manifest.jsonl)")
+    augment.add_argument("--snr-db", type=float, default=None, help="add noise at this SNR (dB)")
+    augment.add_argument("--noise-color", default="white", choices=["white", "pink"])
+    augment.add_argument("--band", default=None, choices=["telephone", "radio"], help="band-limit like a phone or AM radio")
+    augment.add_argument("--speed", type=float, default=None, help="speed factor, e.g. 0.9 or 1.1")
+    augment.add_argument("--seed", type=int, default=0)
+    augment.add_argument("--overwrite", action="store_true", help="replace an augmented copy already in --out")
+    augment.set_defaults(handler=cmd_augment)
     return parser
 
 
