@@ -29,6 +29,10 @@ def test_demo_command_runs_as_a_user_would(tmp_path):
     done = subprocess.run([sys.executable, "-m", "moonlora", "--quiet", "demo", "--output-dir", str(tmp_path / "demo")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((tmp_path / "demo" / "samples" / "summary.json").read_text())
-    assert summary["clips"] >= 1 and summary["wer"] <= 0.10
+    general = json.loads((tmp_path / "demo" / "baseline-general" / "summary.json").read_text())
+    atc = json.loads((tmp_path / "demo" / "baseline-atc" / "summary.json").read_text())
+    assert general["clips"] == 1 and general["wer"] <= 0.10
+    # The synthetic domain must leave headroom for adaptation (FACTS: 0.54-0.61 on a similar set).
+    assert atc["clips"] >= 15 and atc["wer"] >= 0.4
+    assert general["contract"]["model_sha256"] == atc["contract"]["model_sha256"]
     assert "results in" in done.stdout

@@ -50,10 +50,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from moonlora.demo import DemoConfig, run_demo
     from moonlora.transcribe import print_summary
 
-    result, out_dir = run_demo(DemoConfig(output_dir=args.output_dir, model=args.model), progress=not args.quiet)
-    print_summary(result, out_dir)
-    for clip in result.clips:
-        print(f"ref: {clip.utterance.text}\nhyp: {clip.hypothesis}")
+    results = run_demo(DemoConfig(output_dir=args.output_dir, model=args.model), progress=not args.quiet)
+    for name, (result, out_dir) in results.items():
+        print(f"\n== {name}: {result.manifest_path}")
+        print_summary(result, out_dir)
+        for clip in result.clips[:3]:
+            print(f"  ref: {clip.utterance.text}\n  hyp: {clip.hypothesis}")
     return 0
 
 

@@ -65,14 +65,14 @@ def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[Eva
 
 def summary_table(result: EvalResult, title: str = "moonlora transcribe") -> Table:
     table = Table(title=title, show_header=True)
-    for column in ("clips", "hours", "WER", "CER", "skipped", "empty", "cap hits", "loops", "RTFx", "contract"):
-        table.add_column(column, justify="right")
+    for column in ("clips", "hours", "WER", "CER", "skipped", "empty", "cap hits", "loops", "RTFx"):
+        table.add_column(column, justify="right", no_wrap=True)
     flags = result.flag_counts()
     rtfx = result.audio_seconds / result.decode_seconds if result.decode_seconds else float("nan")
     table.add_row(
         str(len(result.clips)), f"{result.audio_seconds / 3600:.3f}", f"{result.corpus.wer:.4f}",
         f"{result.corpus.cer:.4f}", str(len(result.skipped)), str(flags["empty_hypothesis"]),
-        str(flags["token_cap_hit"]), str(flags["repeat_loop"]), f"{rtfx:.1f}x", result.contract.fingerprint,
+        str(flags["token_cap_hit"]), str(flags["repeat_loop"]), f"{rtfx:.1f}x",
     )
     return table
 
@@ -80,6 +80,7 @@ def summary_table(result: EvalResult, title: str = "moonlora transcribe") -> Tab
 def print_summary(result: EvalResult, out_dir: Path, console: Console | None = None) -> None:
     console = console or Console()
     console.print(summary_table(result))
+    console.print(f"eval contract {result.contract.fingerprint}", highlight=False)
     for row in result.skipped[:20]:
         console.print(f"[yellow]skipped[/yellow] {row}", highlight=False)
     if len(result.skipped) > 20:
