@@ -10,6 +10,7 @@ from moonlora.contract import ContractMismatch
 from moonlora.decode import DecodeConfig
 from moonlora.manifest import ManifestError
 from moonlora.model import DEFAULT_MODEL, ModelSourceError
+from moonlora.train import TrainConfig
 
 # Errors that come from what the user passed: one line, exit code 2, no traceback.
 USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, FileExistsError, ValueError)
@@ -56,6 +57,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print_summary(result, out_dir)
         for clip in result.clips[:3]:
             print(f"  ref: {clip.utterance.text}\n  hyp: {clip.hypothesis}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from moonlora.experiment import ExperimentConfig, run_experiment
+    from moonlora.lora import LoraSettings
+    from moonlora.report import print_experiment
+
+    config = ExperimentConfig(
+        output_dir=args.output_dir, dataset_path=args.dataset_path, manifest_path=args.manifest_path,
+        model=args.model, max_seconds=args.max_seconds, val_fraction=args.val_fraction,
+        wer_stop_threshold=args.wer_stop_threshold, extra_manifests=tuple(args.extra_manifest),
+        canary_manifest=args.canary_manifest, canary_margin=args.canary_margin,
+        replay_manifest=args.replay_manifest, log_manifest_interval_wer=args.log_manifest_interval_wer,
+        train=TrainConfig(
+            max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
+            grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, eval_interval=args.eval_interval,
+            seed=args.seed, mixed_precision=args.mixed_precision, replay_ratio=args.replay_ratio,
+        ),
+        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                          target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())),
+        audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
+        decode=DecodeConfig(batch_size=args.decode_batch_size, num_beams=args.num_beams, device=args.device),
+        resume=args.resume, overwrite=args.overwrite,
+    )
+    try:
+        metrics = run_experiment(config, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"moonlora: interrupted; a checkpoint is in {args.output_dir}: rerun with --resume", file=sys.stderr)
+        return 130
+    print_experiment(metrics)
     return 0
 
 
@@ -113,6 +145,45 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(demo)
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo-<time>")
     demo.set_defaults(handler=cmd_demo)
+
+    experiment = commands.add_parser("experiment", help="baseline, LoRA training with interval WER, tuned, with CIs")
+    train_defaults = TrainConfig()
+    experiment.add_argument("--output-dir", required=True, help="the run folder (refused if it holds a run)")
+    experiment.add_argument("--dataset-path", required=True, help="training manifest (its val split guides choices)")
+    experiment.add_argument("--manifest-path", required=True, help="main held-out manifest (scored before and after)")
+    experiment.add_argument("--max-steps", type=int, default=train_defaults.max_steps, help="optimizer updates")
+    experiment.add_argument("--learning-rate", type=float, default=train_defaults.learning_rate)
+    experiment.add_argument("--eval-interval", type=int, default=train_defaults.eval_interval,
+                            help="val-split WER every this many steps")
+    experiment.add_argument("--max-seconds", type=float, default=30.0, help="drop training clips longer than this")
+    experiment.add_argument("--seed", type=int, default=train_defaults.seed)
+    experiment.add_argument("--wer-stop-threshold", type=float, default=None,
+                            help="stop when val WER exceeds baseline val WER times this (e.g. 1.1)")
+    add_model_args(experiment)
+    experiment.add_argument("--lora-r", type=int, default=8)
+    experiment.add_argument("--lora-alpha", type=float, default=16.0)
+    experiment.add_argument("--lora-dropout", type=float, default=0.05)
+    experiment.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj,fc1,fc2")
+    experiment.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="training clips per micro-batch")
+    experiment.add_argument("--grad-accum", type=int, default=train_defaults.grad_accum, help="micro-batches per update")
+    experiment.add_argument("--warmup-steps", type=int, default=train_defaults.warmup_steps)
+    experiment.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"],
+                            help="auto: bf16 on a GPU that supports it, else fp32")
+    experiment.add_argument("--val-fraction", type=float, default=0.2)
+    experiment.add_argument("--extra-manifest", action="append", default=[], help="secondary manifest (repeatable)")
+    experiment.add_argument("--canary-manifest", default=None, help="general speech that must not get worse")
+    experiment.add_argument("--canary-margin", type=float, default=0.02, help="stop when canary WER rises by more")
+    experiment.add_argument("--replay-manifest", default=None, help="general speech mixed into training")
+    experiment.add_argument("--replay-ratio", type=float, default=0.0, help="share of training clips from replay")
+    experiment.add_argument("--log-manifest-interval-wer", action="store_true",
+                            help="also log main-manifest WER at intervals (plots only, never used for choices)")
+    experiment.add_argument("--decode-batch-size", type=int, default=DecodeConfig().batch_size)
+    experiment.add_argument("--num-beams", type=int, default=1)
+    experiment.add_argument("--device", default="auto")
+    experiment.add_argument("--rms-target-dbfs", type=float, default=None)
+    experiment.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    experiment.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
+    experiment.set_defaults(handler=cmd_experiment)
 
     diagnose = commands.add_parser("diagnose", help="duration profile, splits, problems and leakage of manifests")
     diagnose.add_argument("--manifests", nargs="+", required=True, help="one or more JSONL manifests")

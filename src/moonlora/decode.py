@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderModelOutput
 
@@ -127,13 +128,9 @@ def encode_exact(model, feature_extractor, waveforms: list[np.ndarray], dtype: t
     for waveform in waveforms:
         inputs = feature_extractor(waveform, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
         states.append(encoder(inputs["input_values"].to(device=device, dtype=dtype)).last_hidden_state[0])
-    frames = max(state.shape[0] for state in states)
-    padded = states[0].new_zeros((len(states), frames, states[0].shape[-1]))
-    mask = torch.zeros((len(states), frames), dtype=torch.long, device=device)
-    for row, state in enumerate(states):
-        padded[row, : state.shape[0]] = state
-        mask[row, : state.shape[0]] = 1
-    return padded, mask
+    lengths = torch.tensor([state.shape[0] for state in states], device=device)
+    mask = (torch.arange(int(lengths.max()), device=device)[None, :] < lengths[:, None]).long()
+    return pad_sequence(states, batch_first=True), mask
 
 
 def decode_batch(model, feature_extractor, tokenizer, waveforms: list[np.ndarray], config: DecodeConfig) -> list[DecodedClip]:

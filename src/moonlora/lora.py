@@ -1,0 +1,67 @@
+"""LoRA on Moonshine with PEFT: settings, attachment, and how much the adapter changed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+# The experiment plan's targets: attention projections and MLPs of every encoder/decoder layer.
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"--lora-r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("--target-modules needs at least one module name")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), bias="none")
+
+
+def attach_lora(model: torch.nn.Module, settings: LoraSettings, seed: int) -> torch.nn.Module:
+    """Wrap the model in a PeftModel with a fresh (identity at start) LoRA adapter."""
+    torch.manual_seed(seed)  # LoRA A matrices are drawn at random
+    try:
+        return get_peft_model(model, settings.peft_config())
+    except ValueError as error:
+        raise ValueError(f"--target-modules {','.join(settings.target_modules)}: {error}") from None
+
+
+def trainable_summary(model: torch.nn.Module) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    modules = sum(1 for name, _ in model.named_modules() if name.endswith("lora_A.default"))
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_percent": 100.0 * trainable / total, "lora_modules": modules}
+
+
+def lora_delta_norm(model: torch.nn.Module) -> float:
+    """sqrt(sum over adapted layers of ||scaling * B @ A||_F^2): 0 for an identity adapter.
+
+    The plan's "adapter efficacy" check: if this stays 0 the adapter cannot change any output.
+    """
+    total = 0.0
+    for module in model.modules():
+        if hasattr(module, "lora_A") and hasattr(module, "lora_B") and "default" in getattr(module, "lora_A", {}):
+            a = module.lora_A["default"].weight.detach().float()
+            b = module.lora_B["default"].weight.detach().float()
+            delta = (b @ a) * module.scaling["default"]
+            total += float(delta.pow(2).sum())
+    return math.sqrt(total)

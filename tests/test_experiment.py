@@ -1,0 +1,142 @@
+"""The experiment runner end to end on the tiny model: artifacts, refusal, exact resume."""
+
+import json
+import shlex
+
+import pytest
+
+from conftest import write_tone
+from moonlora import train as train_module
+from moonlora.cli import build_parser, main
+from moonlora.experiment import ExperimentConfig, RunFolderExists, run_experiment
+from moonlora.decode import DecodeConfig
+from moonlora.lora import LoraSettings
+from moonlora.train import TrainConfig
+
+# The seed plan's Test Matrix, verbatim (program name aside).
+PLAN_COMMANDS = [
+    "--output-dir outputs/experiment_h1_20260218 --max-steps 200 --learning-rate 1e-5 --eval-interval 50 --dataset-path data/train_manifest.jsonl --manifest-path data/heldout_manifest.jsonl --seed 42",
+    "--output-dir outputs/experiment_h2_20260218 --max-steps 2000 --learning-rate 1e-4 --eval-interval 200 --dataset-path data/train_manifest.jsonl --manifest-path data/heldout_manifest.jsonl --seed 42 --wer-stop-threshold 1.1",
+    "--output-dir outputs/experiment_h3_lr1e4_20260218 --max-steps 200 --learning-rate 1e-4 --eval-interval 50 --dataset-path data/train_manifest.jsonl --manifest-path data/heldout_manifest.jsonl --seed 42",
+    "--output-dir outputs/experiment_h3_lr3e4_20260218 --max-steps 200 --learning-rate 3e-4 --eval-interval 50 --dataset-path data/train_manifest.jsonl --manifest-path data/heldout_manifest.jsonl --seed 42",
+    "--output-dir outputs/experiment_h4_20260218 --max-steps 200 --learning-rate 1e-4 --eval-interval 50 --dataset-path data/train_manifest.jsonl --manifest-path data/test_manifest.jsonl --seed 42",
+    "--output-dir outputs/experiment_h1_expanded_20260218 --max-steps 200 --learning-rate 1e-5 --eval-interval 50 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/heldout_manifest.jsonl --max-seconds 20 --seed 42",
+    "--output-dir outputs/experiment_h2_expanded_20260218 --max-steps 2000 --learning-rate 1e-4 --eval-interval 200 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/heldout_manifest.jsonl --max-seconds 20 --seed 42 --wer-stop-threshold 1.1",
+    "--output-dir outputs/experiment_headroom_domain_20260218 --max-steps 100 --learning-rate 1e-4 --eval-interval 50 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/domain_manifest.jsonl --max-seconds 20 --seed 42",
+]
+
+
+def tone_set(folder, name, count, seed0=0, speakers=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        write_tone(folder / f"{name}{i}.wav", 0.8 + 0.25 * (i % 5), seed=seed0 + i)
+        rows.append({"audio_filepath": f"{name}{i}.wav", "text": f"clip number {i % 7}", "speaker": f"spk{i % speakers}"})
+    path = folder / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return {"train": tone_set(tmp_path / "d", "train", 12), "main": tone_set(tmp_path / "d", "main", 4, seed0=50),
+            "canary": tone_set(tmp_path / "d", "canary", 3, seed0=80)}
+
+
+def config_for(tiny_model_dir, data, out, **train_changes):
+    train = dict(max_steps=4, learning_rate=5e-3, batch_size=2, grad_accum=2, eval_interval=2, seed=3)
+    train.update(train_changes)
+    return ExperimentConfig(
+        output_dir=str(out), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
+        model=str(tiny_model_dir), canary_manifest=str(data["canary"]), canary_margin=10.0,
+        extra_manifests=(str(data["canary"]),), bootstrap_resamples=200,
+        train=TrainConfig(**train), lora=LoraSettings(r=2, alpha=4, dropout=0.1),
+        decode=DecodeConfig(batch_size=8, device="cpu"),
+    )
+
+
+def test_run_folder_holds_every_artifact_and_is_not_overwritten(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "run"
+    metrics = run_experiment(config_for(tiny_model_dir, data, out), progress=False)
+    assert metrics["status"] == "success" and metrics["reason"] is None
+    for relative in ("experiment_config.json", "experiment_metrics.json", "adapter/adapter_config.json",
+                     "adapter/adapter_model.safetensors", "baseline/main/transcripts.jsonl", "tuned/main/transcripts.jsonl",
+                     "baseline/val/summary.json", "tuned/canary/summary.json", "tuned/extra-canary/summary.json"):
+        assert (out / relative).is_file(), relative
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((out / "experiment_metrics.json").read_text())
+    training = saved["training"]
+    assert [row["step"] for row in training["losses"]] == [1, 2, 3, 4]
+    assert [row["step"] for row in training["intervals"]] == [0, 2, 4]
+    norms = {row["step"]: row["lora_delta_norm"] for row in training["intervals"]}
+    assert norms[0] == 0 and norms[4] > 0  # identity at start, then the adapter moved
+    assert training["lora_delta_norm"] == pytest.approx(norms[training["best_step"]])  # the chosen one is restored
+    assert saved["data"]["split"]["method"] == "speaker"
+    assert saved["provenance"]["model_sha256"] and "git_sha" in saved["provenance"]
+    comparison = saved["comparisons"]["main"]
+    assert comparison["delta"] == pytest.approx(saved["tuned"]["main"]["wer"] - saved["baseline"]["main"]["wer"])
+    assert comparison["ci_low"] <= comparison["delta"] <= comparison["ci_high"]
+    base_contract, tuned_contract = saved["baseline"]["main"]["contract"], saved["tuned"]["main"]["contract"]
+    assert base_contract["manifest_sha256"] == tuned_contract["manifest_sha256"]
+    best = training["best_step"]
+    assert training["best_val_wer"] == min(row["val_wer"] for row in training["intervals"])
+    assert saved["tuned"]["val"]["wer"] == pytest.approx(
+        next(row["val_wer"] for row in training["intervals"] if row["step"] == best))
+    with pytest.raises(RunFolderExists):
+        run_experiment(config_for(tiny_model_dir, data, out), progress=False)
+
+
+def test_resume_repeats_an_uninterrupted_run(tiny_model_dir, data, tmp_path, monkeypatch):
+    straight = run_experiment(config_for(tiny_model_dir, data, tmp_path / "a", max_steps=5, eval_interval=3), progress=False)
+
+    def interrupt(state):
+        if state.step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_after_update", interrupt)
+    cut = config_for(tiny_model_dir, data, tmp_path / "b", max_steps=5, eval_interval=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cut, progress=False)
+    assert json.loads((tmp_path / "b" / "experiment_metrics.json").read_text())["status"] == "interrupted"
+    monkeypatch.undo()
+    import dataclasses
+
+    resumed = run_experiment(dataclasses.replace(cut, resume=True), progress=False)
+    a = [row["loss"] for row in straight["training"]["losses"]]
+    b = [row["loss"] for row in resumed["training"]["losses"]]
+    assert len(a) == len(b) == 5
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+    assert resumed["tuned"]["main"]["wer"] == straight["tuned"]["main"]["wer"]
+
+
+def test_resume_refuses_changed_settings(tiny_model_dir, data, tmp_path):
+    import dataclasses
+
+    config = config_for(tiny_model_dir, data, tmp_path / "c", max_steps=2)
+    run_experiment(config, progress=False)
+    changed = dataclasses.replace(config, resume=True, train=dataclasses.replace(config.train, learning_rate=1e-3))
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_experiment(changed, progress=False)
+
+
+def test_plan_command_lines_parse_unchanged():
+    parser = build_parser()
+    for line in PLAN_COMMANDS:
+        args = parser.parse_args(["experiment", *shlex.split(line)])
+        flags = dict(zip(shlex.split(line)[::2], shlex.split(line)[1::2]))
+        assert args.output_dir == flags["--output-dir"] and args.max_steps == int(flags["--max-steps"])
+        assert args.learning_rate == float(flags["--learning-rate"]) and args.seed == 42
+        assert args.wer_stop_threshold == (float(flags["--wer-stop-threshold"]) if "--wer-stop-threshold" in flags else None)
+
+
+def test_plan_command_runs_through_the_cli(tiny_model_dir, data, tmp_path, capsys):
+    line = PLAN_COMMANDS[1].replace("--max-steps 2000", "--max-steps 2").replace("--eval-interval 200", "--eval-interval 1")
+    line = line.replace("outputs/experiment_h2_20260218", str(tmp_path / "h2"))
+    line = line.replace("data/train_manifest.jsonl", str(data["train"])).replace("data/heldout_manifest.jsonl", str(data["main"]))
+    argv = ["--quiet", "experiment", *shlex.split(line), "--model", str(tiny_model_dir), "--device", "cpu"]
+    assert main(argv) == 0
+    assert "baseline WER" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "h2" / "experiment_metrics.json").read_text())
+    assert metrics["config"]["wer_stop_threshold"] == 1.1 and metrics["config"]["train"]["grad_accum"] == 4
+    assert main(argv) == 2  # the run folder is not overwritten
+    assert "already holds a run" in capsys.readouterr().err
