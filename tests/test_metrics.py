@@ -38,3 +38,11 @@ def test_repeat_loop_ignores_repeats_the_reference_has():
     assert find_repeat_loop("squawk four four four four".split(), "squawk four".split()) == "four"
     assert find_repeat_loop("a b a b".split(), []) is None  # two copies is not a loop
     assert find_repeat_loop("x a b c a b c a b c".split(), []) == "a b c"
+
+
+def test_raw_wer_sees_style_drift_that_normalized_wer_hides():
+    scores = [score_utterance("Ever tried. Ever failed.", "ever tried ever failed")]
+    corpus = corpus_score(scores)
+    assert corpus.wer == 0.0
+    assert corpus.raw_wer == 1.0  # every word differs as written: case or trailing period
+    assert corpus_score([score_utterance("Hello world.", "Hello world")]).raw_wer == 0.5

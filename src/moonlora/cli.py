@@ -91,6 +91,29 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decide(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from moonlora.decide import decide, render
+
+    decision = decide(args.runs)
+    print(render(decision))
+    if args.json:
+        Path(args.json).write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
+    return 0 if decision.passed else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from moonlora.report import build_report
+
+    result = build_report(Path(args.runs_dir), out_markdown=Path(args.out), out_html=Path(args.html) if args.html else None)
+    print(result)
+    return 0
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from moonlora.diagnose import DiagnoseConfig, run
 
@@ -184,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     experiment.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
     experiment.set_defaults(handler=cmd_experiment)
+
+    decide_cmd = commands.add_parser("decide", help="the plan's decision criteria over run folders")
+    decide_cmd.add_argument("runs", nargs="+", help="run folders written by moonlora experiment")
+    decide_cmd.add_argument("--json", default=None, help="also write the verdicts as JSON here")
+    decide_cmd.set_defaults(handler=cmd_decide)
+
+    report = commands.add_parser("report", help="Test Matrix (Markdown) and an HTML page with plots from run folders")
+    report.add_argument("runs_dir", help="folder holding run folders")
+    report.add_argument("--out", default="docs/training_report.md", help="Markdown Test Matrix")
+    report.add_argument("--html", default=None, help="HTML page (default: RUNS_DIR/report.html)")
+    report.set_defaults(handler=cmd_report)
 
     diagnose = commands.add_parser("diagnose", help="duration profile, splits, problems and leakage of manifests")
     diagnose.add_argument("--manifests", nargs="+", required=True, help="one or more JSONL manifests")

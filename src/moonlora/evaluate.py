@@ -70,7 +70,8 @@ class EvalResult:
     def summary_dict(self) -> dict:
         return {
             "manifest": str(self.manifest_path),
-            "wer": self.corpus.wer, "cer": self.corpus.cer, "scores": self.corpus.to_dict(),
+            "wer": self.corpus.wer, "cer": self.corpus.cer, "raw_wer": self.corpus.raw_wer,
+            "scores": self.corpus.to_dict(),
             "clips": len(self.clips), "hours": self.audio_seconds / 3600.0,
             "audio_seconds": self.audio_seconds,
             "skipped": len(self.skipped), "skipped_rows": [row.to_dict() for row in self.skipped],

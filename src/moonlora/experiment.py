@@ -205,7 +205,8 @@ def compare(baseline: dict[str, EvalResult], tuned: dict[str, EvalResult], resam
 
 
 def eval_summary(result: EvalResult) -> dict:
-    return {"wer": result.corpus.wer, "cer": result.corpus.cer, "clips": len(result.clips),
+    return {"wer": result.corpus.wer, "cer": result.corpus.cer, "raw_wer": result.corpus.raw_wer,
+            "clips": len(result.clips),
             "hours": result.audio_seconds / 3600, "flags": result.flag_counts(),
             "wer_by_duration": result.wer_by_duration(), "contract": result.contract.to_dict()}
 

@@ -24,6 +24,10 @@ class UtteranceScore:
     insertions: int
     ref_chars: int
     char_errors: int
+    # On the texts as written (case and punctuation count): shows style drift, such as an
+    # adapter that stops writing capitals and commas, which normalized WER cannot see.
+    raw_ref_words: int = 0
+    raw_word_errors: int = 0
 
     @property
     def word_errors(self) -> int:
@@ -37,17 +41,27 @@ class UtteranceScore:
         return {**asdict(self), "word_errors": self.word_errors, "wer": self.wer}
 
 
+def _word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(reference words, word errors) of whitespace-split texts, empty reference allowed."""
+    ref_words = reference.split()
+    if not ref_words:  # jiwer refuses empty references: every hypothesis word is an insertion
+        return 0, len(hypothesis.split())
+    out = jiwer.process_words(" ".join(ref_words), " ".join(hypothesis.split()))
+    return len(ref_words), out.substitutions + out.deletions + out.insertions
+
+
 def score_utterance(reference: str, hypothesis: str) -> UtteranceScore:
     ref_norm, hyp_norm = normalize(reference), normalize(hypothesis)
-    ref_words, hyp_words = ref_norm.split(), hyp_norm.split()
-    if not ref_words:  # jiwer refuses empty references: every hypothesis word is an insertion
-        return UtteranceScore(ref_norm, hyp_norm, 0, 0, 0, len(hyp_words), 0, len(hyp_norm))
+    raw_ref_words, raw_errors = _word_errors(reference, hypothesis)
+    if not ref_norm.split():
+        return UtteranceScore(ref_norm, hyp_norm, 0, 0, 0, len(hyp_norm.split()), 0, len(hyp_norm),
+                              raw_ref_words, raw_errors)
     words = jiwer.process_words(ref_norm, hyp_norm)
     chars = jiwer.process_characters(ref_norm, hyp_norm)
     char_errors = chars.substitutions + chars.deletions + chars.insertions
     return UtteranceScore(
-        ref_norm, hyp_norm, len(ref_words), words.substitutions, words.deletions, words.insertions,
-        len(ref_norm), char_errors,
+        ref_norm, hyp_norm, len(ref_norm.split()), words.substitutions, words.deletions, words.insertions,
+        len(ref_norm), char_errors, raw_ref_words, raw_errors,
     )
 
 
@@ -60,6 +74,7 @@ class CorpusScore:
     substitutions: int
     deletions: int
     insertions: int
+    raw_wer: float  # case- and punctuation-sensitive WER on the texts as written
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +93,7 @@ def corpus_score(scores: list[UtteranceScore]) -> CorpusScore:
         cer=char_errors / max(ref_chars, 1),
         ref_words=ref_words, word_errors=subs + dels + ins,
         substitutions=subs, deletions=dels, insertions=ins,
+        raw_wer=sum(s.raw_word_errors for s in scores) / max(sum(s.raw_ref_words for s in scores), 1),
     )
 
 

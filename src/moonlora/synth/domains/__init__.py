@@ -15,10 +15,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from moonlora.synth.domains import atc
+from moonlora.synth.domains import atc, general
 
 Generator = Callable[[int, random.Random], list[str]]
 
 DOMAINS: dict[str, Generator] = {
     "atc": atc.generate,
+    "general": general.generate,
 }

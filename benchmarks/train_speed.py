@@ -1,0 +1,99 @@
+"""Training speed: moonlora's LoRA loop vs the Hugging Face Seq2SeqTrainer + PEFT recipe, one run.
+
+Same model (bundled:base-en), same LoRA config (r 8, alpha 16, dropout 0.05 on
+q/k/v/o/fc1/fc2), same batch size, learning rate and clips (synthetic ATC train voices), same
+number of optimizer steps; no evaluation or checkpoint inside the timed part of either.
+
+  peer   Seq2SeqTrainer over a Dataset of (input_values, labels), the feature extractor padding
+         each batch (the recipe of the Hugging Face speech fine-tuning guides)
+  ours   moonlora.train.train (per-clip exact encoding, data stream, Accelerate)
+
+    uv run python benchmarks/train_speed.py [--steps 12] [--batch-size 8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from moonlora.audio import AudioConfig, load_audio
+from moonlora.lora import LoraSettings, attach_lora
+from moonlora.manifest import load_manifest
+from moonlora.model import load_model
+from moonlora.synth.build import build_domain
+from moonlora.train import IntervalEval, TrainConfig, TrainStream, label_ids, train
+
+
+def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path) -> float:
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    loaded = load_model(device="cpu")
+    model = attach_lora(loaded.model, LoraSettings(), seed)
+    fe, tok = loaded.feature_extractor, loaded.tokenizer
+    eos = model.config.eos_token_id
+    rows = [{"audio": load_audio(u.audio_filepath), "text": u.text} for u in clips]
+
+    def collate(batch):
+        inputs = fe([b["audio"] for b in batch], sampling_rate=16000, return_tensors="pt", padding=True,
+                    return_attention_mask=True)
+        return {"input_values": inputs["input_values"], "attention_mask": inputs["attention_mask"],
+                "labels": label_ids(tok, [b["text"] for b in batch], eos)}
+
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(work / "peer"), per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
+        max_steps=steps, learning_rate=lr, warmup_steps=0, lr_scheduler_type="linear", max_grad_norm=1.0,
+        logging_steps=10_000, save_strategy="no", report_to=[], seed=seed, dataloader_num_workers=0,
+        remove_unused_columns=False, use_cpu=True, disable_tqdm=True,
+    )
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    started = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - started
+
+
+def ours(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path) -> float:
+    loaded = load_model(device="cpu")
+    loaded.model = attach_lora(loaded.model, LoraSettings(), seed)
+    config = TrainConfig(max_steps=steps, learning_rate=lr, batch_size=batch_size, grad_accum=1,
+                         eval_interval=steps, seed=seed, mixed_precision="no")
+    state = train(loaded, TrainStream(clips, [], config), config, AudioConfig(),
+                  evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "ours", progress=False)
+    return state.train_seconds - state.eval_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(Path(__file__).with_name("train_speed.json")))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="moonlora-train-bench-"))
+    synth = build_domain("atc", n=120, seed=1, out_dir=work / "atc", progress=False)
+    clips = load_manifest(synth.train_manifest).utterances
+    samples = args.steps * args.batch_size
+    timings = {"peer: Seq2SeqTrainer + PEFT": peer_trainer(clips, args.steps, args.batch_size, args.learning_rate, 0, work),
+               "ours: moonlora.train": ours(clips, args.steps, args.batch_size, args.learning_rate, 0, work)}
+    peer_seconds = timings["peer: Seq2SeqTrainer + PEFT"]
+    table = {name: {"seconds": s, "samples_per_second": samples / s, "speedup_vs_peer": peer_seconds / s}
+             for name, s in timings.items()}
+    report = {"steps": args.steps, "batch_size": args.batch_size, "clips": len(clips), "threads": args.threads,
+              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "results": table}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{args.steps} steps x batch {args.batch_size}, {len(clips)} clips, {args.threads} threads, bundled:base-en\n")
+    print("| trainer | seconds | samples/s | speed vs peer |")
+    print("| --- | --- | --- | --- |")
+    for name, row in table.items():
+        print(f"| {name} | {row['seconds']:.1f} | {row['samples_per_second']:.2f} | {row['speedup_vs_peer']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""A general-speech canary: real beckett.wav plus general English sentences on unseen voices.
+
+A domain adapter must not make this worse; `moonlora experiment --canary-manifest` watches it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from moonlora import bundled
+from moonlora.manifest import write_manifest
+from moonlora.synth.build import build_domain
+
+
+def build_canary(out_dir: Path, sentences: int = 24, seed: int = 0, progress: bool = True) -> Path:
+    """Write `out_dir/canary.jsonl`: beckett.wav + `sentences` Harvard sentences (test voices)."""
+    # build_domain splits into train/test voices; all of it is canary, so keep both halves.
+    synth = build_domain("general", n=sentences, seed=seed, out_dir=out_dir / "general", progress=progress)
+    rows = [{"audio_filepath": str(bundled.beckett_wav_path()), "text": bundled.BECKETT_TEXT, "speaker": "beckett"}]
+    for manifest in (synth.train_manifest, synth.test_manifest):
+        for line in manifest.read_text().splitlines():
+            row = json.loads(line)
+            rows.append({**row, "audio_filepath": str((manifest.parent / row["audio_filepath"]).resolve())})
+    return write_manifest(rows, out_dir / "canary.jsonl")
