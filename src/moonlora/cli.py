@@ -13,7 +13,8 @@ from moonlora.model import DEFAULT_MODEL, ModelSourceError
 from moonlora.train import TrainConfig
 
 # Errors that come from what the user passed: one line, exit code 2, no traceback.
-USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, FileExistsError, ValueError)
+USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, FileExistsError,
+               FileNotFoundError, ValueError)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -48,15 +49,17 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from moonlora.decide import render
     from moonlora.demo import DemoConfig, run_demo
-    from moonlora.transcribe import print_summary
+    from moonlora.report import print_experiment
 
-    results = run_demo(DemoConfig(output_dir=args.output_dir, model=args.model), progress=not args.quiet)
-    for name, (result, out_dir) in results.items():
-        print(f"\n== {name}: {result.manifest_path}")
-        print_summary(result, out_dir)
-        for clip in result.clips[:3]:
-            print(f"  ref: {clip.utterance.text}\n  hyp: {clip.hypothesis}")
+    result = run_demo(DemoConfig(output_dir=args.output_dir, model=args.model, max_steps=args.max_steps,
+                                 seeds=tuple(args.seeds), device=args.device), progress=not args.quiet)
+    for metrics in result.runs:
+        print_experiment(metrics)
+    print(render(result.decision))
+    print(f"\nreport: {result.report_html}\nTest Matrix: {result.report_markdown}\n"
+          f"runs: {result.out_dir / 'runs'}\nwall time: {result.wall_seconds / 60:.1f} min")
     return 0
 
 
@@ -110,7 +113,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from moonlora.report import build_report
 
     result = build_report(Path(args.runs_dir), out_markdown=Path(args.out), out_html=Path(args.html) if args.html else None)
-    print(result)
+    print(result.markdown)
+    for skipped in result.skipped:
+        print(f"skipped {skipped.path}: {skipped.reason}")
+    print(f"\nTest Matrix: {result.markdown_path}\nHTML report: {result.html_path}")
     return 0
 
 
@@ -167,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on the offline default model")
     add_model_args(demo)
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo-<time>")
+    demo.add_argument("--max-steps", type=int, default=30, help="LoRA updates per run")
+    demo.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one run per seed")
+    demo.add_argument("--device", default="auto")
     demo.set_defaults(handler=cmd_demo)
 
     experiment = commands.add_parser("experiment", help="baseline, LoRA training with interval WER, tuned, with CIs")

@@ -1,14 +1,35 @@
-"""Human-readable views of run folders (console tables now; Markdown/HTML reports build on these)."""
+"""Human-readable views of run folders: console tables, the plan's Markdown Test Matrix, an HTML page.
+
+`build_report(runs_dir)` reads every run folder under `runs_dir` (one or two levels deep, any
+folder holding `experiment_metrics.json`) and writes the seed plan's "Test Matrix" as Markdown
+plus a self-contained HTML page with plots (see `moonlora.html_report`).
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+METRICS_FILE = "experiment_metrics.json"  # same name as moonlora.experiment.METRICS_FILE (not imported: torch-heavy)
+DEFAULT_MARKDOWN = Path("docs/training_report.md")
+HTML_NAME = "report.html"
+MATRIX_COLUMNS = ("Run ID", "Date", "Command", "Dataset", "Steps", "LR", "LoRA Targets", "Manifest",
+                  "Baseline WER", "Tuned WER", "Notes", "95% CI (tuned - baseline)")
+MANIFEST_COLUMNS = ("Manifest", "Clips", "Baseline WER", "Tuned WER", "95% CI (tuned - baseline)",
+                    "P(tuned better)", "Flags (baseline -> tuned)")
+
+
+def ci_cell(comparison: dict) -> str:
+    """Delta with its 95% CI: "-0.8759 [-0.9642, -0.7931]"."""
+    return f"{comparison['delta']:+.4f} [{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}]"
+
 
 def delta_cell(comparison: dict) -> str:
-    return (f"{comparison['delta']:+.4f} [{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}] "
-            f"P(better)={comparison['p_tuned_better']:.3f}")
+    return f"{ci_cell(comparison)} P(better)={comparison['p_tuned_better']:.3f}"
 
 
 def experiment_table(metrics: dict) -> Table:
@@ -34,3 +55,245 @@ def print_experiment(metrics: dict, console: Console | None = None) -> None:
                       f"{training['skipped_updates']} skipped updates", highlight=False)
     if metrics.get("reason"):
         console.print(f"{metrics['status']}: {metrics['reason']}", highlight=False)
+
+
+# --- run folders -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One readable run folder."""
+
+    run_id: str  # folder path relative to runs_dir (its name when one level deep)
+    path: Path
+    metrics: dict
+
+    @property
+    def created_at(self) -> str | None:
+        return (self.metrics.get("provenance") or {}).get("created_at")
+
+    @property
+    def status(self) -> str:
+        return str(self.metrics.get("status", "unknown"))
+
+
+@dataclass(frozen=True)
+class SkippedRun:
+    """A folder holding experiment_metrics.json that could not be read."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class ReportResult:
+    runs: list[Run]
+    skipped: list[SkippedRun]
+    markdown: str
+    markdown_path: Path | None
+    html_path: Path
+
+
+def candidate_dirs(runs_dir: Path) -> list[Path]:
+    """runs_dir itself if it is a run folder, else its sub-folders (one or two levels) holding metrics."""
+    if (runs_dir / METRICS_FILE).is_file():
+        return [runs_dir]
+    found = []
+    for child in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        if (child / METRICS_FILE).is_file():
+            found.append(child)
+        else:
+            found += sorted(g for g in child.iterdir() if g.is_dir() and (g / METRICS_FILE).is_file())
+    return found
+
+
+def read_metrics(folder: Path) -> dict:
+    """The folder's metrics; ValueError saying why when unreadable."""
+    try:
+        metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{METRICS_FILE} unreadable: {type(error).__name__}: {error}") from error
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{METRICS_FILE} is not a JSON object")
+    for key in ("config", "provenance", "baseline", "tuned", "comparisons", "training"):
+        if key in metrics and not isinstance(metrics[key], dict):
+            raise ValueError(f"{METRICS_FILE}: {key!r} is not an object")
+    return metrics
+
+
+def run_sort_key(run: Run) -> tuple:
+    return (run.created_at is None, run.created_at or "", run.run_id)
+
+
+def discover_runs(runs_dir: Path) -> tuple[list[Run], list[SkippedRun]]:
+    """Readable runs sorted by created_at then run id, and the skipped folders with reasons."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"{runs_dir}: no such folder")
+    runs, skipped = [], []
+    for folder in candidate_dirs(runs_dir):
+        run_id = folder.name if folder == runs_dir else folder.relative_to(runs_dir).as_posix()
+        try:
+            runs.append(Run(run_id, folder, read_metrics(folder)))
+        except ValueError as error:
+            skipped.append(SkippedRun(folder, str(error)))
+    return sorted(runs, key=run_sort_key), skipped
+
+
+# --- cells ---------------------------------------------------------------------------------------------------------
+
+
+def manifest_names(metrics: dict) -> list[str]:
+    """Scored manifests in plan order: val, main, extras, canary."""
+    names = list(dict.fromkeys([*metrics.get("baseline", {}), *metrics.get("tuned", {})]))
+    rank = {"val": 0, "main": 1, "canary": 3}
+    return sorted(names, key=lambda n: rank.get(n, 2))
+
+
+def format_lr(lr) -> str:
+    """1e-3 style, as the plan writes learning rates."""
+    if not isinstance(lr, (int, float)):
+        return "-" if lr is None else str(lr)
+    mantissa, exponent = f"{lr:e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def format_wer(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def wer_of(metrics: dict, side: str, name: str = "main"):
+    return (metrics.get(side, {}).get(name) or {}).get("wer")
+
+
+def steps_cell(metrics: dict) -> str:
+    """Steps done, "/max" added when the run ended before max_steps."""
+    max_steps = (metrics.get("config", {}).get("train") or {}).get("max_steps")
+    steps = (metrics.get("training") or {}).get("steps")
+    if steps is None:
+        return "-" if max_steps is None else f"-/{max_steps}"
+    return f"{steps}/{max_steps}" if max_steps is not None and steps < max_steps else str(steps)
+
+
+def short(text: str, limit: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def run_notes(metrics: dict) -> str:
+    """Status, stop reason, best step, canary and extra-manifest deltas."""
+    notes = [str(metrics.get("status", "unknown"))]
+    if metrics.get("reason"):
+        notes[0] += f": {short(metrics['reason'])}"
+    training = metrics.get("training") or {}
+    if training.get("best_step") is not None:
+        best = training.get("best_val_wer")
+        notes.append(f"best step {training['best_step']}" + (f" (val WER {best:.4f})" if best is not None else ""))
+    comparisons = metrics.get("comparisons", {})
+    for name in manifest_names(metrics):
+        if name not in ("val", "main") and name in comparisons:
+            notes.append(f"{name} {ci_cell(comparisons[name])}")
+    return "; ".join(notes)
+
+
+def matrix_cells(run: Run) -> dict[str, str]:
+    """One Test Matrix row as plain text (no Markdown/HTML markup)."""
+    metrics, config = run.metrics, run.metrics.get("config", {})
+    main = metrics.get("comparisons", {}).get("main")
+    return {
+        "Run ID": run.run_id, "Date": (run.created_at or "-")[:10], "Command": str(metrics.get("command", "-")),
+        "Dataset": str(config.get("dataset_path", "-")), "Steps": steps_cell(metrics),
+        "LR": format_lr((config.get("train") or {}).get("learning_rate")),
+        "LoRA Targets": ",".join((config.get("lora") or {}).get("target_modules") or []) or "-",
+        "Manifest": str(config.get("manifest_path", "-")),
+        "Baseline WER": format_wer(wer_of(metrics, "baseline")), "Tuned WER": format_wer(wer_of(metrics, "tuned")),
+        "Notes": run_notes(metrics), "95% CI (tuned - baseline)": ci_cell(main) if main else "-",
+    }
+
+
+def flag_changes(before: dict | None, after: dict | None) -> str:
+    """"empty_hypothesis 1 -> 0" for every flag seen on either side; "none" when none fired."""
+    before, after = before or {}, after or {}
+    changes = [f"{flag} {before.get(flag, 0)} -> {after.get(flag, '-') if after else '-'}"
+               for flag in dict.fromkeys([*before, *after]) if before.get(flag, 0) or after.get(flag, 0)]
+    return ", ".join(changes) or "none"
+
+
+def manifest_cells(metrics: dict) -> list[dict[str, str]]:
+    """Per manifest: clips, baseline, tuned, CI, P(better), flag changes."""
+    rows = []
+    for name in manifest_names(metrics):
+        before = metrics.get("baseline", {}).get(name) or {}
+        after = metrics.get("tuned", {}).get(name)
+        comparison = metrics.get("comparisons", {}).get(name)
+        rows.append({"Manifest": name, "Clips": str(before.get("clips", (after or {}).get("clips", "-"))),
+                     "Baseline WER": format_wer(before.get("wer")), "Tuned WER": format_wer((after or {}).get("wer")),
+                     "95% CI (tuned - baseline)": ci_cell(comparison) if comparison else "-",
+                     "P(tuned better)": f"{comparison['p_tuned_better']:.3f}" if comparison else "-",
+                     "Flags (baseline -> tuned)": flag_changes(before.get("flags"), (after or {}).get("flags"))})
+    return rows
+
+
+# --- Markdown ----------------------------------------------------------------------------------------------------
+
+
+def md_text(text: str) -> str:
+    text = " ".join(str(text).split()).replace("&", "&amp;").replace("<", "&lt;")  # no raw HTML tags
+    return text.replace("|", "\\|")
+
+
+def md_code(text: str) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def md_table(columns: tuple[str, ...], rows: list[str | list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def matrix_markdown_row(run: Run) -> list[str]:
+    cells = matrix_cells(run)
+    return [md_code(cells[c]) if c == "Command" else md_text(cells[c]) for c in MATRIX_COLUMNS]
+
+
+def markdown_report(runs: list[Run], skipped: list[SkippedRun], runs_dir: Path) -> str:
+    """The plan's Test Matrix (+ CI column), skipped folders, then a per-manifest table per run."""
+    lines = ["# Training report", "",
+             f"Generated by `moonlora report` from `{runs_dir}`: {len(runs)} run(s)"
+             + (f", {len(skipped)} folder(s) skipped." if skipped else "."), "",
+             "WER is corpus WER on the main held-out manifest; the CI is the paired-bootstrap 95% interval "
+             "of tuned - baseline (negative = tuned better).", "", "## Test Matrix", ""]
+    lines += md_table(MATRIX_COLUMNS, [matrix_markdown_row(run) for run in runs])
+    if skipped:
+        lines += ["", "## Skipped folders", ""]
+        lines += [f"- `{s.path}`: {md_text(s.reason)}" for s in skipped]
+    lines += ["", "## Per-manifest results"]
+    for run in runs:
+        lines += ["", f"### {md_text(run.run_id)}", ""]
+        rows = manifest_cells(run.metrics)
+        lines += md_table(MANIFEST_COLUMNS, [[md_text(r[c]) for c in MANIFEST_COLUMNS] for r in rows]) if rows \
+            else [f"No scored manifests ({md_text(run_notes(run.metrics))})."]
+    return "\n".join(lines) + "\n"
+
+
+# --- entry point -------------------------------------------------------------------------------------------------
+
+
+def build_report(runs_dir: Path, out_markdown: Path | None = None, out_html: Path | None = None) -> ReportResult:
+    """Write the HTML page (default <runs_dir>/report.html) and, when out_markdown is given, the Markdown."""
+    from moonlora.html_report import render_html  # matplotlib loads only here
+
+    runs_dir = Path(runs_dir)
+    runs, skipped = discover_runs(runs_dir)
+    markdown = markdown_report(runs, skipped, runs_dir)
+    if out_markdown is not None:
+        out_markdown = Path(out_markdown)
+        out_markdown.parent.mkdir(parents=True, exist_ok=True)
+        out_markdown.write_text(markdown, encoding="utf-8")
+    out_html = Path(out_html) if out_html is not None else runs_dir / HTML_NAME
+    page = render_html(runs, skipped, runs_dir)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text(page, encoding="utf-8")
+    return ReportResult(runs, skipped, markdown, out_markdown, out_html)
