@@ -140,3 +140,40 @@ def test_plan_command_runs_through_the_cli(tiny_model_dir, data, tmp_path, capsy
     assert metrics["config"]["wer_stop_threshold"] == 1.1 and metrics["config"]["train"]["grad_accum"] == 4
     assert main(argv) == 2  # the run folder is not overwritten
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_non_finite_loss_skips_the_update_and_is_counted(tiny_model_dir, data, tmp_path, monkeypatch):
+    original, calls = train_module.batch_loss, []
+
+    def sometimes_nan(*args):
+        calls.append(1)
+        loss = original(*args)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train_module, "batch_loss", sometimes_nan)
+    metrics = run_experiment(config_for(tiny_model_dir, data, tmp_path / "nan", max_steps=3, grad_accum=1,
+                                        eval_interval=3), progress=False)
+    training = metrics["training"]
+    assert training["skipped_updates"] == 1
+    losses = [row["loss"] for row in training["losses"]]
+    assert losses[2] != losses[2] and all(v == v for v in losses[:2])  # step 3's loss was NaN
+    assert all(row["lora_delta_norm"] == row["lora_delta_norm"] for row in training["intervals"])  # no NaN weights
+
+
+def test_train_stream_is_a_pure_function_of_seed_and_step():
+    from moonlora.train import TrainStream
+
+    train = [f"t{i}" for i in range(10)]
+    replay = [f"r{i}" for i in range(5)]
+    config = TrainConfig(batch_size=4, seed=9, replay_ratio=0.25)
+    first = [TrainStream(train, replay, config).micro_batch(g) for g in range(20)]
+    again = TrainStream(train, replay, config)
+    assert [again.micro_batch(g) for g in reversed(range(20))][::-1] == first  # order of asking is irrelevant
+    items = [item for batch in first for item in batch]
+    replay_share = sum(item.startswith("r") for item in items) / len(items)
+    assert 0.15 < replay_share < 0.35
+    no_replay = TrainStream(train, [], TrainConfig(batch_size=5, seed=9))
+    epoch = no_replay.micro_batch(0) + no_replay.micro_batch(1)
+    assert sorted(epoch) == sorted(train)  # one epoch visits every clip once
+    ranks = [no_replay.micro_batch(0, rank=r, world=2) for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1])  # processes see different clips

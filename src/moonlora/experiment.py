@@ -118,8 +118,10 @@ def prepare_run_dir(config: ExperimentConfig) -> Path:
 
 
 def filter_by_duration(utterances: list[Utterance], max_seconds: float | None) -> tuple[list[Utterance], dict]:
-    kept = [u for u in utterances if max_seconds is None or u.duration <= max_seconds]
-    dropped = [u for u in utterances if u not in kept] if max_seconds is not None else []
+    """Keep clips up to max_seconds; report what was dropped in clips and hours."""
+    kept, dropped = [], []
+    for utterance in utterances:
+        (kept if max_seconds is None or utterance.duration <= max_seconds else dropped).append(utterance)
     return kept, {"max_seconds": max_seconds, "kept_clips": len(kept), "kept_hours": sum(u.duration for u in kept) / 3600,
                   "dropped_clips": len(dropped), "dropped_hours": sum(u.duration for u in dropped) / 3600}
 
