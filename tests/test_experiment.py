@@ -177,3 +177,11 @@ def test_train_stream_is_a_pure_function_of_seed_and_step():
     assert sorted(epoch) == sorted(train)  # one epoch visits every clip once
     ranks = [no_replay.micro_batch(0, rank=r, world=2) for r in range(2)]
     assert not set(ranks[0]) & set(ranks[1])  # processes see different clips
+
+
+def test_only_the_main_process_writes_run_files(tiny_model_dir, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # as a second process of `accelerate launch` would see it
+    out = tmp_path / "rank1"
+    metrics = run_experiment(config_for(tiny_model_dir, data, out, max_steps=2), progress=False)
+    assert metrics["status"] == "success"
+    assert not out.exists() or not any(out.iterdir())

@@ -28,7 +28,7 @@ from moonlora.model import DEFAULT_MODEL, LoadedModel, load_model
 from moonlora.provenance import provenance
 from moonlora.splits import split_train_val
 from moonlora.stats import compare_results
-from moonlora.train import IntervalEval, TrainConfig, TrainStream, train
+from moonlora.train import IntervalEval, TrainConfig, TrainStream, is_main_process, train
 
 CONFIG_FILE = "experiment_config.json"
 METRICS_FILE = "experiment_metrics.json"
@@ -165,7 +165,7 @@ def evaluate_sets(loaded: LoadedModel, sets: dict[str, Manifest], config: Experi
     for name, manifest in sets.items():
         results[name] = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress,
                                           description=f"{label} {name}")
-        if out_dir is not None:
+        if out_dir is not None and is_main_process():
             write_eval(results[name], out_dir / name)
     return results
 
@@ -214,6 +214,8 @@ def eval_summary(result: EvalResult) -> dict:
 
 
 def tensorboard_logger(run_dir: Path):
+    if not is_main_process():
+        return None, None
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
@@ -221,12 +223,14 @@ def tensorboard_logger(run_dir: Path):
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
+    if not is_main_process():
+        return
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
 
 
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     """Run the whole protocol; returns the metrics also written to experiment_metrics.json."""
-    run_dir = prepare_run_dir(config)
+    run_dir = prepare_run_dir(config) if is_main_process() else Path(config.output_dir)
     started = time.perf_counter()
     metrics = {"run_id": run_dir.name, "status": "running", "reason": None,
                "command": shlex.join(["moonlora", *sys.argv[1:]]), "config": config.to_dict(),
@@ -245,7 +249,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
         state = train(loaded, TrainStream(data.train, data.replay, config.train), config.train, config.audio,
                       make_evaluator(loaded, data, baseline, config, progress), run_dir,
                       resume=config.resume, progress=progress, log=log)
-        loaded.model.save_pretrained(str(run_dir / "adapter"))
+        if is_main_process():
+            loaded.model.save_pretrained(str(run_dir / "adapter"))
         tuned = evaluate_sets(loaded, data.eval_sets, config, run_dir / "tuned", progress, "tuned")
         metrics["tuned"] = {name: eval_summary(r) for name, r in tuned.items()}
         metrics["comparisons"] = compare(baseline, tuned, config.bootstrap_resamples, config.train.seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -62,6 +63,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def is_main_process() -> bool:
+    """True except on the non-zero ranks of `accelerate launch` / torchrun (they set RANK).
+
+    Only the main process writes run files; the others train their data shard and evaluate.
+    """
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -168,6 +177,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainStat
 
     Accelerate's save_state would also write the frozen 246 MB base model at every checkpoint.
     """
+    if not is_main_process():
+        return
     target, staging = run_dir / CHECKPOINT_DIR, run_dir / f".{CHECKPOINT_DIR}-tmp"
     staging.mkdir(parents=True, exist_ok=True)
     torch.save({
