@@ -8,7 +8,10 @@ number of optimizer steps; no evaluation or checkpoint inside the timed part of 
          each batch (the recipe of the Hugging Face speech fine-tuning guides)
   ours   moonlora.train.train (per-clip exact encoding, data stream, Accelerate)
 
-    uv run python benchmarks/train_speed.py [--steps 12] [--batch-size 8] [--threads 2]
+    uv run python benchmarks/train_speed.py [--steps 12] [--batch-size 8] [--threads 2] [--length-spread]
+
+--length-spread joins 1-4 utterances per clip (about 3-25 s, like the experiment plan's
+manifests, mean 7-13 s) instead of single utterances (3-8 s).
 """
 
 from __future__ import annotations
@@ -67,18 +70,45 @@ def ours(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path) -
     return state.train_seconds - state.eval_seconds
 
 
+def spread_lengths(clips, work: Path, seed: int = 0):
+    """Clips of 1-4 joined utterances (0.3 s apart), written as new wavs with their manifest."""
+    import random
+
+    import numpy as np
+    import soundfile as sf
+
+    from moonlora.manifest import write_manifest
+
+    rng, rows, start = random.Random(seed), [], 0
+    (work / "spread").mkdir(parents=True, exist_ok=True)
+    while start < len(clips):
+        group = clips[start : start + rng.randint(1, 4)]
+        start += len(group)
+        gap = np.zeros(4800, dtype=np.float32)
+        audio = np.concatenate([part for u in group for part in (load_audio(u.audio_filepath), gap)])
+        path = work / "spread" / f"joined{len(rows):04d}.wav"
+        sf.write(str(path), audio, 16000)
+        rows.append({"audio_filepath": str(path), "text": " ".join(u.text for u in group)})
+    return load_manifest(write_manifest(rows, work / "spread.jsonl")).utterances
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("train_speed.json")))
+    parser.add_argument("--length-spread", action="store_true", help="clips of 1-4 joined utterances")
+    parser.add_argument("--out", default=None, help="JSON results (default: next to this script)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="moonlora-train-bench-"))
-    synth = build_domain("atc", n=120, seed=1, out_dir=work / "atc", progress=False)
+    synth = build_domain("atc", n=120 if not args.length_spread else 300, seed=1, out_dir=work / "atc", progress=False)
     clips = load_manifest(synth.train_manifest).utterances
+    if args.length_spread:
+        clips = spread_lengths(clips, work)
+    durations = sorted(u.duration for u in clips)
+    out = args.out or str(Path(__file__).with_name("train_speed_spread.json" if args.length_spread else "train_speed.json"))
     samples = args.steps * args.batch_size
     timings = {"peer: Seq2SeqTrainer + PEFT": peer_trainer(clips, args.steps, args.batch_size, args.learning_rate, 0, work),
                "ours: moonlora.train": ours(clips, args.steps, args.batch_size, args.learning_rate, 0, work)}
@@ -86,9 +116,12 @@ def main() -> None:
     table = {name: {"seconds": s, "samples_per_second": samples / s, "speedup_vs_peer": peer_seconds / s}
              for name, s in timings.items()}
     report = {"steps": args.steps, "batch_size": args.batch_size, "clips": len(clips), "threads": args.threads,
+              "clip_seconds_min_mean_max": [durations[0], sum(durations) / len(durations), durations[-1]],
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "results": table}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{args.steps} steps x batch {args.batch_size}, {len(clips)} clips, {args.threads} threads, bundled:base-en\n")
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{args.steps} steps x batch {args.batch_size}, {len(clips)} clips "
+          f"({durations[0]:.1f}-{durations[-1]:.1f} s, mean {sum(durations) / len(durations):.1f} s), "
+          f"{args.threads} threads, bundled:base-en\n")
     print("| trainer | seconds | samples/s | speed vs peer |")
     print("| --- | --- | --- | --- |")
     for name, row in table.items():
