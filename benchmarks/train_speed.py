@@ -8,7 +8,7 @@ number of optimizer steps; no evaluation or checkpoint inside the timed part of 
          each batch (the recipe of the Hugging Face speech fine-tuning guides)
   ours   moonlora.train.train (per-clip exact encoding, data stream, Accelerate)
 
-    uv run python benchmarks/train_speed.py [--steps 12] [--batch-size 8] [--threads 2] [--length-spread]
+    uv run python benchmarks/train_speed.py [--steps 12] [--batch-size 8] [--threads 2] [--length-spread] [--repeats 2]
 
 --length-spread joins 1-4 utterances per clip (about 3-25 s, like the experiment plan's
 manifests, mean 7-13 s) instead of single utterances (3-8 s).
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--length-spread", action="store_true", help="clips of 1-4 joined utterances")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per trainer; medians reported")
     parser.add_argument("--out", default=None, help="JSON results (default: next to this script)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,11 +112,15 @@ def main() -> None:
     durations = sorted(u.duration for u in clips)
     out = args.out or str(Path(__file__).with_name("train_speed_spread.json" if args.length_spread else "train_speed.json"))
     samples = args.steps * args.batch_size
-    timings = {"peer: Seq2SeqTrainer + PEFT": peer_trainer(clips, args.steps, args.batch_size, args.learning_rate, 0, work),
-               "ours: moonlora.train": ours(clips, args.steps, args.batch_size, args.learning_rate, 0, work)}
+    trainers = {"peer: Seq2SeqTrainer + PEFT": peer_trainer, "ours: moonlora.train": ours}
+    runs: dict[str, list[float]] = {name: [] for name in trainers}
+    for repeat in range(args.repeats):  # interleaved, so a slow spell of the machine hits both
+        for name, trainer in trainers.items():
+            runs[name].append(trainer(clips, args.steps, args.batch_size, args.learning_rate, 0, work / str(repeat)))
+    timings = {name: statistics.median(seconds) for name, seconds in runs.items()}
     peer_seconds = timings["peer: Seq2SeqTrainer + PEFT"]
-    table = {name: {"seconds": s, "samples_per_second": samples / s, "speedup_vs_peer": peer_seconds / s}
-             for name, s in timings.items()}
+    table = {name: {"seconds": s, "all_seconds": runs[name], "samples_per_second": samples / s,
+                    "speedup_vs_peer": peer_seconds / s} for name, s in timings.items()}
     report = {"steps": args.steps, "batch_size": args.batch_size, "clips": len(clips), "threads": args.threads,
               "clip_seconds_min_mean_max": [durations[0], sum(durations) / len(durations), durations[-1]],
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "results": table}
@@ -122,10 +128,11 @@ def main() -> None:
     print(f"{args.steps} steps x batch {args.batch_size}, {len(clips)} clips "
           f"({durations[0]:.1f}-{durations[-1]:.1f} s, mean {sum(durations) / len(durations):.1f} s), "
           f"{args.threads} threads, bundled:base-en\n")
-    print("| trainer | seconds | samples/s | speed vs peer |")
+    print("| trainer | median seconds (runs) | samples/s | speed vs peer |")
     print("| --- | --- | --- | --- |")
     for name, row in table.items():
-        print(f"| {name} | {row['seconds']:.1f} | {row['samples_per_second']:.2f} | {row['speedup_vs_peer']:.2f}x |")
+        each = ", ".join(f"{x:.1f}" for x in row["all_seconds"])
+        print(f"| {name} | {row['seconds']:.1f} ({each}) | {row['samples_per_second']:.2f} | {row['speedup_vs_peer']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -88,3 +88,33 @@ def test_decode_config_validation():
         DecodeConfig(dtype="int4")
     with pytest.raises(ValueError):
         DecodeConfig(device="tpu")
+
+
+def test_stem_plus_layers_equal_the_transformers_encoder(tiny_loaded, tone_manifest):
+    from moonlora.decode import encoder_layers, encoder_stem
+
+    encoder = tiny_loaded.model.get_encoder()
+    for utterance in load_manifest(tone_manifest).utterances:
+        inputs = tiny_loaded.feature_extractor(load_audio(utterance.audio_filepath), sampling_rate=16000,
+                                               return_tensors="pt")["input_values"]
+        with torch.no_grad():
+            expected = encoder(inputs).last_hidden_state
+            split = encoder_layers(encoder, encoder_stem(encoder, inputs))
+        assert torch.allclose(split, expected, atol=1e-6)
+
+
+def test_training_loss_is_the_same_with_the_stem_cache(tiny_loaded, tone_manifest):
+    from moonlora.train import StemCache, batch_loss
+
+    model = nonidentity_lora(tiny_loaded.model)
+    utterances = load_manifest(tone_manifest).utterances[:3]
+    waveforms = [load_audio(u.audio_filepath) for u in utterances]
+    texts, keys = [u.text for u in utterances], [u.utt_id for u in utterances]
+    args = (model, tiny_loaded.feature_extractor, tiny_loaded.tokenizer, waveforms, texts)
+    plain = batch_loss(*args)
+    cache = StemCache()
+    first, second = batch_loss(*args, keys, cache), batch_loss(*args, keys, cache)
+    assert len(cache.stems) == 3
+    assert torch.allclose(plain, first, atol=1e-6) and torch.allclose(first, second)
+    first.backward()  # gradients still reach the LoRA weights through the cached stems
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)

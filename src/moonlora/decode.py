@@ -113,6 +113,43 @@ def _strip_special(ids: list[int], special: set[int]) -> list[int]:
     return [token for token in ids if token not in special]
 
 
+def encoder_stem(encoder, input_values: torch.Tensor) -> torch.Tensor:
+    """Moonshine's conv stem on one unpadded clip: (1, samples) -> (1, frames, hidden).
+
+    Mirrors the first half of `MoonshineEncoder.forward`; tests check stem + layers against it.
+    """
+    hidden = torch.tanh(encoder.conv1(input_values.unsqueeze(1)))
+    hidden = encoder.groupnorm(hidden)
+    hidden = torch.nn.functional.gelu(encoder.conv2(hidden))
+    hidden = torch.nn.functional.gelu(encoder.conv3(hidden))
+    return hidden.permute(0, 2, 1)
+
+
+def encoder_layers(encoder, stem: torch.Tensor) -> torch.Tensor:
+    """The encoder's transformer layers on one clip's stem output: (1, frames, hidden)."""
+    position_ids = torch.arange(stem.shape[1], device=stem.device).unsqueeze(0)
+    position_embeddings = encoder.rotary_emb(stem, position_ids=position_ids)
+    hidden = stem
+    for layer in encoder.layers:
+        hidden = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=position_embeddings)
+    return encoder.layer_norm(hidden)
+
+
+def stem_is_frozen(model) -> bool:
+    """True when no stem weight trains (LoRA targets only the transformer layers)."""
+    encoder = model.get_encoder()
+    return not any(p.requires_grad for m in (encoder.conv1, encoder.groupnorm, encoder.conv2, encoder.conv3)
+                   for p in m.parameters())
+
+
+def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad per-clip encoder states (frames, hidden) into a batch with a frame mask."""
+    device = states[0].device
+    lengths = torch.tensor([state.shape[0] for state in states], device=device)
+    mask = (torch.arange(int(lengths.max()), device=device)[None, :] < lengths[:, None]).long()
+    return pad_sequence(states, batch_first=True), mask
+
+
 def encode_exact(model, feature_extractor, waveforms: list[np.ndarray], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode each clip on its own, then pad the encoder states and mask the padding.
 
@@ -128,9 +165,7 @@ def encode_exact(model, feature_extractor, waveforms: list[np.ndarray], dtype: t
     for waveform in waveforms:
         inputs = feature_extractor(waveform, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
         states.append(encoder(inputs["input_values"].to(device=device, dtype=dtype)).last_hidden_state[0])
-    lengths = torch.tensor([state.shape[0] for state in states], device=device)
-    mask = (torch.arange(int(lengths.max()), device=device)[None, :] < lengths[:, None]).long()
-    return pad_sequence(states, batch_first=True), mask
+    return pad_states(states)
 
 
 def decode_batch(model, feature_extractor, tokenizer, waveforms: list[np.ndarray], config: DecodeConfig) -> list[DecodedClip]:

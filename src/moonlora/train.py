@@ -25,7 +25,7 @@ from transformers import get_linear_schedule_with_warmup
 from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderModelOutput
 
 from moonlora.audio import AudioConfig, load_audio
-from moonlora.decode import encode_exact
+from moonlora.decode import encode_exact, encoder_layers, encoder_stem, pad_states, stem_is_frozen
 from moonlora.manifest import Utterance
 
 CHECKPOINT_DIR = "checkpoint"
@@ -114,10 +114,40 @@ def label_ids(tokenizer, texts: list[str], eos_id: int) -> torch.Tensor:
     return torch.tensor([row + [-100] * (width - len(row)) for row in ids])
 
 
-def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray], texts: list[str]) -> torch.Tensor:
+class StemCache:
+    """Conv-stem outputs of training clips, computed once per run.
+
+    The stem (conv1, GroupNorm, conv2, conv3) holds no LoRA target, so its output for a clip
+    never changes while training; recomputing it every epoch is about a quarter of the
+    encoder's forward work. Used only while the stem is frozen, and up to `max_bytes`.
+    """
+
+    def __init__(self, max_bytes: int = 2 * 2**30):
+        self.max_bytes, self.used_bytes, self.stems = max_bytes, 0, {}
+
+    def stem(self, encoder, key: str, input_values: torch.Tensor) -> torch.Tensor:
+        if key in self.stems:
+            return self.stems[key]
+        with torch.no_grad():
+            stem = encoder_stem(encoder, input_values)
+        size = stem.numel() * stem.element_size()
+        if self.used_bytes + size <= self.max_bytes:
+            self.stems[key], self.used_bytes = stem, self.used_bytes + size
+        return stem
+
+
+def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray], texts: list[str],
+               keys: list[str] | None = None, cache: StemCache | None = None) -> torch.Tensor:
     """Teacher-forced cross-entropy, encoding each clip alone exactly as decoding does."""
     parameter = next(p for p in model.parameters())
-    states, mask = encode_exact(model, feature_extractor, waveforms, parameter.dtype)
+    if cache is not None and keys is not None and stem_is_frozen(model):
+        encoder = model.get_encoder()
+        inputs = [feature_extractor(w, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+                  ["input_values"].to(device=parameter.device, dtype=parameter.dtype) for w in waveforms]
+        states, mask = pad_states([encoder_layers(encoder, cache.stem(encoder, key, x))[0]
+                                   for key, x in zip(keys, inputs)])
+    else:
+        states, mask = encode_exact(model, feature_extractor, waveforms, parameter.dtype)
     eos_id = model.config.eos_token_id
     labels = label_ids(tokenizer, texts, eos_id).to(parameter.device)
     encoded = MoonshineEncoderModelOutput(last_hidden_state=states, attention_mask=mask)
@@ -130,9 +160,10 @@ class ExactEncodeLoss(torch.nn.Module):
     def __init__(self, model, feature_extractor, tokenizer):
         super().__init__()
         self.model, self.feature_extractor, self.tokenizer = model, feature_extractor, tokenizer
+        self.stem_cache = StemCache()
 
-    def forward(self, waveforms: list[np.ndarray], texts: list[str]) -> torch.Tensor:
-        return batch_loss(self.model, self.feature_extractor, self.tokenizer, waveforms, texts)
+    def forward(self, waveforms: list[np.ndarray], texts: list[str], keys: list[str]) -> torch.Tensor:
+        return batch_loss(self.model, self.feature_extractor, self.tokenizer, waveforms, texts, keys, self.stem_cache)
 
 
 @dataclass
@@ -301,7 +332,7 @@ def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, 
                                    accelerator.process_index, accelerator.num_processes)
         waveforms = [load_audio(u.audio_filepath, audio) for u in batch]
         with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            loss = model(waveforms, [u.text for u in batch])
+            loss = model(waveforms, [u.text for u in batch], [f"{u.audio_sha256}:{u.audio_filepath}" for u in batch])
         if not torch.isfinite(loss):
             finite = False
             continue
