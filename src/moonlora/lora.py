@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -39,7 +40,9 @@ def attach_lora(model: torch.nn.Module, settings: LoraSettings, seed: int) -> to
     """Wrap the model in a PeftModel with a fresh (identity at start) LoRA adapter."""
     torch.manual_seed(seed)  # LoRA A matrices are drawn at random
     try:
-        return get_peft_model(model, settings.peft_config())
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, settings.peft_config())
     except ValueError as error:
         raise ValueError(f"--target-modules {','.join(settings.target_modules)}: {error}") from None
 
