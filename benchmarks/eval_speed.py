@@ -8,7 +8,8 @@
 Same model (bundled:base-en, fp32), same clips (synthetic ATC test voices + beckett.wav).
 Prints a Markdown table of RTFx, WER and ratios, and writes JSON next to this script.
 
-    uv run python benchmarks/eval_speed.py [--clips-dir DIR] [--threads 2]
+    uv run python benchmarks/eval_speed.py [--threads 2]
+    uv run python benchmarks/eval_speed.py --sweep 1 8 16 32 64   # ours at each decode batch size
 """
 
 from __future__ import annotations
@@ -68,11 +69,42 @@ def wer_of(utterances, texts) -> float:
     return corpus_score([score_utterance(u.text, t) for u, t in zip(utterances, texts)]).wer
 
 
+def sweep(args) -> None:
+    """Ours at several decode batch sizes: RTFx, WER, and whether texts equal batch 1's."""
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="moonlora-bench-"))
+    utterances = load_manifest(benchmark_manifest(work)).utterances
+    loaded = load_model(device="cpu")
+    waveforms = [load_audio(u.audio_filepath) for u in utterances]
+    audio_seconds = sum(len(w) for w in waveforms) / 16000
+    rows, first_texts = [], None
+    for batch_size in args.sweep:
+        started = time.perf_counter()
+        clips, _ = decode_clips(loaded.model, loaded.feature_extractor, loaded.tokenizer,
+                                [u.duration for u in utterances], lambda i: waveforms[i],
+                                DecodeConfig(device="cpu", batch_size=batch_size))
+        seconds, texts = time.perf_counter() - started, [c.text for c in clips]
+        first_texts = first_texts or texts
+        rows.append({"batch_size": batch_size, "seconds": seconds, "rtfx": audio_seconds / seconds,
+                     "wer": wer_of(utterances, texts), "same_texts_as_first": texts == first_texts})
+    Path(args.out or Path(__file__).with_name("eval_speed_sweep.json")).write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"{len(utterances)} clips, {audio_seconds:.0f} s of audio, {args.threads} threads, bundled:base-en fp32\n")
+    print(f"| decode batch size | seconds | RTFx | WER | same texts as batch {args.sweep[0]} |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['batch_size']} | {row['seconds']:.1f} | {row['rtfx']:.1f}x | {row['wer']:.4f} | "
+              f"{row['same_texts_as_first']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("eval_speed.json")))
+    parser.add_argument("--sweep", type=int, nargs="+", default=None,
+                        help="instead: time ours at each of these decode batch sizes")
+    parser.add_argument("--out", default=None, help="JSON results (default: next to this script)")
     args = parser.parse_args()
+    if args.sweep:
+        return sweep(args)
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="moonlora-bench-"))
     manifest = load_manifest(benchmark_manifest(work))
@@ -106,7 +138,7 @@ def main() -> None:
     report = {"clips": len(utterances), "audio_seconds": audio_seconds, "threads": args.threads,
               "batch_size": config.batch_size, "cpu": platform.processor() or platform.machine(),
               "torch": torch.__version__, "results": table}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    Path(args.out or Path(__file__).with_name("eval_speed.json")).write_text(json.dumps(report, indent=2) + "\n")
     print(f"{len(utterances)} clips, {audio_seconds:.0f} s of audio, {args.threads} threads, bundled:base-en fp32\n")
     print("| decode path | seconds | RTFx | WER | speed vs batch-1 loop | same texts as batch-1 loop |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -8,7 +8,7 @@ from moonlora.audio import AudioConfig, AudioError, header_duration, load_audio,
 def test_downmix_and_resample_to_16k(tmp_path):
     t = np.arange(44100) / 44100
     left = 0.5 * np.sin(2 * np.pi * 440 * t)
-    stereo = np.stack([left, -left * 0 + left], axis=1)
+    stereo = np.stack([left, left], axis=1)
     path = tmp_path / "stereo44.wav"
     sf.write(str(path), stereo.astype(np.float32), 44100)
     wave = load_audio(path)

@@ -52,23 +52,15 @@ def test_noise_hits_requested_snr(tone_manifest, tmp_path, color):
         assert snr == pytest.approx(10.0, abs=0.5)
 
 
-def test_telephone_band_keeps_speech_band_only(tmp_path):
+@pytest.mark.parametrize("band, kept_1k_db", [("telephone", 1.0), ("radio", 3.0)])
+def test_band_limit_keeps_speech_band_only(tmp_path, band, kept_1k_db):
     manifest, source = three_tone_manifest(tmp_path)
-    result = run(manifest, tmp_path / "aug", band="telephone")
+    result = run(manifest, tmp_path / "aug", band=band)
     before, after = load_audio(source), load_audio(result.out_dir / "clips" / "tones.wav")
-    assert abs(level_db(after, 1000) - level_db(before, 1000)) < 1.0
+    assert abs(level_db(after, 1000) - level_db(before, 1000)) < kept_1k_db
     for freq in (100, 6000):
         assert level_db(before, freq) - level_db(after, freq) > 20.0
-
-
-def test_radio_band_is_narrower_and_soft_clipped(tmp_path):
-    manifest, source = three_tone_manifest(tmp_path)
-    result = run(manifest, tmp_path / "aug", band="radio")
-    before, after = load_audio(source), load_audio(result.out_dir / "clips" / "tones.wav")
-    assert abs(level_db(after, 1000) - level_db(before, 1000)) < 3.0
-    for freq in (100, 6000):
-        assert level_db(before, freq) - level_db(after, freq) > 20.0
-    assert np.max(np.abs(after)) <= 1.0
+    assert np.max(np.abs(after)) <= 1.0  # radio soft-clips; neither may exceed full scale
 
 
 def test_speed_shortens_and_manifest_duration_matches_file(tone_manifest, tmp_path):

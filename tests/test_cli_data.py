@@ -1,6 +1,7 @@
 """The data commands end to end through the CLI: synth -> diagnose -> augment."""
 
 import json
+from pathlib import Path
 
 from moonlora.cli import main
 
@@ -25,7 +26,9 @@ def test_synth_diagnose_augment(tmp_path, capsys):
     assert "| Manifest | Samples | Mean (s) | <=5s | <=8s | <=10s | <=15s | <=20s |" in markdown
     assert "| Manifest | Filtered | Train | Val | Split | Source |" in markdown
     report = json.loads(report_path.read_text())
-    assert report and json.dumps(report).count("train.jsonl") >= 1
+    profiles = {Path(m["manifest"]).name: m["profile"]["samples"] for m in report["manifests"]}
+    assert profiles == {"train.jsonl": len(train), "test.jsonl": len(test)}
+    assert report["leaks"] == []  # synth never shares a voice, a clip or a sentence between splits
 
     shifted = tmp_path / "radio"
     assert main(["--quiet", "augment", "--manifest", str(domain / "test.jsonl"), "--out", str(shifted),

@@ -75,14 +75,6 @@ class ExperimentConfig:
         return asdict(self)
 
 
-def experiment_config_from_dict(data: dict) -> ExperimentConfig:
-    nested = {"train": TrainConfig, "lora": LoraSettings, "audio": AudioConfig, "decode": DecodeConfig}
-    values = {key: (nested[key](**value) if key in nested else value) for key, value in data.items()}
-    values["lora"] = dataclasses.replace(values["lora"], target_modules=tuple(values["lora"].target_modules))
-    values["extra_manifests"] = tuple(values.get("extra_manifests", ()))
-    return ExperimentConfig(**values)
-
-
 def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     differing = []
     for key in sorted(set(saved) | set(current)):
