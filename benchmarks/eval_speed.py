@@ -25,7 +25,8 @@ import torch
 
 from moonlora import bundled
 from moonlora.audio import load_audio
-from moonlora.decode import DecodeConfig, decode_clips
+from moonlora.configs import DecodeConfig
+from moonlora.decode import decode_clips
 from moonlora.manifest import load_manifest, write_manifest
 from moonlora.metrics import corpus_score, score_utterance
 from moonlora.model import load_model

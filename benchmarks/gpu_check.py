@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from moonlora.audio import AudioConfig
-from moonlora.decode import DecodeConfig
+from moonlora.configs import DecodeConfig, LoraSettings, TrainConfig
 from moonlora.evaluate import evaluate_manifest
-from moonlora.lora import LoraSettings, attach_lora
+from moonlora.lora import attach_lora
 from moonlora.manifest import load_manifest
 from moonlora.model import load_model
 from moonlora.synth.build import build_domain
-from moonlora.train import IntervalEval, TrainConfig, TrainStream, train
+from moonlora.train import IntervalEval, TrainStream, train
 
 
 def main() -> None:

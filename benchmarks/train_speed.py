@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 
 from moonlora.audio import AudioConfig, load_audio
-from moonlora.lora import LoraSettings, attach_lora
+from moonlora.configs import LoraSettings, TrainConfig
+from moonlora.lora import attach_lora
 from moonlora.manifest import load_manifest
 from moonlora.model import load_model
 from moonlora.synth.build import build_domain
-from moonlora.train import IntervalEval, TrainConfig, TrainStream, label_ids, train
+from moonlora.train import IntervalEval, TrainStream, label_ids, train
 
 
 def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path) -> float:

@@ -1,8 +1,8 @@
 import pytest
 
 from moonlora.audio import AudioConfig
+from moonlora.configs import DecodeConfig
 from moonlora.contract import ContractMismatch, EvalContract, require_comparable
-from moonlora.decode import DecodeConfig
 
 
 def contract(**changes):

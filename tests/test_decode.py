@@ -5,7 +5,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from moonlora.audio import load_audio
-from moonlora.decode import DecodeConfig, batch_order, decode_clips
+from moonlora.configs import DecodeConfig
+from moonlora.decode import batch_order, decode_clips
 from moonlora.evaluate import evaluate_manifest
 from moonlora.manifest import load_manifest
 from moonlora.model import adapter_sha256, load_model, weights_sha256
@@ -91,7 +92,7 @@ def test_decode_config_validation():
 
 
 def test_stem_plus_layers_equal_the_transformers_encoder(tiny_loaded, tone_manifest):
-    from moonlora.decode import encoder_layers, encoder_stem
+    from moonlora.encoder import encoder_layers, encoder_stem
 
     encoder = tiny_loaded.model.get_encoder()
     for utterance in load_manifest(tone_manifest).utterances:

@@ -8,10 +8,8 @@ import pytest
 from conftest import write_tone
 from moonlora import train as train_module
 from moonlora.cli import build_parser, main
-from moonlora.experiment import ExperimentConfig, RunFolderExists, run_experiment
-from moonlora.decode import DecodeConfig
-from moonlora.lora import LoraSettings
-from moonlora.train import TrainConfig
+from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
+from moonlora.experiment import RunFolderExists, run_experiment
 
 # The seed plan's Test Matrix, verbatim (program name aside).
 PLAN_COMMANDS = [

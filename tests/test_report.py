@@ -5,7 +5,8 @@ import json
 
 from rich.console import Console
 
-from moonlora.report import (MATRIX_COLUMNS, build_report, ci_cell, discover_runs, format_lr, print_experiment)
+from moonlora.report import build_report, discover_runs, print_experiment
+from moonlora.report_tables import MATRIX_COLUMNS, ci_cell, format_lr
 
 PLAN_HEADER = ("| Run ID | Date | Command | Dataset | Steps | LR | LoRA Targets | Manifest | Baseline WER | Tuned WER "
                "| Notes | 95% CI (tuned - baseline) |")

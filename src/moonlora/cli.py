@@ -6,11 +6,10 @@ import argparse
 import sys
 
 from moonlora.audio import AudioConfig, AudioError
+from moonlora.configs import DEFAULT_MODEL, DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
 from moonlora.contract import ContractMismatch
-from moonlora.decode import DecodeConfig
+from moonlora.errors import ModelSourceError
 from moonlora.manifest import ManifestError
-from moonlora.model import DEFAULT_MODEL, ModelSourceError
-from moonlora.train import TrainConfig
 
 # Errors that come from what the user passed: one line, exit code 2, no traceback.
 USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, FileExistsError,
@@ -64,8 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from moonlora.experiment import ExperimentConfig, run_experiment
-    from moonlora.lora import LoraSettings
+    from moonlora.experiment import run_experiment
     from moonlora.report import print_experiment
 
     config = ExperimentConfig(

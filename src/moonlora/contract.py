@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from moonlora.audio import AudioConfig
-from moonlora.decode import DecodeConfig
+from moonlora.configs import DecodeConfig
 from moonlora.text import normalizer_id
 
 

@@ -7,67 +7,18 @@ unwraps it.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderModelOutput
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """How Moonshine turns audio into text. Only `result_fields` can change a transcript."""
-
-    num_beams: int = 1  # 1 = greedy search
-    # Per-clip cap on generated tokens: ceil(tokens_per_second * seconds) + extra_tokens.
-    # 6.5/s is Moonshine's runtime default; it stops the model's repeat-the-last-words loops.
-    tokens_per_second: float = 6.5
-    extra_tokens: int = 2
-    dtype: str = "float32"  # model weights and inputs; bfloat16/float16 only on accelerators
-    batch_size: int = 32  # eval_speed.py --sweep on 2 CPU cores: 30.5x real time vs 8.8x at batch 1
-    sort_by_length: bool = True  # batch clips of similar length: less padding, same output
-    device: str = "auto"  # auto | cpu | cuda | mps
-
-    result_fields = ("num_beams", "tokens_per_second", "extra_tokens", "dtype")
-
-    def __post_init__(self) -> None:
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.tokens_per_second > 0 or self.extra_tokens < 1:
-            raise ValueError("tokens_per_second must be > 0 and extra_tokens >= 1")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
-
-    def token_cap(self, seconds: float) -> int:
-        return math.ceil(self.tokens_per_second * seconds) + self.extra_tokens
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def result_dict(self) -> dict:
-        """The settings that can change a transcript (batching and device cannot)."""
-        return {name: getattr(self, name) for name in self.result_fields}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+from moonlora.configs import DecodeConfig
+from moonlora.device import DTYPES
+from moonlora.encoder import encode_exact
 
 
 class PerClipTokenCap(LogitsProcessor):
@@ -111,61 +62,6 @@ def batch_order(durations: Sequence[float], config: DecodeConfig) -> list[list[i
 
 def _strip_special(ids: list[int], special: set[int]) -> list[int]:
     return [token for token in ids if token not in special]
-
-
-def encoder_stem(encoder, input_values: torch.Tensor) -> torch.Tensor:
-    """Moonshine's conv stem on one unpadded clip: (1, samples) -> (1, frames, hidden).
-
-    Mirrors the first half of `MoonshineEncoder.forward`; tests check stem + layers against it.
-    """
-    hidden = torch.tanh(encoder.conv1(input_values.unsqueeze(1)))
-    hidden = encoder.groupnorm(hidden)
-    hidden = torch.nn.functional.gelu(encoder.conv2(hidden))
-    hidden = torch.nn.functional.gelu(encoder.conv3(hidden))
-    return hidden.permute(0, 2, 1)
-
-
-def encoder_layers(encoder, stem: torch.Tensor) -> torch.Tensor:
-    """The encoder's transformer layers on one clip's stem output: (1, frames, hidden)."""
-    position_ids = torch.arange(stem.shape[1], device=stem.device).unsqueeze(0)
-    position_embeddings = encoder.rotary_emb(stem, position_ids=position_ids)
-    hidden = stem
-    for layer in encoder.layers:
-        hidden = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=position_embeddings)
-    return encoder.layer_norm(hidden)
-
-
-def stem_is_frozen(model) -> bool:
-    """True when no stem weight trains (LoRA targets only the transformer layers)."""
-    encoder = model.get_encoder()
-    return not any(p.requires_grad for m in (encoder.conv1, encoder.groupnorm, encoder.conv2, encoder.conv3)
-                   for p in m.parameters())
-
-
-def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad per-clip encoder states (frames, hidden) into a batch with a frame mask."""
-    device = states[0].device
-    lengths = torch.tensor([state.shape[0] for state in states], device=device)
-    mask = (torch.arange(int(lengths.max()), device=device)[None, :] < lengths[:, None]).long()
-    return pad_sequence(states, batch_first=True), mask
-
-
-def encode_exact(model, feature_extractor, waveforms: list[np.ndarray], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode each clip on its own, then pad the encoder states and mask the padding.
-
-    Moonshine's conv stem GroupNorm normalizes over the whole (padded) input, so encoding a
-    padded batch changes every clip's features: on benchmarks/eval_speed.py's 101 clips, padded
-    batches of 32 give WER 0.9173 against 0.9137 clip by clip. Encoding clip by clip keeps a
-    clip's transcript the same in any batch, so batch size stays a speed setting outside the
-    eval contract. The decoder (the expensive, autoregressive part) still runs batched.
-    """
-    device = next(model.parameters()).device
-    encoder = model.get_encoder()  # on a PeftModel this is the adapted encoder
-    states = []
-    for waveform in waveforms:
-        inputs = feature_extractor(waveform, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
-        states.append(encoder(inputs["input_values"].to(device=device, dtype=dtype)).last_hidden_state[0])
-    return pad_states(states)
 
 
 def decode_batch(model, feature_extractor, tokenizer, waveforms: list[np.ndarray], config: DecodeConfig) -> list[DecodedClip]:

@@ -16,12 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from moonlora.canary import build_canary
+from moonlora.configs import DEFAULT_MODEL, DecodeConfig, ExperimentConfig, TrainConfig
 from moonlora.decide import Decision, decide
-from moonlora.decode import DecodeConfig
-from moonlora.experiment import ExperimentConfig, run_experiment
-from moonlora.model import DEFAULT_MODEL
+from moonlora.experiment import run_experiment
 from moonlora.synth.build import build_domain
-from moonlora.train import TrainConfig
 
 
 @dataclass(frozen=True)

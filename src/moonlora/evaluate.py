@@ -10,8 +10,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from moonlora.audio import AudioConfig, load_audio
+from moonlora.configs import DecodeConfig
 from moonlora.contract import EvalContract
-from moonlora.decode import DecodeConfig, DecodedClip, decode_clips
+from moonlora.decode import DecodedClip, decode_clips
 from moonlora.manifest import Manifest, SkippedRow, Utterance
 from moonlora.metrics import CorpusScore, UtteranceFlags, UtteranceScore, corpus_score, flag_utterance, score_utterance
 from moonlora.model import LoadedModel, adapter_sha256

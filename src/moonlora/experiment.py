@@ -15,20 +15,19 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from moonlora.audio import AudioConfig
+from moonlora.configs import ExperimentConfig
 from moonlora.contract import require_comparable
-from moonlora.decode import DecodeConfig
 from moonlora.evaluate import EvalResult, evaluate_manifest, write_eval
-from moonlora.lora import LoraSettings, attach_lora, lora_delta_norm, trainable_summary
+from moonlora.lora import attach_lora, lora_delta_norm, trainable_summary
 from moonlora.manifest import Manifest, Utterance, load_manifest
-from moonlora.model import DEFAULT_MODEL, LoadedModel, load_model
+from moonlora.model import LoadedModel, load_model
 from moonlora.provenance import provenance
 from moonlora.splits import split_train_val
 from moonlora.stats import compare_results
-from moonlora.train import IntervalEval, TrainConfig, TrainStream, is_main_process, train
+from moonlora.train import IntervalEval, TrainStream, is_main_process, train
 
 CONFIG_FILE = "experiment_config.json"
 METRICS_FILE = "experiment_metrics.json"
@@ -37,42 +36,6 @@ RUN_CONTROL_FIELDS = ("resume", "overwrite")  # how to run, not what: may differ
 
 class RunFolderExists(FileExistsError):
     """Refusing to overwrite a run folder."""
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    output_dir: str
-    dataset_path: str  # training manifest; its val split guides every choice
-    manifest_path: str  # main held-out manifest: scored at baseline and at the end only
-    model: str = DEFAULT_MODEL
-    max_seconds: float | None = 30.0  # drop longer training clips (Moonshine hallucinates past ~30 s)
-    val_fraction: float = 0.2
-    wer_stop_threshold: float | None = None  # stop when val WER > baseline val WER x this
-    extra_manifests: tuple[str, ...] = ()
-    canary_manifest: str | None = None  # general speech that must not get worse
-    canary_margin: float = 0.02  # stop when canary WER > baseline canary WER + this
-    replay_manifest: str | None = None  # general speech mixed into training (replay_ratio in train)
-    log_manifest_interval_wer: bool = False  # main-manifest WER at intervals, for plots only
-    bootstrap_resamples: int = 10_000
-    train: TrainConfig = field(default_factory=TrainConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    resume: bool = False
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ValueError(f"--max-seconds must be > 0, got {self.max_seconds}")
-        if self.wer_stop_threshold is not None and self.wer_stop_threshold <= 0:
-            raise ValueError(f"--wer-stop-threshold must be > 0, got {self.wer_stop_threshold}")
-        if self.train.replay_ratio > 0 and not self.replay_manifest:
-            raise ValueError("--replay-ratio needs --replay-manifest")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

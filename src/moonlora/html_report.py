@@ -16,8 +16,8 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from moonlora.report import (MANIFEST_COLUMNS, MATRIX_COLUMNS, Run, SkippedRun, format_wer, manifest_cells,
-                             matrix_cells)
+from moonlora.report_tables import (MANIFEST_COLUMNS, MATRIX_COLUMNS, Run, SkippedRun, format_wer, manifest_cells,
+                                    matrix_cells)
 
 TOP_CLIPS = 10
 COLORS = {"baseline": "#8c8c8c", "tuned": "#1f6feb", "val": "#1f6feb", "canary": "#d9822b", "main": "#2da44e",

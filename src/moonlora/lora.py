@@ -1,39 +1,20 @@
-"""LoRA on Moonshine with PEFT: settings, attachment, and how much the adapter changed."""
+"""LoRA on Moonshine with PEFT: attachment and how much the adapter changed (settings: `configs.LoraSettings`)."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
 
 import torch
 from peft import LoraConfig, get_peft_model
 
-# The experiment plan's targets: attention projections and MLPs of every encoder/decoder layer.
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+from moonlora.configs import LoraSettings
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"--lora-r must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise ValueError("--target-modules needs at least one module name")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def peft_config(self) -> LoraConfig:
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), bias="none")
+def peft_config(settings: LoraSettings) -> LoraConfig:
+    """The PEFT LoraConfig for these settings."""
+    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=list(settings.target_modules), bias="none")
 
 
 def attach_lora(model: torch.nn.Module, settings: LoraSettings, seed: int) -> torch.nn.Module:
@@ -42,7 +23,7 @@ def attach_lora(model: torch.nn.Module, settings: LoraSettings, seed: int) -> to
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return get_peft_model(model, settings.peft_config())
+            return get_peft_model(model, peft_config(settings))
     except ValueError as error:
         raise ValueError(f"--target-modules {','.join(settings.target_modules)}: {error}") from None
 

@@ -29,18 +29,15 @@ from transformers import (
 
 from moonlora import bundled
 from moonlora.audio import SAMPLE_RATE
-from moonlora.decode import DTYPES, resolve_device
+from moonlora.configs import DEFAULT_MODEL
+from moonlora.device import DTYPES, resolve_device
+from moonlora.errors import ModelSourceError
 
-DEFAULT_MODEL = "bundled:base-en"
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("base-en",)
 CONVERTER_VERSION = "1"  # bump when convert.py changes what it writes
 COMPLETE_MARKER = "moonlora_source.json"
 ADAPTER_MATH_KEYS = ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out")
-
-
-class ModelSourceError(RuntimeError):
-    """A --model or --adapter value that cannot be loaded; the message says what to do."""
 
 
 @dataclass

@@ -25,44 +25,12 @@ from transformers import get_linear_schedule_with_warmup
 from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderModelOutput
 
 from moonlora.audio import AudioConfig, load_audio
-from moonlora.decode import encode_exact, encoder_layers, encoder_stem, pad_states, stem_is_frozen
+from moonlora.configs import TrainConfig
+from moonlora.encoder import encode_exact, encoder_layers, encoder_stem, pad_states, stem_is_frozen
 from moonlora.manifest import Utterance
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.pt"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    max_steps: int = 200  # optimizer updates
-    learning_rate: float = 1e-4
-    batch_size: int = 1  # clips per micro-batch (per process)
-    grad_accum: int = 4  # micro-batches per update
-    warmup_steps: int = 0  # linear warmup, then linear decay to 0 at max_steps
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_interval: int = 50  # interval WER on the val split every this many steps
-    seed: int = 42
-    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | no | bf16
-    replay_ratio: float = 0.0  # share of training clips drawn from the replay manifest
-
-    def __post_init__(self) -> None:
-        checks = {
-            "--max-steps must be >= 1": self.max_steps >= 1,
-            "--learning-rate must be > 0": self.learning_rate > 0,
-            "--batch-size must be >= 1": self.batch_size >= 1,
-            "--grad-accum must be >= 1": self.grad_accum >= 1,
-            "--warmup-steps must be in [0, max-steps)": 0 <= self.warmup_steps < max(self.max_steps, 1),
-            "--eval-interval must be >= 1": self.eval_interval >= 1,
-            "--replay-ratio must be in [0, 1)": 0.0 <= self.replay_ratio < 1.0,
-            "mixed_precision must be auto, no or bf16": self.mixed_precision in ("auto", "no", "bf16"),
-        }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError("; ".join(failed))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def is_main_process() -> bool:

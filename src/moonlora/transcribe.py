@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from moonlora.audio import AudioConfig
-from moonlora.decode import DecodeConfig
+from moonlora.configs import DEFAULT_MODEL, DecodeConfig
 from moonlora.evaluate import EvalResult, evaluate_manifest, write_eval
 from moonlora.manifest import load_manifest
-from moonlora.model import DEFAULT_MODEL, load_model
+from moonlora.model import load_model
 from moonlora.provenance import provenance
 
 CONFIG_FILE = "transcribe_config.json"

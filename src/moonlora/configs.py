@@ -1,0 +1,165 @@
+"""Run settings as frozen dataclasses: model, decode, training, LoRA and experiment configs.
+
+Torch-free on purpose (stdlib only, plus the torch-free `AudioConfig`), so command-line parsing,
+eval contracts and reports can build and read configs without loading torch, transformers,
+peft or accelerate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from moonlora.audio import AudioConfig
+
+DEFAULT_MODEL = "bundled:base-en"
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # moonlora.device.DTYPES maps them to torch dtypes
+# The experiment plan's targets: attention projections and MLPs of every encoder/decoder layer.
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How Moonshine turns audio into text. Only `result_fields` can change a transcript."""
+
+    num_beams: int = 1  # 1 = greedy search
+    # Per-clip cap on generated tokens: ceil(tokens_per_second * seconds) + extra_tokens.
+    # 6.5/s is Moonshine's runtime default; it stops the model's repeat-the-last-words loops.
+    tokens_per_second: float = 6.5
+    extra_tokens: int = 2
+    dtype: str = "float32"  # model weights and inputs; bfloat16/float16 only on accelerators
+    batch_size: int = 32  # eval_speed.py --sweep on 2 CPU cores: 30.5x real time vs 8.8x at batch 1
+    sort_by_length: bool = True  # batch clips of similar length: less padding, same output
+    device: str = "auto"  # auto | cpu | cuda | mps
+
+    result_fields = ("num_beams", "tokens_per_second", "extra_tokens", "dtype")
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.tokens_per_second > 0 or self.extra_tokens < 1:
+            raise ValueError("tokens_per_second must be > 0 and extra_tokens >= 1")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+
+    def token_cap(self, seconds: float) -> int:
+        return math.ceil(self.tokens_per_second * seconds) + self.extra_tokens
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def result_dict(self) -> dict:
+        """The settings that can change a transcript (batching and device cannot)."""
+        return {name: getattr(self, name) for name in self.result_fields}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 200  # optimizer updates
+    learning_rate: float = 1e-4
+    batch_size: int = 1  # clips per micro-batch (per process)
+    grad_accum: int = 4  # micro-batches per update
+    warmup_steps: int = 0  # linear warmup, then linear decay to 0 at max_steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_interval: int = 50  # interval WER on the val split every this many steps
+    seed: int = 42
+    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | no | bf16
+    replay_ratio: float = 0.0  # share of training clips drawn from the replay manifest
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--max-steps must be >= 1": self.max_steps >= 1,
+            "--learning-rate must be > 0": self.learning_rate > 0,
+            "--batch-size must be >= 1": self.batch_size >= 1,
+            "--grad-accum must be >= 1": self.grad_accum >= 1,
+            "--warmup-steps must be in [0, max-steps)": 0 <= self.warmup_steps < max(self.max_steps, 1),
+            "--eval-interval must be >= 1": self.eval_interval >= 1,
+            "--replay-ratio must be in [0, 1)": 0.0 <= self.replay_ratio < 1.0,
+            "mixed_precision must be auto, no or bf16": self.mixed_precision in ("auto", "no", "bf16"),
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"--lora-r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("--target-modules needs at least one module name")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    output_dir: str
+    dataset_path: str  # training manifest; its val split guides every choice
+    manifest_path: str  # main held-out manifest: scored at baseline and at the end only
+    model: str = DEFAULT_MODEL
+    max_seconds: float | None = 30.0  # drop longer training clips (Moonshine hallucinates past ~30 s)
+    val_fraction: float = 0.2
+    wer_stop_threshold: float | None = None  # stop when val WER > baseline val WER x this
+    extra_manifests: tuple[str, ...] = ()
+    canary_manifest: str | None = None  # general speech that must not get worse
+    canary_margin: float = 0.02  # stop when canary WER > baseline canary WER + this
+    replay_manifest: str | None = None  # general speech mixed into training (replay_ratio in train)
+    log_manifest_interval_wer: bool = False  # main-manifest WER at intervals, for plots only
+    bootstrap_resamples: int = 10_000
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"--max-seconds must be > 0, got {self.max_seconds}")
+        if self.wer_stop_threshold is not None and self.wer_stop_threshold <= 0:
+            raise ValueError(f"--wer-stop-threshold must be > 0, got {self.wer_stop_threshold}")
+        if self.train.replay_ratio > 0 and not self.replay_manifest:
+            raise ValueError("--replay-ratio needs --replay-manifest")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExperimentConfig:
+        """The config back from `to_dict()` output (e.g. a saved experiment_config.json)."""
+        nested = {"train": TrainConfig, "lora": LoraSettings, "audio": AudioConfig, "decode": DecodeConfig}
+        values = {key: _typed(nested[key], value) if key in nested and isinstance(value, dict) else value
+                  for key, value in data.items()}
+        return _typed(cls, values)
+
+
+def _typed(cls, data: dict):
+    """`cls(**data)` with JSON lists turned back into tuples for tuple fields.
+
+    Keys that are not fields raise TypeError, except `pipeline_version`, which
+    AudioConfig.to_dict adds from the code rather than from a setting.
+    """
+    tuple_fields = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
+    derived = {"pipeline_version"} if cls is AudioConfig else set()
+    return cls(**{key: tuple(value) if key in tuple_fields and isinstance(value, list) else value
+                  for key, value in data.items() if key not in derived})

@@ -1,0 +1,109 @@
+"""The run folder module: typed record, schema versions, lock, checkpoint publication and recovery."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from moonlora import runfolder
+from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, EvalSummary, RunLock, RunLocked, RunRecord,
+                                RunRecordError, checkpoint_staging, describe_state, find_resume_checkpoint,
+                                latest_checkpoint_step, publish_checkpoint, read_record, run_state, write_record)
+
+
+def summary(wer):
+    return EvalSummary(wer=wer, cer=wer / 2, raw_wer=wer, clips=3, hours=0.001, flags={"empty_hypothesis": 1},
+                       wer_by_duration=[], contract={"manifest_sha256": "x"})
+
+
+def test_record_round_trips_typed(tmp_path):
+    record = RunRecord(run_id="r", config={"train": {"seed": 3}}, baseline={"main": summary(0.5)},
+                       comparisons={"main": Comparison(0.5, 0.25, -0.25, -0.4, -0.1, 0.99, 100, 3, 3, 0.95, True, -0.5)})
+    write_record(tmp_path, record)
+    loaded = read_record(tmp_path)
+    assert loaded.baseline["main"].wer == 0.5 and loaded.comparisons["main"].ci_high == -0.1
+    assert loaded.seed == 3 and loaded.status == "running" and loaded.pid == os.getpid()
+
+
+def test_older_or_foreign_records_get_one_line_errors(tmp_path):
+    (tmp_path / METRICS_FILE).write_text(json.dumps({"status": "success", "run_id": "old"}))
+    with pytest.raises(RunRecordError, match="schema version 1 was written by an older moonlora"):
+        read_record(tmp_path)
+    (tmp_path / METRICS_FILE).write_text(json.dumps({"schema_version": 2, "run_id": "x", "config": {}, "bogus": 1,
+                                                     "baseline": {"main": {"wer": 1}}}))
+    with pytest.raises(RunRecordError, match="does not match the run record schema"):
+        read_record(tmp_path)
+    (tmp_path / METRICS_FILE).write_text('{"schema_version": 2, "loss": NaN}')
+    with pytest.raises(RunRecordError, match="unreadable"):
+        read_record(tmp_path)
+    with pytest.raises(RunRecordError, match="no run record"):
+        read_record(tmp_path / "nothing")
+
+
+def test_second_process_is_refused_with_the_holders_pid(tmp_path):
+    with RunLock(tmp_path):
+        probe = ("import sys; from moonlora.runfolder import RunLock, RunLocked\n"
+                 "try:\n    RunLock(sys.argv[1]).acquire()\nexcept RunLocked as e:\n    print(e); sys.exit(3)\n")
+        done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
+        assert done.returncode == 3, done.stderr
+        assert f"in use by process {os.getpid()}" in done.stdout
+    with RunLock(tmp_path):  # released: takes it again
+        pass
+
+
+def test_running_record_without_a_live_holder_is_died_and_resumable(tmp_path):
+    record = RunRecord(run_id="r", config={}, phase="training", pid=2**22 + 12345)
+    write_record(tmp_path, record)
+    staging = checkpoint_staging(tmp_path, 4)
+    (staging / CHECKPOINT_STATE).write_bytes(b"state-4")
+    publish_checkpoint(tmp_path, staging, 4)
+    assert run_state(record, tmp_path) == "died"
+    assert describe_state(record, tmp_path).startswith("died at training")
+    assert "resumable from step 4" in describe_state(record, tmp_path)
+    alive = RunRecord(run_id="r", config={}, phase="baseline")
+    with RunLock(tmp_path):
+        assert run_state(alive, tmp_path) == "running"
+
+
+def publish(run_dir, step, payload=None):
+    staging = checkpoint_staging(run_dir, step)
+    (staging / CHECKPOINT_STATE).write_bytes(payload or f"state-{step}".encode() * 100)
+    return publish_checkpoint(run_dir, staging, step)
+
+
+def test_last_two_checkpoints_kept_and_corrupt_one_skipped(tmp_path):
+    for step in (2, 4, 6):
+        publish(tmp_path, step)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-00000004", "step-00000006"]
+    newest = tmp_path / "checkpoints" / "step-00000006" / CHECKPOINT_STATE
+    newest.write_bytes(newest.read_bytes()[:50])  # truncated
+    chosen, notes = find_resume_checkpoint(tmp_path)
+    assert chosen.step == 4
+    assert any("step-00000006" in n and "truncated" in n for n in notes)
+    newest.write_bytes(b"X" * len((tmp_path / "checkpoints" / "step-00000004" / CHECKPOINT_STATE).read_bytes()))
+    assert latest_checkpoint_step(tmp_path) == 4
+
+
+def test_leftovers_of_an_interrupted_save_are_cleaned_and_next_save_works(tmp_path):
+    publish(tmp_path, 2)
+    staging = checkpoint_staging(tmp_path, 4)
+    (staging / CHECKPOINT_STATE).write_bytes(b"half")  # killed before publishing
+    chosen, notes = find_resume_checkpoint(tmp_path)
+    assert chosen.step == 2 and notes == ["removed an unfinished checkpoint save (.step-00000004.tmp)"]
+    publish(tmp_path, 4)
+    publish(tmp_path, 4)  # the same step saved again replaces it
+    assert latest_checkpoint_step(tmp_path) == 4
+
+
+def test_publish_is_one_rename(tmp_path, monkeypatch):
+    """A kill at any point of publish leaves either the old set or the old set plus the new one."""
+    publish(tmp_path, 2)
+    renames = []
+    real_rename = type(tmp_path).rename
+    monkeypatch.setattr(type(tmp_path), "rename", lambda self, target: renames.append(target) or real_rename(self, target))
+    publish(tmp_path, 4)
+    assert len(renames) == 1 and renames[0].name == "step-00000004"
+    assert runfolder.latest_checkpoint_step(tmp_path) == 4
