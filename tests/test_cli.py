@@ -27,7 +27,8 @@ def test_transcribe_writes_results_and_refuses_to_overwrite(tiny_model_dir, tone
     assert summary["rtfx"] > 0 and config["decode"]["batch_size"] == 2
     capsys.readouterr()
     assert main(args) == 2
-    assert "already holds results" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--output-dir" in err and "already holds" in err and "summary.json" in err
     assert main(args + ["--overwrite"]) == 0
 
 

@@ -97,6 +97,25 @@ def test_every_bad_row_kind_is_reported_with_file_and_line(tmp_path):
     assert "duplicate_transcript" in md and "none found" in md  # problems, but no leakage
 
 
+def test_wordless_transcripts_are_counted_with_their_lines(tmp_path):
+    for i in range(4):
+        write_tone(tmp_path / f"w{i}.wav", 1.5, seed=i)
+    manifest = write_rows(tmp_path / "wordless.jsonl", [
+        {"audio_filepath": "w0.wav", "text": "a real sentence"},  # 1
+        {"audio_filepath": "w1.wav", "text": "..."},              # 2
+        {"audio_filepath": "w2.wav", "text": "?!"},               # 3
+        {"audio_filepath": "w3.wav", "text": "another one"},      # 4
+    ])
+    report = diagnose(DiagnoseConfig((str(manifest),), max_seconds=8))
+    wordless = [(p.kind, p.line) for p in report.problems if p.kind == "text_normalizes_to_nothing"]
+    assert wordless == [("text_normalizes_to_nothing", 2), ("text_normalizes_to_nothing", 3)]
+    (m,) = report.manifests
+    assert m.profile.samples == 2  # neither wordless row is counted as a clip
+    assert f"| `{manifest}` | text_normalizes_to_nothing | 2 | 2, 3 |" in render_markdown(report)
+    kinds = [p["kind"] for p in report.to_dict()["manifests"][0]["problems"]]
+    assert kinds.count("text_normalizes_to_nothing") == 2
+
+
 def test_unloadable_manifests_are_problems_not_crashes(tmp_path, profile_manifest):
     empty = write_rows(tmp_path / "useless.jsonl", ["{bad", {"text": "no audio"}])
     absent = tmp_path / "absent.jsonl"

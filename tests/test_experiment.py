@@ -9,7 +9,8 @@ from conftest import write_tone
 from moonlora import train as train_module
 from moonlora.cli import build_parser, main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
-from moonlora.experiment import RunFolderExists, run_experiment
+from moonlora.experiment import run_experiment
+from moonlora.outputs import OutputExists
 
 # The seed plan's Test Matrix, verbatim (program name aside).
 PLAN_COMMANDS = [
@@ -56,7 +57,7 @@ def config_for(tiny_model_dir, data, out, **train_changes):
 def test_run_folder_holds_every_artifact_and_is_not_overwritten(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
     metrics = run_experiment(config_for(tiny_model_dir, data, out), progress=False)
-    assert metrics["status"] == "success" and metrics["reason"] is None
+    assert metrics.status == "success" and metrics.reason is None
     for relative in ("experiment_config.json", "experiment_metrics.json", "adapter/adapter_config.json",
                      "adapter/adapter_model.safetensors", "baseline/main/transcripts.jsonl", "tuned/main/transcripts.jsonl",
                      "baseline/val/summary.json", "tuned/canary/summary.json", "tuned/extra-canary/summary.json"):
@@ -80,7 +81,8 @@ def test_run_folder_holds_every_artifact_and_is_not_overwritten(tiny_model_dir, 
     assert training["best_val_wer"] == min(row["val_wer"] for row in training["intervals"])
     assert saved["tuned"]["val"]["wer"] == pytest.approx(
         next(row["val_wer"] for row in training["intervals"] if row["step"] == best))
-    with pytest.raises(RunFolderExists):
+    assert metrics.status == "success" and metrics.training.steps == 4
+    with pytest.raises(OutputExists):
         run_experiment(config_for(tiny_model_dir, data, out), progress=False)
 
 
@@ -100,11 +102,12 @@ def test_resume_repeats_an_uninterrupted_run(tiny_model_dir, data, tmp_path, mon
     import dataclasses
 
     resumed = run_experiment(dataclasses.replace(cut, resume=True), progress=False)
-    a = [row["loss"] for row in straight["training"]["losses"]]
-    b = [row["loss"] for row in resumed["training"]["losses"]]
+    a = [row["loss"] for row in straight.training.losses]
+    b = [row["loss"] for row in resumed.training.losses]
     assert len(a) == len(b) == 5
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
-    assert resumed["tuned"]["main"]["wer"] == straight["tuned"]["main"]["wer"]
+    assert resumed.tuned["main"].wer == straight.tuned["main"].wer
+    assert [leg.resumed_from_step for leg in resumed.legs] == [None, 2]
 
 
 def test_resume_refuses_changed_settings(tiny_model_dir, data, tmp_path):
@@ -137,7 +140,7 @@ def test_plan_command_runs_through_the_cli(tiny_model_dir, data, tmp_path, capsy
     metrics = json.loads((tmp_path / "h2" / "experiment_metrics.json").read_text())
     assert metrics["config"]["wer_stop_threshold"] == 1.1 and metrics["config"]["train"]["grad_accum"] == 4
     assert main(argv) == 2  # the run folder is not overwritten
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds" in capsys.readouterr().err
 
 
 def test_non_finite_loss_skips_the_update_and_is_counted(tiny_model_dir, data, tmp_path, monkeypatch):
@@ -151,11 +154,14 @@ def test_non_finite_loss_skips_the_update_and_is_counted(tiny_model_dir, data, t
     monkeypatch.setattr(train_module, "batch_loss", sometimes_nan)
     metrics = run_experiment(config_for(tiny_model_dir, data, tmp_path / "nan", max_steps=3, grad_accum=1,
                                         eval_interval=3), progress=False)
-    training = metrics["training"]
-    assert training["skipped_updates"] == 1
-    losses = [row["loss"] for row in training["losses"]]
-    assert losses[2] != losses[2] and all(v == v for v in losses[:2])  # step 3's loss was NaN
-    assert all(row["lora_delta_norm"] == row["lora_delta_norm"] for row in training["intervals"])  # no NaN weights
+    training = metrics.training
+    assert training.skipped_updates == 1
+    assert [row["skipped"] for row in training.losses] == [False, False, True]
+    assert training.losses[2]["loss"] is None and all(row["loss"] > 0 for row in training.losses[:2])
+    assert all(row["lora_delta_norm"] == row["lora_delta_norm"] for row in training.intervals)  # no NaN weights
+    saved = json.loads((tmp_path / "nan" / "experiment_metrics.json").read_text(),
+                       parse_constant=lambda name: pytest.fail(f"non-standard JSON {name}"))
+    assert saved["training"]["losses"][2]["loss"] is None
 
 
 def test_train_stream_is_a_pure_function_of_seed_and_step():
@@ -181,5 +187,5 @@ def test_only_the_main_process_writes_run_files(tiny_model_dir, data, tmp_path, 
     monkeypatch.setenv("RANK", "1")  # as a second process of `accelerate launch` would see it
     out = tmp_path / "rank1"
     metrics = run_experiment(config_for(tiny_model_dir, data, out, max_steps=2), progress=False)
-    assert metrics["status"] == "success"
+    assert metrics.status == "success"
     assert not out.exists() or not any(out.iterdir())

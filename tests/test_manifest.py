@@ -71,3 +71,36 @@ def test_content_hash_tracks_audio_and_text_not_formatting(tmp_path):
     before = load_manifest(one).content_hash
     write_tone(tmp_path / "x.wav", 1.0, seed=2)
     assert load_manifest(one).content_hash != before
+
+
+@pytest.mark.parametrize("text", ["...", "?!", "  . . .  ", "Uh, um.", "…"])
+def test_reference_without_words_is_skipped_with_its_line(tmp_path, text):
+    write_tone(tmp_path / "x.wav", 1.0, seed=1)
+    write_tone(tmp_path / "y.wav", 1.0, seed=2)
+    manifest = write_rows(tmp_path / "m.jsonl", [
+        {"audio_filepath": "x.wav", "text": "hello there"},
+        {"audio_filepath": "y.wav", "text": text},
+        {"audio_filepath": "x.wav", "text": "Wait... what?"},
+    ])
+    loaded = load_manifest(manifest)
+    assert [u.line for u in loaded.utterances] == [1, 3]
+    (row,) = loaded.skipped
+    assert (row.kind, row.line) == ("text_normalizes_to_nothing", 2)
+    assert str(row).startswith(f"{manifest}:2: ") and "no words once normalized" in str(row)
+    assert loaded.skipped_by_kind() == {"text_normalizes_to_nothing": 1}
+
+
+def test_skipped_wordless_row_leaves_the_content_hash_of_the_rest(tmp_path):
+    write_tone(tmp_path / "x.wav", 1.0, seed=1)
+    write_tone(tmp_path / "y.wav", 1.0, seed=2)
+    good = {"audio_filepath": "x.wav", "text": "hello there"}
+    plain = write_rows(tmp_path / "plain.jsonl", [good])
+    with_noise = write_rows(tmp_path / "noise.jsonl", [{"audio_filepath": "y.wav", "text": "?!"}, good])
+    assert load_manifest(with_noise).content_hash == load_manifest(plain).content_hash
+
+
+def test_only_wordless_rows_is_a_whole_manifest_error(tmp_path):
+    write_tone(tmp_path / "x.wav", 1.0)
+    manifest = write_rows(tmp_path / "m.jsonl", [{"audio_filepath": "x.wav", "text": "..."}])
+    with pytest.raises(ManifestError, match=r"no usable rows .*m.jsonl:1: transcript '...' has no words"):
+        load_manifest(manifest)

@@ -76,7 +76,7 @@ def test_build_domain_deterministic_and_consistent(tmp_path):
 
 def test_build_domain_refuses_existing_manifests(tmp_path):
     build_domain("atc", n=2, seed=0, out_dir=tmp_path, progress=False)
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match="--out .*already holds.*pass --overwrite"):
         build_domain("atc", n=2, seed=0, out_dir=tmp_path, progress=False)
     result = build_domain("atc", n=2, seed=1, out_dir=tmp_path, overwrite=True, progress=False)
     assert result.n_train + result.n_test == 2

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-from tqdm.auto import tqdm
 
 from moonlora.audio import SAMPLE_RATE, AudioError, load_audio
 from moonlora.manifest import SkippedRow, Utterance, load_manifest, write_manifest
+from moonlora.outputs import claim_output_dir
+from moonlora.progress import progress_bar
 
 # name -> (low Hz, high Hz, soft-clip drive or None)
 BANDS: dict[str, tuple[float, float, float | None]] = {
@@ -39,6 +40,8 @@ SPEED_RANGE = (0.5, 2.0)  # exclusive
 FILTER_ORDER = 4  # per pass; zero-phase (forward-backward) doubles the slope, like sosfiltfilt
 MANIFEST_NAME = "manifest.jsonl"
 CONFIG_NAME = "augment_config.json"
+OUTPUT_KIND = "augment"
+OUTPUT_ENTRIES = ("clips", MANIFEST_NAME, CONFIG_NAME)
 
 
 @dataclass(frozen=True)
@@ -197,25 +200,21 @@ def output_names(utterances: list[Utterance]) -> list[str]:
 
 
 def _prepare_out_dir(out_dir: Path, manifest_path: Path, utterances: list[Utterance], overwrite: bool) -> Path:
-    """Refuse to clobber earlier output or any original; return the (emptied) clips folder."""
-    target = out_dir / MANIFEST_NAME
-    if target.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds {MANIFEST_NAME}; pass overwrite (--overwrite) or choose another folder"
-        )
+    """Refuse to clobber earlier output or any original; return the (fresh) clips folder.
+
+    With `overwrite`, only what an earlier augment wrote into `out_dir` is removed (the output policy).
+    """
     clips_dir = out_dir / "clips"
-    if target.resolve() == manifest_path.resolve():
-        raise ValueError(f"{out_dir}: output manifest would replace the input manifest {manifest_path}")
+    if (out_dir / MANIFEST_NAME).resolve() == manifest_path.resolve():
+        raise ValueError(f"--out {out_dir}: output manifest would replace the input manifest {manifest_path}")
     for utterance in utterances:
-        if utterance.audio_filepath.resolve().parent == clips_dir.resolve():
+        if utterance.audio_filepath.resolve().is_relative_to(clips_dir.resolve()):  # --overwrite would remove it
             raise ValueError(
-                f"{out_dir}: its clips/ folder holds original audio ({utterance.audio_filepath}); "
-                "choose another out_dir so originals are never touched"
+                f"--out {out_dir}: its clips/ folder holds original audio ({utterance.audio_filepath}); "
+                "choose another --out so originals are never touched"
             )
-    clips_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for stale in clips_dir.glob("*.wav"):  # else an earlier, larger run leaves orphans
-            stale.unlink()
+    claim_output_dir(out_dir, "--out", OUTPUT_KIND, OUTPUT_ENTRIES, overwrite)
+    clips_dir.mkdir(exist_ok=True)
     return clips_dir
 
 
@@ -250,18 +249,21 @@ def augment_manifest(config: AugmentConfig, progress: bool = True) -> AugmentRes
     Writes `clips/*.wav` (16 kHz PCM_16), `manifest.jsonl` and `augment_config.json`.
     Deterministic for `config.seed`. Rows that cannot be used are reported, not fatal.
     """
-    manifest = load_manifest(config.manifest)
+    manifest = load_manifest(config.manifest)  # paths and headers only; no clip is decoded before the check
     out_dir = Path(config.out_dir)
     clips_dir = _prepare_out_dir(out_dir, manifest.path, manifest.utterances, config.overwrite)
     skipped = list(manifest.skipped)
     rows: list[dict] = []
     names = output_names(manifest.utterances)
     pairs = zip(manifest.utterances, names)
-    for utterance, name in tqdm(pairs, total=len(names), desc="augment", unit="clip", disable=not progress):
+    bar = progress_bar(len(names), "augment", unit="clip", enabled=progress)
+    for utterance, name in pairs:
         try:
             rows.append(_augment_one(utterance, name, clips_dir, config))
         except AudioError as error:
             skipped.append(SkippedRow(str(manifest.path), utterance.line, "unreadable_audio", str(error)))
+        bar.update(1)
+    bar.close()
     manifest_path = write_manifest(rows, out_dir / MANIFEST_NAME)
     config_path = _write_config(out_dir, config, len(rows), skipped)
     return AugmentResult(

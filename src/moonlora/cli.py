@@ -1,59 +1,156 @@
-"""Command line: parses arguments and calls library functions, nothing more."""
+"""Command line: parses arguments and calls library functions, nothing more.
+
+Light on purpose: importing this module, `moonlora --help` and the data and verdict commands
+load no torch, transformers, peft or accelerate; a command that runs a model imports them inside
+its handler, after its output path has been checked. Every default shown by `--help` (and in the
+README's commands table, rendered by `commands_markdown`) comes from the config dataclasses.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import signal
 import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
 
 from moonlora.audio import AudioConfig, AudioError
-from moonlora.configs import DEFAULT_MODEL, DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
+from moonlora.augment import BANDS, NOISE_COLORS, AugmentConfig
+from moonlora.configs import (DTYPE_NAMES, DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings, TrainConfig,
+                              TranscribeConfig, default_of)
 from moonlora.contract import ContractMismatch
+from moonlora.diagnose import DiagnoseConfig
 from moonlora.errors import ModelSourceError
 from moonlora.manifest import ManifestError
+from moonlora.outputs import OutputError, OutputExists, check_output_file, write_json
+from moonlora.runfolder import RunLocked, RunRecordError
+from moonlora.synth.build import build_domain
+from moonlora.synth.domains import DOMAINS
 
 # Errors that come from what the user passed: one line, exit code 2, no traceback.
-USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, FileExistsError,
-               FileNotFoundError, ValueError)
+USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, OutputExists, OutputError,
+               RunRecordError, RunLocked, FileExistsError, FileNotFoundError, ValueError)
+
+EXIT_CODES = (
+    (0, "success"),
+    (1, "`decide`: the verdict is FAIL; `diagnose`: a manifest could not be loaded"),
+    (2, "a user error (bad value, missing or unreadable input, an output that would replace earlier results): "
+        "one line on stderr"),
+    (130, "interrupted (Ctrl-C or SIGTERM): one line on stderr; an experiment resumes with --resume"),
+)
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"{DEFAULT_MODEL} (offline, default), a hub id such as UsefulSensors/moonshine-tiny, or a save_pretrained folder")
+# --- help: every flag has a help line and shows its default -------------------------------------------------------
+
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+
+
+def default_text(action: argparse.Action) -> str:
+    """How a flag's default reads in --help and in the README table."""
+    if action.required or not action.option_strings:
+        return "required"
+    if action.nargs == 0:  # a switch
+        return "on" if action.default else "off"
+    if action.default is None or action.default == []:
+        return "none"
+    if isinstance(action.default, (list, tuple)):
+        return " ".join(str(value) for value in action.default)
+    return str(action.default)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends `(default: ...)` or `(required)` to the help line of every flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        shown = "required" if action.required else f"default: {default_text(action)}"
+        return f"{text} ({shown.replace('%', '%%')})"
+
+
+class TopHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """`moonlora --help`: the epilog (exit codes) keeps its lines."""
+
+
+def add_command(commands, name: str, summary: str, details: str, handler) -> argparse.ArgumentParser:
+    """A subcommand: `summary` in `moonlora --help`, summary and details in `moonlora NAME --help`."""
+    parser = commands.add_parser(name, help=summary, description=f"{summary[:1].upper()}{summary[1:]}. {details}",
+                                 formatter_class=HelpFormatter)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_model_args(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--model", default=default,
+                        help="bundled:base-en (offline), a hub id such as UsefulSensors/moonshine-tiny, "
+                             "or a save_pretrained folder")
 
 
 def add_decode_args(parser: argparse.ArgumentParser) -> None:
     defaults = DecodeConfig()
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="clips per decode batch")
     parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="1 = greedy search")
-    parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | mps")
-    parser.add_argument("--dtype", default=defaults.dtype, help="float32 | bfloat16 | float16")
-    parser.add_argument("--rms-target-dbfs", type=float, default=None,
-                        help="scale every clip to this RMS level (dBFS) before decoding; default: keep the level")
+    parser.add_argument("--device", default=defaults.device, help=DEVICE_HELP)
+    parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPE_NAMES, help="model weights and inputs")
+    add_rms_arg(parser)
 
 
-def decode_config(args: argparse.Namespace) -> DecodeConfig:
-    return DecodeConfig(num_beams=args.num_beams, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+def add_rms_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rms-target-dbfs", type=float, default=AudioConfig().rms_target_dbfs,
+                        help="scale every clip to this RMS level (dBFS) before the model hears it; none keeps the level")
+
+
+def add_overwrite_arg(parser: argparse.ArgumentParser, flag: str) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace moonlora's earlier results at {flag} (only files moonlora wrote there)")
+
+
+def add_json_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", default=None, help=f"also write {what} as JSON to this file")
+    add_overwrite_arg(parser, "--json")
+
+
+# --- handlers -----------------------------------------------------------------------------------------------------
+
+
+def quiet_model_logs(args: argparse.Namespace) -> None:
+    """--quiet also silences transformers' progress bars; only commands that load a model call this."""
+    if args.quiet:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from moonlora.transcribe import TranscribeConfig, print_summary, run_transcribe
+    from moonlora.transcribe import check_output, print_summary, run_transcribe
 
     config = TranscribeConfig(
         manifest=args.manifest, model=args.model, adapter=args.adapter, output_dir=args.output_dir,
-        overwrite=args.overwrite, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs), decode=decode_config(args),
+        overwrite=args.overwrite, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
+        decode=DecodeConfig(num_beams=args.num_beams, batch_size=args.batch_size, device=args.device,
+                            dtype=args.dtype),
     )
+    config = replace(config, output_dir=str(check_output(config)))  # refused before torch loads
+    quiet_model_logs(args)
     result, out_dir = run_transcribe(config, progress=not args.quiet)
     print_summary(result, out_dir)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from moonlora.demo import check_output, run_demo
+
+    config = DemoConfig(output_dir=args.output_dir, model=args.model, max_steps=args.max_steps,
+                        seeds=tuple(args.seeds), device=args.device, overwrite=args.overwrite)
+    config = replace(config, output_dir=str(check_output(config)))  # refused before torch loads
+    quiet_model_logs(args)
     from moonlora.decide import render
-    from moonlora.demo import DemoConfig, run_demo
     from moonlora.report import print_experiment
 
-    result = run_demo(DemoConfig(output_dir=args.output_dir, model=args.model, max_steps=args.max_steps,
-                                 seeds=tuple(args.seeds), device=args.device), progress=not args.quiet)
+    result = run_demo(config, progress=not args.quiet)
     for metrics in result.runs:
         print_experiment(metrics)
     print(render(result.decision))
@@ -63,6 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    quiet_model_logs(args)
     from moonlora.experiment import run_experiment
     from moonlora.report import print_experiment
 
@@ -73,7 +171,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         canary_manifest=args.canary_manifest, canary_margin=args.canary_margin,
         replay_manifest=args.replay_manifest, log_manifest_interval_wer=args.log_manifest_interval_wer,
         train=TrainConfig(
-            max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
+            max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.train_batch_size,
             grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, eval_interval=args.eval_interval,
             seed=args.seed, mixed_precision=args.mixed_precision, replay_ratio=args.replay_ratio,
         ),
@@ -93,24 +191,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
+    json_path = check_output_file(args.json, "--json", args.overwrite) if args.json else None
     from moonlora.decide import decide, render
 
     decision = decide(args.runs)
     print(render(decision))
-    if args.json:
-        Path(args.json).write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
+    if json_path is not None:
+        write_json(json_path, decision.to_dict(), command="decide")
     return 0 if decision.passed else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from moonlora.report import build_report
 
-    result = build_report(Path(args.runs_dir), out_markdown=Path(args.out), out_html=Path(args.html) if args.html else None)
+    # build_report checks both outputs (default: inside RUNS_DIR) before it reads any run.
+    result = build_report(Path(args.runs_dir), out_markdown=Path(args.out) if args.out else None,
+                          out_html=Path(args.html) if args.html else None, overwrite=args.overwrite)
     print(result.markdown)
     for skipped in result.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}")
@@ -119,7 +215,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from moonlora.diagnose import DiagnoseConfig, run
+    if args.json:
+        check_output_file(args.json, "--json", args.overwrite)
+    from moonlora.diagnose import run
 
     config = DiagnoseConfig(manifests=tuple(args.manifests), max_seconds=args.max_seconds,
                             thresholds=tuple(args.thresholds), seed=args.seed,
@@ -130,10 +228,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from moonlora.synth.build import build_domain
-
     result = build_domain(args.domain, n=args.n, seed=args.seed, out_dir=Path(args.out),
                           test_fraction=args.test_fraction, overwrite=args.overwrite, progress=not args.quiet)
     print(f"{result.n_train} train clips ({result.train_seconds / 60:.1f} min): {result.train_manifest}")
@@ -142,7 +236,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from moonlora.augment import AugmentConfig, augment_manifest
+    from moonlora.augment import augment_manifest
 
     result = augment_manifest(AugmentConfig(
         manifest=args.manifest, out_dir=args.out, noise_snr_db=args.snr_db, band=args.band, speed=args.speed,
@@ -154,124 +248,246 @@ def cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the parser ---------------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moonlora", description="LoRA for Moonshine speech recognition, with honest WER.")
+    epilog = "exit codes:\n" + "\n".join(f"  {code:<4} {meaning.replace('`', '')}" for code, meaning in EXIT_CODES)
+    parser = argparse.ArgumentParser(prog="moonlora", formatter_class=TopHelpFormatter, epilog=epilog,
+                                     description="LoRA for Moonshine speech recognition, with honest WER.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    transcribe = commands.add_parser("transcribe", help="transcribe a manifest and score it (WER, CER, flags)")
+    transcribe = add_command(
+        commands, "transcribe", "transcribe a manifest and score it (WER, CER, flags)",
+        "Writes transcripts.jsonl (ref, hyp, duration, errors, flags per clip) and summary.json (WER, CER, hours, "
+        "skipped rows with reasons, flag counts, WER by duration, RTFx, eval contract).", cmd_transcribe)
     transcribe.add_argument("--manifest", required=True, help="JSONL manifest (audio_filepath, text, ...)")
-    add_model_args(transcribe)
-    transcribe.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder to apply")
-    transcribe.add_argument("--output-dir", default=None, help="where to write transcripts.jsonl and summary.json")
-    transcribe.add_argument("--overwrite", action="store_true", help="replace results already in --output-dir")
+    add_model_args(transcribe, default_of(TranscribeConfig, "model"))
+    transcribe.add_argument("--adapter", default=default_of(TranscribeConfig, "adapter"),
+                            help="a PEFT LoRA adapter folder to apply")
+    transcribe.add_argument("--output-dir", default=default_of(TranscribeConfig, "output_dir"),
+                            help="folder for transcripts.jsonl, summary.json, transcribe_config.json; "
+                                 "none: outputs/transcribe/<manifest>-<time>")
+    add_overwrite_arg(transcribe, "--output-dir")
     add_decode_args(transcribe)
-    transcribe.set_defaults(handler=cmd_transcribe)
 
-    demo = commands.add_parser("demo", help="the main job on the offline default model")
-    add_model_args(demo)
-    demo.add_argument("--output-dir", default=None, help="default: outputs/demo-<time>")
-    demo.add_argument("--max-steps", type=int, default=30, help="LoRA updates per run")
-    demo.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one run per seed")
-    demo.add_argument("--device", default="auto")
-    demo.set_defaults(handler=cmd_demo)
+    demo_defaults = DemoConfig()
+    demo = add_command(commands, "demo", "the main job on the offline default model",
+                       "Synthesizes an ATC domain and a general-speech canary, runs one experiment per seed, "
+                       "then decide and report, all in one new folder.", cmd_demo)
+    add_model_args(demo, demo_defaults.model)
+    demo.add_argument("--output-dir", default=demo_defaults.output_dir,
+                      help="a new folder for the whole demo; none: outputs/demo-<time>")
+    demo.add_argument("--max-steps", type=int, default=demo_defaults.max_steps, help="LoRA updates per run")
+    demo.add_argument("--seeds", type=int, nargs="+", default=list(demo_defaults.seeds), help="one run per seed")
+    demo.add_argument("--device", default=demo_defaults.device, help=DEVICE_HELP)
+    add_overwrite_arg(demo, "--output-dir")
 
-    experiment = commands.add_parser("experiment", help="baseline, LoRA training with interval WER, tuned, with CIs")
-    train_defaults = TrainConfig()
-    experiment.add_argument("--output-dir", required=True, help="the run folder (refused if it holds a run)")
-    experiment.add_argument("--dataset-path", required=True, help="training manifest (its val split guides choices)")
-    experiment.add_argument("--manifest-path", required=True, help="main held-out manifest (scored before and after)")
-    experiment.add_argument("--max-steps", type=int, default=train_defaults.max_steps, help="optimizer updates")
-    experiment.add_argument("--learning-rate", type=float, default=train_defaults.learning_rate)
-    experiment.add_argument("--eval-interval", type=int, default=train_defaults.eval_interval,
-                            help="val-split WER every this many steps")
-    experiment.add_argument("--max-seconds", type=float, default=30.0, help="drop training clips longer than this")
-    experiment.add_argument("--seed", type=int, default=train_defaults.seed)
-    experiment.add_argument("--wer-stop-threshold", type=float, default=None,
-                            help="stop when val WER exceeds baseline val WER times this (e.g. 1.1)")
-    add_model_args(experiment)
-    experiment.add_argument("--lora-r", type=int, default=8)
-    experiment.add_argument("--lora-alpha", type=float, default=16.0)
-    experiment.add_argument("--lora-dropout", type=float, default=0.05)
-    experiment.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj,fc1,fc2")
-    experiment.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="training clips per micro-batch")
-    experiment.add_argument("--grad-accum", type=int, default=train_defaults.grad_accum, help="micro-batches per update")
-    experiment.add_argument("--warmup-steps", type=int, default=train_defaults.warmup_steps)
-    experiment.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"],
-                            help="auto: bf16 on a GPU that supports it, else fp32")
-    experiment.add_argument("--val-fraction", type=float, default=0.2)
-    experiment.add_argument("--extra-manifest", action="append", default=[], help="secondary manifest (repeatable)")
-    experiment.add_argument("--canary-manifest", default=None, help="general speech that must not get worse")
-    experiment.add_argument("--canary-margin", type=float, default=0.02, help="stop when canary WER rises by more")
-    experiment.add_argument("--replay-manifest", default=None, help="general speech mixed into training")
-    experiment.add_argument("--replay-ratio", type=float, default=0.0, help="share of training clips from replay")
-    experiment.add_argument("--log-manifest-interval-wer", action="store_true",
-                            help="also log main-manifest WER at intervals (plots only, never used for choices)")
-    experiment.add_argument("--decode-batch-size", type=int, default=DecodeConfig().batch_size)
-    experiment.add_argument("--num-beams", type=int, default=1)
-    experiment.add_argument("--device", default="auto")
-    experiment.add_argument("--rms-target-dbfs", type=float, default=None)
-    experiment.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
-    experiment.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
-    experiment.set_defaults(handler=cmd_experiment)
+    add_experiment_args(add_command(
+        commands, "experiment", "baseline, LoRA training with interval WER, tuned, with CIs",
+        "The experiment plan's runner: baseline, LoRA training with interval WER on a speaker-disjoint val split, "
+        "WER- and canary-guarded early stop, best adapter restored, tuned WER with paired-bootstrap 95% CIs; "
+        "exact resume from checkpoints.", cmd_experiment))
 
-    decide_cmd = commands.add_parser("decide", help="the plan's decision criteria over run folders")
-    decide_cmd.add_argument("runs", nargs="+", help="run folders written by moonlora experiment")
-    decide_cmd.add_argument("--json", default=None, help="also write the verdicts as JSON here")
-    decide_cmd.set_defaults(handler=cmd_decide)
+    decide_cmd = add_command(commands, "decide", "the plan's decision criteria over run folders",
+                             "Primary, secondary, reproducibility across seeds and sanity, as a verdict; refuses "
+                             "runs measured under different eval contracts.", cmd_decide)
+    decide_cmd.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by moonlora experiment")
+    add_json_arg(decide_cmd, "the verdicts")
 
-    report = commands.add_parser("report", help="Test Matrix (Markdown) and an HTML page with plots from run folders")
-    report.add_argument("runs_dir", help="folder holding run folders")
-    report.add_argument("--out", default="docs/training_report.md", help="Markdown Test Matrix")
-    report.add_argument("--html", default=None, help="HTML page (default: RUNS_DIR/report.html)")
-    report.set_defaults(handler=cmd_report)
+    report = add_command(commands, "report", "Test Matrix (Markdown) and an HTML page with plots from run folders",
+                         "The plan's Test Matrix generated from run folders; both files land in RUNS_DIR unless "
+                         "--out and --html say otherwise.", cmd_report)
+    report.add_argument("runs_dir", metavar="RUNS_DIR", help="folder holding run folders")
+    report.add_argument("--out", default=None, help="Markdown Test Matrix; none: RUNS_DIR/training_report.md")
+    report.add_argument("--html", default=None, help="HTML page with plots; none: RUNS_DIR/report.html")
+    add_overwrite_arg(report, "--out and --html")
 
-    diagnose = commands.add_parser("diagnose", help="duration profile, splits, problems and leakage of manifests")
+    diagnose = add_command(
+        commands, "diagnose", "duration profile, splits, problems and leakage of manifests",
+        "Duration profile and train/val split tables (the experiment plan's layout), problems (missing or corrupt "
+        "audio, empty text, clips under 1 s or over 30 s, format mix, duration mismatch, duplicates) and leakage "
+        "across manifests.", cmd_diagnose)
     diagnose.add_argument("--manifests", nargs="+", required=True, help="one or more JSONL manifests")
     diagnose.add_argument("--max-seconds", type=float, required=True, help="duration cap used for the split table")
-    diagnose.add_argument("--thresholds", type=float, nargs="+", default=[5, 8, 10, 15, 20],
+    diagnose.add_argument("--thresholds", type=float, nargs="+", default=list(default_of(DiagnoseConfig, "thresholds")),
                           help="duration thresholds (seconds) for the profile table")
-    diagnose.add_argument("--seed", type=int, default=42, help="seed of the train/val split")
-    diagnose.add_argument("--val-fraction", type=float, default=0.2, help="share of clips for validation")
-    diagnose.add_argument("--json", default=None, help="also write the whole report as JSON here")
-    diagnose.set_defaults(handler=cmd_diagnose)
+    diagnose.add_argument("--seed", type=int, default=default_of(DiagnoseConfig, "seed"),
+                          help="seed of the train/val split")
+    diagnose.add_argument("--val-fraction", type=float, default=default_of(DiagnoseConfig, "val_fraction"),
+                          help="share of clips for validation")
+    add_json_arg(diagnose, "the whole report")
 
-    synth = commands.add_parser("synth", help="build a synthetic domain (espeak-ng voices) with train/test manifests")
-    synth.add_argument("--domain", default="atc", help="registered domain (moonlora.synth.domains): atc")
+    synth = add_command(commands, "synth", "build a synthetic domain (espeak-ng voices) with train/test manifests",
+                        "Templated text spoken by espeak-ng voices (pip-installed, no system package); train and "
+                        "test voices disjoint; deterministic for a seed.", cmd_synth)
+    synth.add_argument("--domain", default="atc", choices=tuple(DOMAINS), help="registered domain")
     synth.add_argument("--n", type=int, default=300, help="number of utterances")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--out", required=True, help="output folder (clips/, train.jsonl, test.jsonl)")
-    synth.add_argument("--test-fraction", type=float, default=0.33, help="share of utterances for the test voices")
-    synth.add_argument("--overwrite", action="store_true", help="replace a domain already in --out")
-    synth.set_defaults(handler=cmd_synth)
+    synth.add_argument("--seed", type=int, default=0, help="seed of texts, voices, rates and pitches")
+    synth.add_argument("--out", required=True,
+                       help="output folder (clips/, train.jsonl, test.jsonl, synth_config.json)")
+    synth.add_argument("--test-fraction", type=float,
+                       default=inspect.signature(build_domain).parameters["test_fraction"].default,
+                       help="share of utterances for the test voices")
+    add_overwrite_arg(synth, "--out")
 
-    augment = commands.add_parser("augment", help="domain-shifted copies of a manifest: noise, band-limit, speed")
-    augment.add_argument("--manifest", required=True)
-    augment.add_argument("--out", required=True, help="output folder (clips/, manifest.jsonl)")
-    augment.add_argument("--snr-db", type=float, default=None, help="add noise at this SNR (dB)")
-    augment.add_argument("--noise-color", default="white", choices=["white", "pink"])
-    augment.add_argument("--band", default=None, choices=["telephone", "radio"], help="band-limit like a phone or AM radio")
-    augment.add_argument("--speed", type=float, default=None, help="speed factor, e.g. 0.9 or 1.1")
-    augment.add_argument("--seed", type=int, default=0)
-    augment.add_argument("--overwrite", action="store_true", help="replace an augmented copy already in --out")
-    augment.set_defaults(handler=cmd_augment)
+    augment = add_command(commands, "augment", "domain-shifted copies of a manifest: noise, band-limit, speed",
+                          "Copies go through the one audio pipeline, then speed, band and noise in that order; "
+                          "the originals are only read.", cmd_augment)
+    augment.add_argument("--manifest", required=True, help="JSONL manifest to copy (its files are only read)")
+    augment.add_argument("--out", required=True, help="output folder (clips/, manifest.jsonl, augment_config.json)")
+    augment.add_argument("--snr-db", type=float, default=default_of(AugmentConfig, "noise_snr_db"),
+                         help="add noise at this SNR (dB); none: no noise")
+    augment.add_argument("--noise-color", default=default_of(AugmentConfig, "noise_color"), choices=NOISE_COLORS,
+                         help="spectrum of the added noise")
+    augment.add_argument("--band", default=default_of(AugmentConfig, "band"), choices=tuple(BANDS),
+                         help="band-limit like a phone or AM radio; none: full band")
+    augment.add_argument("--speed", type=float, default=default_of(AugmentConfig, "speed"),
+                         help="speed factor, e.g. 0.9 or 1.1; none: unchanged")
+    augment.add_argument("--seed", type=int, default=default_of(AugmentConfig, "seed"), help="seed of the noise")
+    add_overwrite_arg(augment, "--out")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.quiet:
-        from transformers.utils import logging as transformers_logging
+def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
+    """The experiment plan's flags keep their names; the rest follow the config dataclasses."""
+    train, lora, decode = TrainConfig(), LoraSettings(), DecodeConfig()
 
-        transformers_logging.disable_progress_bar()
+    def default(name: str):
+        return default_of(ExperimentConfig, name)
+
+    experiment.add_argument("--output-dir", required=True, help="the run folder (refused if it holds a run)")
+    experiment.add_argument("--dataset-path", required=True, help="training manifest (its val split guides choices)")
+    experiment.add_argument("--manifest-path", required=True, help="main held-out manifest (scored before and after)")
+    experiment.add_argument("--max-steps", type=int, default=train.max_steps, help="optimizer updates")
+    experiment.add_argument("--learning-rate", type=float, default=train.learning_rate, help="peak learning rate")
+    experiment.add_argument("--eval-interval", type=int, default=train.eval_interval,
+                            help="val-split WER every this many steps")
+    experiment.add_argument("--max-seconds", type=float, default=default("max_seconds"),
+                            help="drop training clips longer than this")
+    experiment.add_argument("--seed", type=int, default=train.seed, help="seed of the split, LoRA init and batches")
+    experiment.add_argument("--wer-stop-threshold", type=float, default=default("wer_stop_threshold"),
+                            help="stop when val WER exceeds baseline val WER times this (e.g. 1.1); none: never")
+    add_model_args(experiment, default("model"))
+    experiment.add_argument("--lora-r", type=int, default=lora.r, help="LoRA rank")
+    experiment.add_argument("--lora-alpha", type=float, default=lora.alpha, help="LoRA scaling numerator")
+    experiment.add_argument("--lora-dropout", type=float, default=lora.dropout, help="dropout on the LoRA input")
+    experiment.add_argument("--target-modules", default=",".join(lora.target_modules),
+                            help="comma-separated module names that get LoRA")
+    experiment.add_argument("--train-batch-size", "--batch-size", dest="train_batch_size", type=int,
+                            default=train.batch_size, help="training clips per micro-batch")
+    experiment.add_argument("--grad-accum", type=int, default=train.grad_accum, help="micro-batches per update")
+    experiment.add_argument("--warmup-steps", type=int, default=train.warmup_steps,
+                            help="linear warmup, then linear decay to 0")
+    experiment.add_argument("--mixed-precision", default=train.mixed_precision, choices=("auto", "no", "bf16"),
+                            help="auto: bf16 on a GPU that supports it, else fp32")
+    experiment.add_argument("--val-fraction", type=float, default=default("val_fraction"),
+                            help="share of training clips held out as the val split")
+    experiment.add_argument("--extra-manifest", action="append", default=[],
+                            help="secondary held-out manifest (repeatable)")
+    experiment.add_argument("--canary-manifest", default=default("canary_manifest"),
+                            help="general speech that must not get worse")
+    experiment.add_argument("--canary-margin", type=float, default=default("canary_margin"),
+                            help="stop when canary WER rises by more than this")
+    experiment.add_argument("--replay-manifest", default=default("replay_manifest"),
+                            help="general speech mixed into training")
+    experiment.add_argument("--replay-ratio", type=float, default=train.replay_ratio,
+                            help="share of training clips from --replay-manifest")
+    experiment.add_argument("--log-manifest-interval-wer", action="store_true",
+                            help="also log main-manifest WER at intervals (plots only, never used for choices)")
+    experiment.add_argument("--decode-batch-size", type=int, default=decode.batch_size,
+                            help="clips per decode batch (baseline, interval and tuned WER)")
+    experiment.add_argument("--num-beams", type=int, default=decode.num_beams, help="1 = greedy search")
+    experiment.add_argument("--device", default=decode.device, help=DEVICE_HELP)
+    add_rms_arg(experiment)
+    experiment.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    experiment.add_argument("--overwrite", action="store_true",
+                            help="replace the run in --output-dir (only a moonlora run folder)")
+
+
+# --- the README's commands table ------------------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    """One Markdown table cell (or paragraph): one line, pipes escaped, no stray HTML tags."""
+    text = " ".join(str(text).split())
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _flag_cell(action: argparse.Action) -> str:
+    names = " / ".join(action.option_strings) or (action.metavar or action.dest.upper())
+    if action.choices:
+        names += " {" + ",".join(str(choice) for choice in action.choices) + "}"
+    if action.nargs in ("+", "*"):
+        names += " ..."
+    return f"`{_cell(names)}`"
+
+
+def _flag_table(parser: argparse.ArgumentParser) -> list[str]:
+    rows = ["| flag | default | what it does |", "| --- | --- | --- |"]
+    for action in parser._actions:
+        if action.default is argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+            continue  # -h/--help and the command slot
+        rows.append(f"| {_flag_cell(action)} | {_cell(default_text(action))} | {_cell(action.help)} |")
+    return rows
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """(name, one-line help, parser) of every subcommand, in the order `--help` lists them."""
+    (slot,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return [(choice.dest, choice.help, slot.choices[choice.dest]) for choice in slot._choices_actions]
+
+
+def commands_markdown(parser: argparse.ArgumentParser | None = None) -> str:
+    """The README's commands section, rendered from the parser (tests/test_cli_light.py compares them)."""
+    parser = parser or build_parser()
+    commands = _subcommands(parser)
+    lines = ["| command | what it does |", "| --- | --- |"]
+    lines += [f"| [`moonlora {name}`](#moonlora-{name}) | {_cell(summary)} |" for name, summary, _ in commands]
+    lines += ["", "Options of `moonlora` itself go before the command (`moonlora --quiet synth ...`):", ""]
+    lines += _flag_table(parser)
+    for name, _, sub in commands:
+        lines += ["", f"### `moonlora {name}`", "", _cell(sub.description), ""]
+        lines += _flag_table(sub)
+    lines += ["", "### Exit codes", ""]
+    lines += [f"- `{code}`: {meaning}" for code, meaning in EXIT_CODES]
+    return "\n".join(lines) + "\n"
+
+
+# --- entry point ----------------------------------------------------------------------------------------------------
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM (timeout, kill, docker stop, Slurm) is handled like Ctrl-C; a second one terminates at once.
+
+    Returns the handler to restore, or None where signals cannot be handled (not the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return signal.SIG_DFL if previous is None else previous
+
+
+def main(argv: list[str] | None = None) -> int:
+    previous = _interrupt_on_sigterm()
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except USER_ERRORS as error:
-        print(f"moonlora: error: {error}", file=sys.stderr)
+        print(f"moonlora: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("moonlora: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Run settings as frozen dataclasses: model, decode, training, LoRA and experiment configs.
+"""Run settings as frozen dataclasses: model, decode, training, LoRA, experiment, transcribe and demo configs.
 
 Torch-free on purpose (stdlib only, plus the torch-free `AudioConfig`), so command-line parsing,
 eval contracts and reports can build and read configs without loading torch, transformers,
@@ -7,8 +7,10 @@ peft or accelerate.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 
 from moonlora.audio import AudioConfig
 
@@ -151,6 +153,67 @@ class ExperimentConfig:
         values = {key: _typed(nested[key], value) if key in nested and isinstance(value, dict) else value
                   for key, value in data.items()}
         return _typed(cls, values)
+
+
+@dataclass(frozen=True)
+class TranscribeConfig:
+    manifest: str
+    model: str = DEFAULT_MODEL
+    adapter: str | None = None
+    output_dir: str | None = None  # default: outputs/transcribe/<manifest>-<time>
+    overwrite: bool = False
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def resolved_output_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("outputs") / "transcribe" / f"{Path(self.manifest).stem}-{_stamp()}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    output_dir: str | None = None  # default: outputs/demo-<time>
+    model: str = DEFAULT_MODEL
+    domain_clips: int = 150  # synthetic ATC utterances; a third on the held-out test voices
+    canary_sentences: int = 12
+    max_steps: int = 30
+    # Measured, not guessed: on this domain lr 1e-3 reached held-out WER 0.03 in 100 steps where
+    # 1e-4 needed 300 for 0.05 (docs/benchmarks.md, FACTS).
+    learning_rate: float = 1e-3
+    batch_size: int = 8
+    eval_interval: int = 10
+    seeds: tuple[int, ...] = (1, 2)  # two runs that differ only by seed: the reproducibility check
+    device: str = "auto"
+    overwrite: bool = False  # replace an earlier demo in output_dir (only what the demo wrote)
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed")
+
+    def resolved_output_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("outputs") / f"demo-{_stamp()}"
+
+
+def _stamp() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def default_of(cls, name: str):
+    """The default of dataclass field `name` (also for classes with required fields)."""
+    for item in fields(cls):
+        if item.name == name:
+            if item.default is not MISSING:
+                return item.default
+            if item.default_factory is not MISSING:
+                return item.default_factory()
+            raise ValueError(f"{cls.__name__}.{name} has no default")
+    raise AttributeError(f"{cls.__name__} has no field {name!r}")
 
 
 def _typed(cls, data: dict):

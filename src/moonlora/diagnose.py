@@ -6,7 +6,6 @@ tables out as the plan's "Diagnostics Results" section does.
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from collections import Counter, defaultdict
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from moonlora import outputs
 from moonlora.manifest import Manifest, ManifestError, Utterance, load_manifest
 from moonlora.splits import split_train_val
 from moonlora.text import normalize
@@ -305,9 +305,9 @@ def diagnose(config: DiagnoseConfig) -> DiagnosisReport:
 
 
 def write_json(report: DiagnosisReport, path: str | Path) -> Path:
+    """The report as strict JSON, atomically, signed as moonlora's (so `--overwrite` may replace it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    outputs.write_json(path, report.to_dict(), command="diagnose")
     return path
 
 

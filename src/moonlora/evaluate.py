@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from moonlora.audio import AudioConfig, load_audio
 from moonlora.configs import DecodeConfig
@@ -16,6 +15,8 @@ from moonlora.decode import DecodedClip, decode_clips
 from moonlora.manifest import Manifest, SkippedRow, Utterance
 from moonlora.metrics import CorpusScore, UtteranceFlags, UtteranceScore, corpus_score, flag_utterance, score_utterance
 from moonlora.model import LoadedModel, adapter_sha256
+from moonlora.outputs import write_json, write_text
+from moonlora.progress import progress_bar
 
 FLAG_NAMES = ("empty_hypothesis", "token_cap_hit", "repeat_loop")
 # Clip-length buckets (seconds) for WER by duration: Moonshine hallucinates under ~1 s and over ~30 s.
@@ -38,7 +39,7 @@ class ClipResult:
             "ref_norm": self.score.ref_norm, "hyp_norm": self.score.hyp_norm,
             "ref_words": self.score.ref_words, "substitutions": self.score.substitutions,
             "deletions": self.score.deletions, "insertions": self.score.insertions,
-            "wer": self.score.wer, "num_tokens": len(self.decoded.token_ids),
+            "wer": self.score.wer, "num_tokens": len(self.decoded.token_ids), "token_ids": self.decoded.token_ids,
             "token_cap": self.decoded.token_cap, "flags": self.flags.names(),
             "repeat_ngram": self.flags.repeat_loop,
         }
@@ -94,7 +95,7 @@ def evaluate_manifest(
     """Transcribe every usable clip of the manifest and score it (full-manifest WER)."""
     started = time.perf_counter()
     utterances = manifest.utterances
-    bar = tqdm(total=len(utterances), desc=description, unit="clip", disable=not progress)
+    bar = progress_bar(len(utterances), description, unit="clip", enabled=progress)
     decoded, decode_seconds = decode_clips(
         loaded.model, loaded.feature_extractor, loaded.tokenizer,
         durations=[u.duration for u in utterances],
@@ -118,12 +119,38 @@ def evaluate_manifest(
 
 
 def write_eval(result: EvalResult, out_dir: Path, extra: dict | None = None) -> tuple[Path, Path]:
-    """Write `transcripts.jsonl` (one row per clip) and `summary.json` into out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    transcripts = out_dir / "transcripts.jsonl"
-    with open(transcripts, "w", encoding="utf-8") as handle:
-        for clip in result.clips:
-            handle.write(json.dumps(clip.to_dict(), ensure_ascii=False) + "\n")
-    summary = out_dir / "summary.json"
-    summary.write_text(json.dumps({**result.summary_dict(), **(extra or {})}, indent=2) + "\n")
+    """Write `transcripts.jsonl` (one row per clip) and `summary.json` into out_dir, each atomically."""
+    transcripts, summary = out_dir / "transcripts.jsonl", out_dir / "summary.json"
+    write_text(transcripts, "".join(json.dumps(clip.to_dict(), ensure_ascii=False) + "\n" for clip in result.clips))
+    write_json(summary, {**result.summary_dict(), **(extra or {})})
     return transcripts, summary
+
+
+def read_eval(out_dir: Path, manifest: Manifest) -> EvalResult | None:
+    """An evaluation written by `write_eval` for this very manifest, rebuilt; None when absent,
+    unreadable or written for other clips (then the caller decodes again).
+
+    Used on resume, so a resumed run does not decode its baseline sets a second time. Scores and
+    flags are recomputed from the stored texts (deterministic), the contract is the stored one.
+    """
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        rows = [json.loads(line) for line in (out_dir / "transcripts.jsonl").read_text(encoding="utf-8").splitlines()]
+        contract = EvalContract.from_dict(summary["contract"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    utterances = manifest.utterances
+    if contract.manifest_sha256 != manifest.content_hash or len(rows) != len(utterances) \
+            or any(row.get("utt_id") != u.utt_id for row, u in zip(rows, utterances)):
+        return None
+    clips = []
+    for utterance, row in zip(utterances, rows):
+        cap_hit = "token_cap_hit" in (row.get("flags") or [])
+        decoded = DecodedClip(row["hyp"], list(row.get("token_ids") or []), int(row["token_cap"]), cap_hit)
+        score = score_utterance(utterance.text, decoded.text)
+        clips.append(ClipResult(utterance, decoded.text, decoded, score, flag_utterance(score, cap_hit)))
+    return EvalResult(manifest_path=manifest.path, clips=clips, skipped=manifest.skipped,
+                      corpus=corpus_score([c.score for c in clips]), contract=contract,
+                      audio_seconds=float(summary.get("audio_seconds") or 0.0),
+                      decode_seconds=float(summary.get("decode_seconds") or 0.0),
+                      wall_seconds=float(summary.get("wall_seconds") or 0.0))

@@ -4,14 +4,24 @@ Every WER in a run goes through `evaluate_manifest` with the run's one AudioConf
 DecodeConfig, so the plan's parity rules hold by construction. The adapter and the stop step
 are chosen on the val split (and the canary), never on the main manifest, which is scored at
 baseline and once at the end.
+
+The run folder is written only through `moonlora.runfolder`: the run record exists (status
+`running`) before the model loads, is updated atomically at each phase and checkpoint, and
+holds the final status on any exit. Folder rules:
+- a new run needs an empty or new `--output-dir`;
+- `--resume` continues the run in it (same settings), from its newest complete checkpoint,
+  reusing the baseline already scored;
+- a run that failed or was stopped before training started (setup or baseline) may be rerun
+  in the same folder with corrected settings: moonlora replaces its own files there and says so;
+- `--overwrite` replaces a moonlora run folder (only moonlora's files), never another folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import shlex
-import shutil
+import socket
 import sys
 import time
 import traceback
@@ -19,29 +29,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moonlora.configs import ExperimentConfig
-from moonlora.contract import require_comparable
-from moonlora.evaluate import EvalResult, evaluate_manifest, write_eval
-from moonlora.lora import attach_lora, lora_delta_norm, trainable_summary
+from moonlora.contract import EvalContract, require_comparable
+from moonlora.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
+from moonlora.lora import attach_lora, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.manifest import Manifest, Utterance, load_manifest
 from moonlora.model import LoadedModel, load_model
+from moonlora.outputs import OutputError, OutputExists, check_output_dir, claim_output_dir
 from moonlora.provenance import provenance
+from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, LOCK_FILE, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND,
+                                TENSORBOARD_DIR, TUNED_DIR, Comparison, EvalSummary, Leg, RunLock, RunRecord,
+                                RunRecordError, TrainingSummary, find_resume_checkpoint, latest_checkpoint_step,
+                                now_iso, read_config_dict, read_record, remove_path, run_state, write_config_dict,
+                                write_record)
 from moonlora.splits import split_train_val
 from moonlora.stats import compare_results
-from moonlora.train import IntervalEval, TrainStream, is_main_process, train
+from moonlora.train import IntervalEval, TrainState, TrainStream, is_main_process, train
 
-CONFIG_FILE = "experiment_config.json"
-METRICS_FILE = "experiment_metrics.json"
-RUN_CONTROL_FIELDS = ("resume", "overwrite")  # how to run, not what: may differ on resume
+PRE_TRAINING_PHASES = ("setup", "baseline")
 
 
-class RunFolderExists(FileExistsError):
-    """Refusing to overwrite a run folder."""
+def say(line: str) -> None:
+    """A one-line finding for the console (stderr, so it never mixes with tables on stdout)."""
+    print(f"moonlora: {line}", file=sys.stderr, flush=True)
 
 
 def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     differing = []
     for key in sorted(set(saved) | set(current)):
-        if not prefix and key in RUN_CONTROL_FIELDS:
+        if not prefix and key in (*RUN_CONTROL_FIELDS, "written_by"):
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -49,27 +64,6 @@ def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[st
         elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
             differing.append(f"{prefix}{key} ({a!r} -> {b!r})")
     return differing
-
-
-def prepare_run_dir(config: ExperimentConfig) -> Path:
-    """Create the run folder; refuse to reuse one unless resuming (same config) or overwriting."""
-    run_dir = Path(config.output_dir)
-    saved_config = run_dir / CONFIG_FILE
-    occupied = run_dir.exists() and any(run_dir.iterdir())
-    if occupied and config.overwrite:
-        shutil.rmtree(run_dir)
-    elif occupied and not config.resume:
-        raise RunFolderExists(f"{run_dir}: already holds a run; pass --resume to continue it, "
-                              "--overwrite to replace it, or pick another --output-dir")
-    elif config.resume:
-        if not saved_config.is_file():
-            raise ValueError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); drop --resume")
-        differing = _config_differences(json.loads(saved_config.read_text()), config.to_dict())
-        if differing:
-            raise ValueError(f"{saved_config}: --resume needs the same settings; differing: {', '.join(differing)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved_config.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    return run_dir
 
 
 def filter_by_duration(utterances: list[Utterance], max_seconds: float | None) -> tuple[list[Utterance], dict]:
@@ -108,10 +102,125 @@ def load_run_data(config: ExperimentConfig) -> RunData:
                     "skipped_by_kind": dataset.skipped_by_kind(), "sha256": dataset.content_hash},
         "filter": filtering, "split": split.to_dict(),
         "eval_sets": {name: {"path": str(m.path), "clips": len(m.utterances), "hours": m.total_seconds / 3600,
-                             "skipped": len(m.skipped), "sha256": m.content_hash} for name, m in eval_sets.items()},
+                             "skipped": len(m.skipped), "skipped_by_kind": m.skipped_by_kind(),
+                             "sha256": m.content_hash} for name, m in eval_sets.items()},
         "replay": {"path": config.replay_manifest, "clips": len(replay)},
     }
     return RunData(split.train, replay, eval_sets, report)
+
+
+def data_notes(report: dict) -> list[str]:
+    """What the data loading skipped or filtered, by kind, with counts (and hours where known)."""
+    notes = []
+    dataset = report["dataset"]
+    if dataset["skipped"]:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in dataset["skipped_by_kind"].items())
+        notes.append(f"training manifest {dataset['path']}: skipped {dataset['skipped']} row(s) ({kinds})")
+    dropped = report["filter"]
+    if dropped["dropped_clips"]:
+        notes.append(f"--max-seconds {dropped['max_seconds']:g}: dropped {dropped['dropped_clips']} training clip(s) "
+                     f"({dropped['dropped_hours']:.3f} h); kept {dropped['kept_clips']} ({dropped['kept_hours']:.3f} h)")
+    for name, info in report["eval_sets"].items():
+        if info["skipped"]:
+            kinds = ", ".join(f"{kind} {count}" for kind, count in info["skipped_by_kind"].items())
+            notes.append(f"{name} manifest {info['path']}: skipped {info['skipped']} row(s) ({kinds}); "
+                         f"scored {info['clips']} clip(s)")
+    return notes
+
+
+# --- the run folder --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunStart:
+    run_dir: Path
+    record: RunRecord
+    checkpoint: Path | None  # where training continues from (resume)
+    lock: RunLock | None
+
+
+def _reusable_failed_run(run_dir: Path) -> RunRecord | None:
+    """A moonlora run in the folder that ended before training started: safe to replace."""
+    try:
+        record = read_record(run_dir)
+    except RunRecordError:
+        return None
+    ended = run_state(record, run_dir) in ("failed", "interrupted", "died")
+    if ended and record.phase in PRE_TRAINING_PHASES and latest_checkpoint_step(run_dir) is None:
+        return record
+    return None
+
+
+def _check_resumable(run_dir: Path, config: ExperimentConfig) -> RunRecord:
+    try:
+        record = read_record(run_dir)
+    except RunRecordError as error:
+        raise RunRecordError(f"--resume: {error}") from None
+    differing = _config_differences(read_config_dict(run_dir), config.to_dict())
+    if differing:
+        raise ValueError(f"{run_dir}: --resume needs the same settings; differing: {', '.join(differing)}")
+    if record.finished:
+        raise OutputExists(f"{run_dir}: the run already finished ({record.status}); nothing to resume — "
+                           "pick another --output-dir for a new run")
+    return record
+
+
+def validate_run_dir(config: ExperimentConfig) -> RunRecord | None:
+    """Every check on --output-dir, before any data is read or model loaded; nothing is written.
+
+    Returns the earlier record (resume, or a pre-training failure to replace), else None.
+    """
+    run_dir = Path(config.output_dir)
+    if config.resume:
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"--output-dir {run_dir}: no such run folder; drop --resume to start a new run")
+        return _check_resumable(run_dir, config)
+    earlier = _reusable_failed_run(run_dir) if run_dir.is_dir() else None
+    check_output_dir(run_dir, "--output-dir", RUN_KIND, RUN_ENTRIES, overwrite=config.overwrite or earlier is not None,
+                     require_empty=True, ignore=(LOCK_FILE,))
+    return earlier
+
+
+def start_run(config: ExperimentConfig, earlier: RunRecord | None) -> RunStart:
+    """Lock the folder, prepare it (new, replaced or resumed) and write the record's first state."""
+    run_dir = Path(config.output_dir)
+    command = shlex.join(["moonlora", *sys.argv[1:]])
+    if not is_main_process():  # other ranks write nothing and follow the main process's checkpoint
+        checkpoint = find_resume_checkpoint(run_dir, clean=False)[0] if config.resume else None
+        return RunStart(run_dir, RunRecord(run_id=run_dir.name, config=config.to_dict()),
+                        checkpoint.path if checkpoint else None, None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir).acquire()
+    try:
+        checkpoint = None
+        if config.resume:
+            record = _check_resumable(run_dir, config)  # again, now that the folder is ours
+            checkpoint, notes = find_resume_checkpoint(run_dir)
+            for note in notes:
+                say(note)
+            record.notes += notes
+            record.status, record.reason, record.traceback = "running", None, None
+            record.pid, record.host = os.getpid(), socket.gethostname()
+        else:
+            if earlier is not None:
+                say(f"{run_dir}: replacing an earlier run that ended at {earlier.phase} before training "
+                    f"({earlier.status}); only moonlora's files are removed")
+            claim_output_dir(run_dir, "--output-dir", RUN_KIND, RUN_ENTRIES,
+                             overwrite=config.overwrite or earlier is not None, require_empty=True, ignore=(LOCK_FILE,))
+            write_config_dict(run_dir, config.to_dict())
+            record = RunRecord(run_id=run_dir.name, config=config.to_dict())
+        record.command = command
+        record.legs.append(Leg(command=command, pid=record.pid, host=record.host, started_at=now_iso(),
+                               resumed_from_step=None if not config.resume else
+                               (checkpoint.step if checkpoint else 0)))
+        write_record(run_dir, record)
+    except BaseException:
+        lock.release()
+        raise
+    return RunStart(run_dir, record, checkpoint.path if checkpoint else None, lock)
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------
 
 
 def evaluate_sets(loaded: LoadedModel, sets: dict[str, Manifest], config: ExperimentConfig, out_dir: Path | None,
@@ -125,6 +234,24 @@ def evaluate_sets(loaded: LoadedModel, sets: dict[str, Manifest], config: Experi
     return results
 
 
+def baseline_results(loaded: LoadedModel, data: RunData, config: ExperimentConfig, run_dir: Path,
+                     progress: bool) -> dict[str, EvalResult]:
+    """The baseline of every set: read back from the run folder when a first leg scored it under
+    this very contract (resume), decoded otherwise."""
+    results, missing = {}, {}
+    for name, manifest in data.eval_sets.items():
+        stored = read_eval(run_dir / BASELINE_DIR / name, manifest) if config.resume else None
+        expected = EvalContract.build(manifest.content_hash, config.audio, config.decode, loaded.weights_sha256, None)
+        if stored is not None and stored.contract == expected:
+            results[name] = stored
+        else:
+            missing[name] = manifest
+    if config.resume and results:
+        say(f"baseline reused from the run folder for {', '.join(results)}")
+    results.update(evaluate_sets(loaded, missing, config, run_dir / BASELINE_DIR, progress, "baseline"))
+    return {name: results[name] for name in data.eval_sets}
+
+
 def make_evaluator(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalResult], config: ExperimentConfig,
                    progress: bool):
     """The interval evaluation: val WER (the choice), canary guard, optional main WER (plots only)."""
@@ -132,8 +259,12 @@ def make_evaluator(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalR
     names += ["main"] if config.log_manifest_interval_wer else []
 
     def evaluate(model, step: int) -> IntervalEval:
-        current = dataclasses.replace(loaded, model=model)
-        results = evaluate_sets(current, {n: data.eval_sets[n] for n in names}, config, None, progress, f"step {step}")
+        if step == 0 and lora_is_identity(model):
+            results = {name: baseline[name] for name in names}  # LoRA B = 0: the base model, already scored
+        else:
+            current = dataclasses.replace(loaded, model=model)
+            results = evaluate_sets(current, {n: data.eval_sets[n] for n in names}, config, None, progress,
+                                    f"step {step}")
         val_wer, reason = results["val"].corpus.wer, None
         details = {"lora_delta_norm": lora_delta_norm(model)}
         limit = None if config.wer_stop_threshold is None else baseline["val"].corpus.wer * config.wer_stop_threshold
@@ -151,91 +282,152 @@ def make_evaluator(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalR
     return evaluate
 
 
-def compare(baseline: dict[str, EvalResult], tuned: dict[str, EvalResult], resamples: int, seed: int) -> dict:
+def compare(baseline: dict[str, EvalResult], tuned: dict[str, EvalResult], resamples: int,
+            seed: int) -> dict[str, Comparison]:
     """Paired bootstrap per manifest, after checking the two results share one contract."""
     comparisons = {}
     for name, before in baseline.items():
         after = tuned[name]
         require_comparable(before.contract, after.contract, allow=("adapter_sha256",))
-        comparisons[name] = compare_results(before, after, resamples=resamples, seed=seed).to_dict()
+        comparisons[name] = Comparison(**compare_results(before, after, resamples=resamples, seed=seed).to_dict())
     return comparisons
 
 
-def eval_summary(result: EvalResult) -> dict:
-    return {"wer": result.corpus.wer, "cer": result.corpus.cer, "raw_wer": result.corpus.raw_wer,
-            "clips": len(result.clips),
-            "hours": result.audio_seconds / 3600, "flags": result.flag_counts(),
-            "wer_by_duration": result.wer_by_duration(), "contract": result.contract.to_dict()}
+def eval_summary(result: EvalResult) -> EvalSummary:
+    return EvalSummary(wer=result.corpus.wer, cer=result.corpus.cer, raw_wer=result.corpus.raw_wer,
+                       clips=len(result.clips), hours=result.audio_seconds / 3600, flags=result.flag_counts(),
+                       wer_by_duration=result.wer_by_duration(), contract=result.contract.to_dict(),
+                       skipped_rows=len(result.skipped))
 
 
-def tensorboard_logger(run_dir: Path):
+def training_summary(state: TrainState, model, train_clips: int, processes: int) -> TrainingSummary:
+    return TrainingSummary(
+        steps=state.step, best_step=state.best_step, best_val_wer=state.best_wer, stop_reason=state.stop_reason,
+        skipped_updates=state.skipped_updates, train_clips=train_clips, processes=processes, samples=state.samples,
+        epochs=state.samples / max(train_clips, 1), train_seconds=state.train_seconds,
+        interval_eval_seconds=state.eval_seconds, checkpoint_seconds=state.checkpoint_seconds,
+        samples_per_second=state.samples / state.train_seconds if state.train_seconds > 0 else None,
+        lora_delta_norm=lora_delta_norm(model), losses=list(state.losses), intervals=list(state.intervals),
+    )
+
+
+def best_step_zero_note(training: TrainingSummary) -> str | None:
+    if training.best_step != 0 or training.steps == 0:
+        return None
+    return ("best step 0: no interval adapter beat the baseline on the val split, so the tuned model is the "
+            f"baseline; usual causes: too few updates (--max-steps {training.steps}), a learning rate too low "
+            "for the batch (--learning-rate), or a val split too small to move")
+
+
+def tensorboard_logger(run_dir: Path, purge_step: int | None):
     if not is_main_process():
         return None, None
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    # purge_step drops the events a killed leg logged after its last checkpoint: one stream per run.
+    writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=purge_step)
     return writer, (lambda tag, value, step: writer.add_scalar(tag, value, step))
 
 
-def write_metrics(run_dir: Path, metrics: dict) -> None:
+def save_adapter(model, run_dir: Path) -> None:
+    """The chosen adapter, written beside its final place and renamed in."""
     if not is_main_process():
         return
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    target, staging = run_dir / ADAPTER_DIR, run_dir / f".{ADAPTER_DIR}.tmp"
+    remove_path(staging)
+    try:
+        model.save_pretrained(str(staging))
+    except OSError as error:
+        remove_path(staging)
+        raise OutputError(f"{run_dir}: cannot write the adapter ({error.strerror or error})") from None
+    remove_path(target)
+    staging.rename(target)
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
-    """Run the whole protocol; returns the metrics also written to experiment_metrics.json."""
-    run_dir = prepare_run_dir(config) if is_main_process() else Path(config.output_dir)
-    started = time.perf_counter()
-    metrics = {"run_id": run_dir.name, "status": "running", "reason": None,
-               "command": shlex.join(["moonlora", *sys.argv[1:]]), "config": config.to_dict(),
-               "provenance": provenance()}
+# --- the run ---------------------------------------------------------------------------------------------------
+
+
+class RunSession:
+    """The record of one leg of a run, saved at each phase (main process only)."""
+
+    def __init__(self, start: RunStart):
+        self.start, self.record, self.started = start, start.record, time.perf_counter()
+
+    def save(self, **changes) -> None:
+        for name, value in changes.items():
+            setattr(self.record, name, value)
+        if is_main_process():
+            write_record(self.start.run_dir, self.record)
+
+    def note(self, line: str) -> None:
+        say(line)
+        self.record.notes.append(line)
+
+    def finish(self) -> None:
+        leg = self.record.legs[-1] if self.record.legs else None
+        seconds = time.perf_counter() - self.started
+        if leg is not None:
+            leg.ended_at, leg.status, leg.wall_seconds = now_iso(), self.record.status, seconds
+        self.record.wall_seconds = sum(leg.wall_seconds or 0.0 for leg in self.record.legs)
+        try:
+            self.save()
+        except OutputError as error:
+            say(f"could not write the run record: {error}")
+        finally:
+            if self.start.lock is not None:
+                self.start.lock.release()
+
+
+def run_experiment(config: ExperimentConfig, progress: bool = True) -> RunRecord:
+    """Run the whole protocol; returns the run record also written to experiment_metrics.json."""
+    earlier = validate_run_dir(config) if is_main_process() else None
+    data = load_run_data(config)  # bad manifests fail here, before the folder is touched
+    session = RunSession(start_run(config, earlier))
+    record, run_dir = session.record, session.start.run_dir
     writer = None
     try:
-        data = load_run_data(config)
-        metrics["data"] = data.report
+        record.data = data.report
+        for line in data_notes(data.report):
+            session.note(line)
         loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype)
-        metrics["provenance"]["model_sha256"] = loaded.weights_sha256
-        baseline = evaluate_sets(loaded, data.eval_sets, config, run_dir / "baseline", progress, "baseline")
-        metrics["baseline"] = {name: eval_summary(r) for name, r in baseline.items()}
+        record.provenance = {**provenance(), "model_sha256": loaded.weights_sha256}
+        session.save(phase="baseline")
+        baseline = baseline_results(loaded, data, config, run_dir, progress)
         loaded.model = attach_lora(loaded.model, config.lora, config.train.seed)
-        metrics["lora"] = trainable_summary(loaded.model)
-        writer, log = tensorboard_logger(run_dir)
+        session.save(baseline={name: eval_summary(r) for name, r in baseline.items()},
+                     lora=trainable_summary(loaded.model), phase="training")
+        checkpoint = session.start.checkpoint
+        resumed_step = int(checkpoint.name.split("-")[-1]) if checkpoint else None
+        purge_step = None if not config.resume else (0 if resumed_step is None else resumed_step + 1)
+        writer, log = tensorboard_logger(run_dir, purge_step)
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+
+        def on_checkpoint(state: TrainState) -> None:
+            session.save(training=training_summary(state, loaded.model, len(data.train), processes))
+
         state = train(loaded, TrainStream(data.train, data.replay, config.train), config.train, config.audio,
-                      make_evaluator(loaded, data, baseline, config, progress), run_dir,
-                      resume=config.resume, progress=progress, log=log)
-        if is_main_process():
-            loaded.model.save_pretrained(str(run_dir / "adapter"))
-        tuned = evaluate_sets(loaded, data.eval_sets, config, run_dir / "tuned", progress, "tuned")
-        metrics["tuned"] = {name: eval_summary(r) for name, r in tuned.items()}
-        metrics["comparisons"] = compare(baseline, tuned, config.bootstrap_resamples, config.train.seed)
-        metrics["training"] = training_summary(state, loaded, config, len(data.train))
-        metrics["status"] = "stopped_early" if state.stop_reason else "success"
-        metrics["reason"] = state.stop_reason
+                      make_evaluator(loaded, data, baseline, config, progress), run_dir, checkpoint=checkpoint,
+                      progress=progress, log=log, on_checkpoint=on_checkpoint, device=config.decode.device)
+        save_adapter(loaded.model, run_dir)
+        training = training_summary(state, loaded.model, len(data.train), processes)
+        session.save(training=training, phase="tuned")
+        tuned = evaluate_sets(loaded, data.eval_sets, config, run_dir / TUNED_DIR, progress, "tuned")
+        record.tuned = {name: eval_summary(r) for name, r in tuned.items()}
+        record.comparisons = compare(baseline, tuned, config.bootstrap_resamples, config.train.seed)
+        note = best_step_zero_note(training)
+        if note:
+            session.note(note)
+        record.status = "stopped_early" if state.stop_reason else "success"
+        record.reason, record.phase = state.stop_reason, "done"
     except KeyboardInterrupt:
-        metrics.update(status="interrupted", reason="interrupted; continue with --resume")
+        record.status, record.reason = "interrupted", f"interrupted at {record.phase}; continue with --resume"
         raise
     except Exception as error:  # the run's record must say why it failed, then the error goes on
-        metrics.update(status="failed", reason=f"{type(error).__name__}: {error}",
-                       traceback=traceback.format_exc(limit=8))
+        record.status, record.reason = "failed", f"{type(error).__name__}: {error}"
+        record.traceback = traceback.format_exc(limit=8)
         raise
     finally:
         if writer is not None:
             writer.close()
-        metrics["wall_seconds"] = time.perf_counter() - started
-        write_metrics(run_dir, metrics)
-    return metrics
-
-
-def training_summary(state, loaded: LoadedModel, config: ExperimentConfig, train_clips: int) -> dict:
-    samples = state.step * config.train.batch_size * config.train.grad_accum
-    return {
-        "steps": state.step, "best_step": state.best_step, "best_val_wer": state.best_wer,
-        "stop_reason": state.stop_reason, "skipped_updates": state.skipped_updates,
-        "train_clips": train_clips, "epochs": samples / max(train_clips, 1),
-        "train_seconds": state.train_seconds, "interval_eval_seconds": state.eval_seconds,
-        "samples_per_second": samples / (state.train_seconds - state.eval_seconds)
-        if state.train_seconds > state.eval_seconds else None,
-        "lora_delta_norm": lora_delta_norm(loaded.model),
-        "losses": state.losses, "intervals": state.intervals,
-    }
+        session.finish()
+    return record

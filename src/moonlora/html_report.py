@@ -16,15 +16,17 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from moonlora.report_tables import (MANIFEST_COLUMNS, MATRIX_COLUMNS, Run, SkippedRun, format_wer, manifest_cells,
-                                    matrix_cells)
+from moonlora.report_tables import (MANIFEST_COLUMNS, MATRIX_COLUMNS, format_wer, manifest_cells, matrix_cells,
+                                    status_text)
+from moonlora.runfolder import BASELINE_DIR, TUNED_DIR, FoundRun, RunRecord, TrainingSummary, UnreadableRun
 
 TOP_CLIPS = 10
 COLORS = {"baseline": "#8c8c8c", "tuned": "#1f6feb", "val": "#1f6feb", "canary": "#d9822b", "main": "#2da44e",
           "loss": "#6e40c9"}
 SVG_RC = {"svg.fonttype": "none", "svg.hashsalt": "moonlora-report", "font.size": 9,
           "axes.spines.top": False, "axes.spines.right": False}
-STATUS_CLASS = {"success": "ok", "stopped_early": "warn", "failed": "bad", "interrupted": "bad"}
+STATUS_CLASS = {"success": "ok", "stopped_early": "warn", "failed": "bad", "interrupted": "bad", "died": "bad",
+                "running": "unknown"}
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;background:#f6f8fa;color:#1f2328;font-size:14px}
@@ -104,10 +106,9 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def loss_plot(training: dict) -> Html | None:
+def loss_plot(training: TrainingSummary) -> Html | None:
     """Training loss per step (raw, faint) with a moving average; best step marked."""
-    losses = [row for row in training.get("losses") or [] if isinstance(row.get("loss"), (int, float))
-              and math.isfinite(row["loss"])]
+    losses = [row for row in training.losses if isinstance(row.get("loss"), (int, float)) and math.isfinite(row["loss"])]
     if not losses:
         return None
     figure, axes = new_figure()
@@ -118,17 +119,16 @@ def loss_plot(training: dict) -> Html | None:
     if window > 1:
         axes.plot(steps, moving_average(values, window), color=COLORS["loss"], linewidth=1.6,
                   label=f"moving average ({window})")
-    if training.get("best_step") is not None:
-        axes.axvline(training["best_step"], color="#59636e", linestyle=":", linewidth=1, label="best step")
+    axes.axvline(training.best_step, color="#59636e", linestyle=":", linewidth=1, label="best step")
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.legend(frameon=False, fontsize=8)
     return svg_of(figure)
 
 
-def interval_plot(metrics: dict) -> Html | None:
+def interval_plot(record: RunRecord) -> Html | None:
     """Interval val WER (and canary, and main "not used for choices") vs step, baselines dashed."""
-    intervals = (metrics.get("training") or {}).get("intervals") or []
+    intervals = record.training.intervals if record.training else []
     if not intervals:
         return None
     figure, axes = new_figure()
@@ -140,31 +140,30 @@ def interval_plot(metrics: dict) -> Html | None:
             axes.plot(*zip(*points), marker="o", markersize=3.5, linewidth=1.5, color=COLORS[color], label=label,
                       linestyle="--" if color == "main" else "-")
     for name, label in (("val", "baseline val WER"), ("canary", "baseline canary WER")):
-        baseline = (metrics.get("baseline", {}).get(name) or {}).get("wer")
+        baseline = record.baseline[name].wer if name in record.baseline else None
         if isinstance(baseline, (int, float)) and (name == "val" or any("canary_wer" in r for r in intervals)):
             axes.axhline(baseline, color=COLORS[name], linestyle=(0, (5, 3)), linewidth=1, alpha=0.7, label=label)
-    best = (metrics.get("training") or {}).get("best_step")
-    if best is not None:
-        axes.axvline(best, color="#59636e", linestyle=":", linewidth=1, label="best step")
+    axes.axvline(record.training.best_step, color="#59636e", linestyle=":", linewidth=1, label="best step")
     axes.set_xlabel("step")
     axes.set_ylabel("WER")
-    axes.set_ylim(bottom=0)
+    show_zero_lines(axes)
     axes.legend(fontsize=7.5, framealpha=0.9, edgecolor="#d1d9e0")
     return svg_of(figure)
 
 
-def duration_buckets(run: Run, side: str, name: str = "main") -> list[dict]:
-    """wer_by_duration from the metrics, else from <side>/<name>/summary.json."""
-    buckets = (run.metrics.get(side, {}).get(name) or {}).get("wer_by_duration")
-    if buckets is None:
-        try:
-            buckets = json.loads((run.path / side / name / "summary.json").read_text()).get("wer_by_duration")
-        except (OSError, ValueError, AttributeError):
-            buckets = None
-    return [b for b in buckets or [] if isinstance(b, dict) and "bucket" in b]
+def show_zero_lines(axes) -> None:
+    """Start the y axis a little below 0, so a WER line at 0 is drawn above the x axis, not on it."""
+    top = axes.get_ylim()[1]
+    axes.set_ylim(bottom=-0.04 * max(top, 0.05))
 
 
-def duration_plot(run: Run, name: str = "main") -> Html | None:
+def duration_buckets(run: FoundRun, side: str, name: str = "main") -> list[dict]:
+    """wer_by_duration from the run record."""
+    summary = getattr(run.record, side).get(name)
+    return [b for b in (summary.wer_by_duration if summary else []) if isinstance(b, dict) and "bucket" in b]
+
+
+def duration_plot(run: FoundRun, name: str = "main") -> Html | None:
     """Baseline vs tuned WER per clip-duration bucket, as grouped bars."""
     before, after = duration_buckets(run, "baseline", name), duration_buckets(run, "tuned", name)
     labels = list(dict.fromkeys([b["bucket"] for b in before] + [b["bucket"] for b in after]))
@@ -192,11 +191,11 @@ def figure_block(svg: Html | None, caption: str, missing: str) -> str:
     return f"<figure>{body}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
-def plots_block(run: Run) -> str:
-    training = run.metrics.get("training") or {}
+def plots_block(run: FoundRun) -> str:
+    training = run.record.training
     with matplotlib.rc_context(SVG_RC):
-        blocks = [figure_block(loss_plot(training), "Training loss", "no training log"),
-                  figure_block(interval_plot(run.metrics), "Interval WER (the stop/choice signal)",
+        blocks = [figure_block(loss_plot(training) if training else None, "Training loss", "no training log"),
+                  figure_block(interval_plot(run.record), "Interval WER (the stop/choice signal)",
                                "no interval evals"),
                   figure_block(duration_plot(run), "WER by clip duration, main manifest", "no main-manifest results")]
     return f'<div class="plots">{"".join(blocks)}</div>'
@@ -231,8 +230,8 @@ def clip_wer(row: dict) -> float:
 
 def changed_clips(run_path: Path, name: str = "main", top: int = TOP_CLIPS) -> tuple[list[tuple[dict, dict]], int, int]:
     """Top clips by |tuned - baseline WER| (changed ones only), plus counts (improved, worsened)."""
-    before = read_transcripts(run_path / "baseline" / name / "transcripts.jsonl")
-    after = read_transcripts(run_path / "tuned" / name / "transcripts.jsonl")
+    before = read_transcripts(run_path / BASELINE_DIR / name / "transcripts.jsonl")
+    after = read_transcripts(run_path / TUNED_DIR / name / "transcripts.jsonl")
     pairs = [(before[u], after[u]) for u in before if u in after and clip_wer(after[u]) != clip_wer(before[u])]
     improved = sum(clip_wer(a) < clip_wer(b) for b, a in pairs)
     pairs.sort(key=lambda p: (-abs(clip_wer(p[1]) - clip_wer(p[0])), str(p[0]["utt_id"])))
@@ -265,7 +264,7 @@ def change_cell(before: float, after: float) -> Html:
     return Html(f'{before:.3f} &rarr; {after:.3f} <span class="{cls}">({after - before:+.3f})</span>')
 
 
-def changed_clips_block(run: Run) -> str:
+def changed_clips_block(run: FoundRun) -> str:
     """The changed-clips table for the main manifest (or why it is missing)."""
     try:
         pairs, improved, worsened = changed_clips(run.path)
@@ -299,7 +298,7 @@ def breakable(text: str) -> Html:
     return Html(esc(text).replace("/", "/<wbr>").replace(",", ",<wbr>"))
 
 
-def matrix_block(runs: list[Run]) -> str:
+def matrix_block(runs: list[FoundRun]) -> str:
     rows = []
     for run in runs:
         cells = matrix_cells(run)
@@ -314,36 +313,46 @@ def matrix_block(runs: list[Run]) -> str:
     return html_table(MATRIX_COLUMNS, rows, classes)
 
 
-def anchor(run: Run) -> str:
+def anchor(run: FoundRun) -> str:
     return "run-" + "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in run.run_id)
 
 
-def facts_line(run: Run) -> str:
-    metrics, training = run.metrics, run.metrics.get("training") or {}
-    facts = [f"created {run.created_at or '?'}"]
-    if training:
-        facts.append(f"{training.get('steps', '?')} steps, best step {training.get('best_step', '?')} "
-                     f"(val WER {format_wer(training.get('best_val_wer'))})")
-        if isinstance(training.get("lora_delta_norm"), (int, float)):
-            facts.append(f"LoRA delta norm {training['lora_delta_norm']:.3f}")
-        if training.get("skipped_updates"):
-            facts.append(f"{training['skipped_updates']} skipped updates")
-    if isinstance(metrics.get("wall_seconds"), (int, float)):
-        facts.append(f"wall {metrics['wall_seconds'] / 60:.1f} min")
+def facts_line(run: FoundRun) -> str:
+    record, training = run.record, run.record.training
+    facts = [f"started {record.started_at}"]
+    if training is not None:
+        facts.append(f"{training.steps} steps, best step {training.best_step} "
+                     f"(val WER {format_wer(training.best_val_wer)})")
+        facts.append(f"LoRA delta norm {training.lora_delta_norm:.3f}")
+        if training.samples_per_second is not None:
+            facts.append(f"{training.samples_per_second:.2f} samples/s over {training.train_seconds:.0f} s of steps")
+        if training.skipped_updates:
+            facts.append(f"{training.skipped_updates} skipped updates")
+    facts.append(f"wall {record.wall_seconds / 60:.1f} min" + (f" over {len(record.legs)} legs" if len(record.legs) > 1 else ""))
     return esc(" · ".join(facts))
 
 
-def run_section(run: Run) -> str:
-    """One run: header, command, reason, per-manifest table, 3 plots, changed clips."""
-    status = run.status
+def history_block(record: RunRecord) -> str:
+    """Every leg of the run (a resumed run has several): command, start, where it resumed, how it ended."""
+    lines = []
+    for index, leg in enumerate(record.legs, 1):
+        resumed = "" if leg.resumed_from_step is None else f" · resumed from step {leg.resumed_from_step}"
+        ended = f" · {leg.status or 'running'}" + (f", {leg.wall_seconds / 60:.1f} min" if leg.wall_seconds else "")
+        lines.append(f"<li><code>{esc(leg.command)}</code><br>{esc(leg.started_at)}{esc(resumed)}{esc(ended)}</li>")
+    return f"<h3>History ({len(record.legs)} leg(s))</h3><ol>{''.join(lines)}</ol>" if lines else ""
+
+
+def run_section(run: FoundRun) -> str:
+    """One run: header, history, reason and notes, per-manifest table, 3 plots, changed clips."""
+    record, status = run.record, run.state
     parts = [f'<section class="run" id="{esc(anchor(run))}">',
              f'<h2>{esc(run.run_id)}<span class="badge {STATUS_CLASS.get(status, "unknown")}">'
              f'{esc(status)}</span></h2>',
-             f'<p class="facts">{facts_line(run)}</p>',
-             f'<pre class="cmd">{esc(run.metrics.get("command", "-"))}</pre>']
-    if run.metrics.get("reason"):
-        parts.append(f'<div class="alert">{esc(status)}: {esc(run.metrics["reason"])}</div>')
-    rows = manifest_cells(run.metrics)
+             f'<p class="facts">{facts_line(run)}</p>', history_block(record)]
+    if record.reason or not record.finished:
+        parts.append(f'<div class="alert">{esc(status_text(run))}</div>')
+    parts += [f'<div class="alert">{esc(note)}</div>' for note in record.notes]
+    rows = manifest_cells(record)
     if rows:
         table = html_table(MANIFEST_COLUMNS, [[r[c] for c in MANIFEST_COLUMNS] for r in rows],
                            {c: "num" for c in MANIFEST_COLUMNS[1:6]})
@@ -353,12 +362,12 @@ def run_section(run: Run) -> str:
     return "\n".join(parts) + "\n</section>"
 
 
-def skipped_block(skipped: list[SkippedRun]) -> str:
+def skipped_block(skipped: list[UnreadableRun]) -> str:
     items = "".join(f"<li><code>{esc(s.path)}</code>: {esc(s.reason)}</li>" for s in skipped)
     return f'<div class="alert"><strong>{len(skipped)} folder(s) skipped</strong><ul>{items}</ul></div>'
 
 
-def render_html(runs: list[Run], skipped: list[SkippedRun], runs_dir: Path) -> str:
+def render_html(runs: list[FoundRun], skipped: list[UnreadableRun], runs_dir: Path) -> str:
     """The whole page; a run's missing pieces are said on the page."""
     body = ["<h1>moonlora training report</h1>",
             f'<p class="lead">{len(runs)} run(s) from <code>{esc(runs_dir)}</code>. WER is corpus WER on the main '

@@ -49,3 +49,14 @@ def lora_delta_norm(model: torch.nn.Module) -> float:
             delta = (b @ a) * module.scaling["default"]
             total += float(delta.pow(2).sum())
     return math.sqrt(total)
+
+
+def lora_is_identity(model: torch.nn.Module) -> bool:
+    """True when every LoRA B matrix is zero, i.e. the adapted model computes the base model."""
+    found = False
+    for module in model.modules():
+        if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {}):
+            found = True
+            if bool(module.lora_B["default"].weight.detach().any()):
+                return False
+    return found

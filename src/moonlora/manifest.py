@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from moonlora.audio import AudioError, header_duration
+from moonlora.text import has_words, normalize
 
 AUDIO_KEYS = ("audio_filepath", "audio", "path", "wav", "audio_path")
 TEXT_KEYS = ("text", "transcript", "transcription", "sentence")
@@ -51,7 +52,9 @@ class Utterance:
 class SkippedRow:
     manifest: str
     line: int
-    kind: str  # bad_json | no_audio_field | missing_audio | unreadable_audio | empty_text | bad_duration
+    # bad_json | no_audio_field | empty_text | text_normalizes_to_nothing | missing_audio
+    # | unreadable_audio | bad_duration
+    kind: str
     reason: str
 
     def __str__(self) -> str:
@@ -125,6 +128,13 @@ def parse_row(row: object, manifest_dir: Path, name: str, line: int) -> Utteranc
     text = _first(row, TEXT_KEYS)
     if not isinstance(text, str) or not text.strip():
         return skip("empty_text", f"empty or missing transcript (expected one of {', '.join(TEXT_KEYS)})")
+    if not has_words(normalize(text)):
+        # Scoring compares normalized words; with none in the reference, WER has no denominator.
+        return skip(
+            "text_normalizes_to_nothing",
+            f"transcript {text.strip()!r} has no words once normalized (case, punctuation and fillers "
+            "removed), so it cannot be scored; write the spoken words or drop the row",
+        )
     audio_path = Path(audio_field).expanduser()
     if not audio_path.is_absolute():
         audio_path = manifest_dir / audio_path

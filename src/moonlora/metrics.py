@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import jiwer
 
-from moonlora.text import normalize
+from moonlora.text import has_words, normalize
 
 # A run of the same n-gram this many times in a row (n = 1 needs one more) is a decode loop,
 # unless the reference has the same run.
@@ -42,20 +42,25 @@ class UtteranceScore:
 
 
 def _word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(reference words, word errors) of whitespace-split texts, empty reference allowed."""
+    """(reference words, word errors) of whitespace-split texts; the reference has words."""
     ref_words = reference.split()
-    if not ref_words:  # jiwer refuses empty references: every hypothesis word is an insertion
-        return 0, len(hypothesis.split())
     out = jiwer.process_words(" ".join(ref_words), " ".join(hypothesis.split()))
     return len(ref_words), out.substitutions + out.deletions + out.insertions
 
 
 def score_utterance(reference: str, hypothesis: str) -> UtteranceScore:
+    """Word and character errors of one clip; the normalized reference must have words.
+
+    `load_manifest` skips rows whose transcript normalizes to nothing
+    ("text_normalizes_to_nothing"), so this only fails when a caller bypasses it.
+    """
     ref_norm, hyp_norm = normalize(reference), normalize(hypothesis)
+    if not has_words(ref_norm):
+        raise ValueError(
+            f"reference {reference!r} has no words once normalized, so WER is undefined for it; "
+            "load references through moonlora.manifest.load_manifest, which skips such rows"
+        )
     raw_ref_words, raw_errors = _word_errors(reference, hypothesis)
-    if not ref_norm.split():
-        return UtteranceScore(ref_norm, hyp_norm, 0, 0, 0, len(hyp_norm.split()), 0, len(hyp_norm),
-                              raw_ref_words, raw_errors)
     words = jiwer.process_words(ref_norm, hyp_norm)
     chars = jiwer.process_characters(ref_norm, hyp_norm)
     char_errors = chars.substitutions + chars.deletions + chars.insertions

@@ -11,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import socket
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from platformdirs import user_cache_dir
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoFeatureExtractor,
     AutoTokenizer,
@@ -38,6 +41,9 @@ BUNDLED_MODELS = ("base-en",)
 CONVERTER_VERSION = "1"  # bump when convert.py changes what it writes
 COMPLETE_MARKER = "moonlora_source.json"
 ADAPTER_MATH_KEYS = ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# What transformers, peft, safetensors and torch.load raise for a damaged or mismatched local file.
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
 
 
 @dataclass
@@ -75,6 +81,53 @@ def bundled_feature_extractor() -> Wav2Vec2FeatureExtractor:
         feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
         do_normalize=False, return_attention_mask=True,
     )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _unreadable_files(folder: Path) -> list[tuple[Path, str]]:
+    """(file, why) for each JSON file in `folder` that does not parse and each weights file whose
+    header does not read; cheap checks, run only after loading the folder has failed."""
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            found.append((path, f"not valid JSON: {_first_line(error)}"))
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            found.append((path, f"not a readable safetensors file: {_first_line(error)}"))
+    for path in sorted(folder.glob("*.bin")):
+        if not zipfile.is_zipfile(path):
+            found.append((path, "not a readable PyTorch checkpoint"))
+    return found
+
+
+def _load_failure(folder: Path, error: BaseException, problem: str, damaged_fix: str, fix: str) -> ModelSourceError:
+    """One line naming the damaged file in `folder` when there is one, else the folder and `problem`."""
+    damaged = _unreadable_files(folder)
+    if damaged:
+        path, why = damaged[0]
+        others = f" (and {len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""
+        return ModelSourceError(f"{path}: {why}{others}; {damaged_fix}")
+    return ModelSourceError(f"{folder}: {problem} ({type(error).__name__}: {_first_line(error)}); {fix}")
+
+
+def _load_local(folder: Path, damaged_fix: str):
+    """`_from_pretrained` of a local folder; a failure becomes a one-line ModelSourceError."""
+    try:
+        return _from_pretrained(str(folder), local_only=True)
+    except LOAD_ERRORS as error:
+        raise _load_failure(
+            folder, error, "not a Moonshine save_pretrained folder", damaged_fix,
+            fix="pass a folder written by save_pretrained of a Moonshine model",
+        ) from None
 
 
 def _write_bundled_checkpoint(target: Path, source_hash: str) -> None:
@@ -148,9 +201,8 @@ def _load_hub(spec: str):
     try:
         return _from_pretrained(spec, local_only=False)
     except OSError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelSourceError(
-            f"cannot load '{spec}' from the Hugging Face Hub ({first_line}); "
+            f"cannot load '{spec}' from the Hugging Face Hub ({_first_line(error)}); "
             f"check the id, or use --model {DEFAULT_MODEL} offline"
         ) from None
 
@@ -186,16 +238,28 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.
     """Wrap the model in a PeftModel with the saved LoRA adapter active."""
     from peft import PeftModel
 
-    adapter_dir = Path(adapter_dir)
+    adapter_dir = Path(adapter_dir).expanduser()
+    if not adapter_dir.is_dir():
+        what = "is a file, not a folder" if adapter_dir.exists() else "no such folder"
+        raise ModelSourceError(f"--adapter {adapter_dir}: {what}; pass the adapter directory a moonlora run wrote")
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelSourceError(
             f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json); pass the adapter "
             "directory a moonlora run wrote"
         )
+    if not any((adapter_dir / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise ModelSourceError(
+            f"{adapter_dir}: no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); copy the whole adapter "
+            "directory a moonlora run wrote"
+        )
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ModelSourceError(f"{adapter_dir}: cannot load the adapter onto this model ({error})") from None
+    except LOAD_ERRORS as error:
+        raise _load_failure(
+            adapter_dir, error, "cannot load the adapter onto this model",
+            damaged_fix="copy the adapter directory again from its run, or train it again",
+            fix="pass the --model the adapter was trained on",
+        ) from None
 
 
 def load_model(
@@ -206,14 +270,14 @@ def load_model(
 ) -> LoadedModel:
     """Resolve `--model` (and optionally `--adapter`) into a ready-to-use model in eval mode."""
     if spec.startswith(BUNDLED_PREFIX):
-        model, feature_extractor, tokenizer = _from_pretrained(
-            str(bundled_checkpoint(spec[len(BUNDLED_PREFIX):])), local_only=True
+        checkpoint = bundled_checkpoint(spec[len(BUNDLED_PREFIX):])
+        model, feature_extractor, tokenizer = _load_local(
+            checkpoint, damaged_fix=f"delete {checkpoint} and rerun to convert the bundled model again"
         )
     elif Path(spec).expanduser().is_dir():
-        try:
-            model, feature_extractor, tokenizer = _from_pretrained(str(Path(spec).expanduser()), local_only=True)
-        except (OSError, ValueError) as error:
-            raise ModelSourceError(f"{spec}: not a Moonshine save_pretrained folder ({error})") from None
+        model, feature_extractor, tokenizer = _load_local(
+            Path(spec).expanduser(), damaged_fix="copy the model folder again, or save_pretrained it again"
+        )
     elif Path(spec).expanduser().exists() or spec.count("/") != 1:
         raise ModelSourceError(
             f"--model {spec!r}: not a folder, a hub id (owner/name) or {DEFAULT_MODEL}"

@@ -88,11 +88,11 @@ def check_output_file(path: str | Path, flag: str, overwrite: bool) -> Path:
 
 
 def check_output_dir(folder: str | Path, flag: str, kind: str, entries: Iterable[str], overwrite: bool,
-                     require_empty: bool = False) -> Path:
+                     require_empty: bool = False, ignore: Iterable[str] = ()) -> Path:
     """Validate an output folder before any work (nothing is created or removed here).
 
     Refused: a file at that path; a folder already holding any of `entries` (or, with
-    `require_empty`, anything at all) unless `overwrite` and the folder carries moonlora's
+    `require_empty`, anything but `ignore`) unless `overwrite` and the folder carries moonlora's
     marker of the same kind.
     """
     folder = Path(folder)
@@ -102,7 +102,7 @@ def check_output_dir(folder: str | Path, flag: str, kind: str, entries: Iterable
         _writable_parent(folder / "x", flag)
         return folder
     present = sorted(p.name for p in folder.iterdir() if p.name in set(entries) | {MARKER})
-    occupied = bool(present) or (require_empty and any(folder.iterdir()))
+    occupied = bool(present) or (require_empty and any(p.name not in set(ignore) for p in folder.iterdir()))
     if occupied and not overwrite:
         what = ", ".join(present) if present else "other files"
         raise OutputExists(f"{flag} {folder}: already holds {what}; pass --overwrite to replace moonlora's "
@@ -119,13 +119,13 @@ def check_output_dir(folder: str | Path, flag: str, kind: str, entries: Iterable
 
 
 def claim_output_dir(folder: str | Path, flag: str, kind: str, entries: Iterable[str], overwrite: bool,
-                     require_empty: bool = False) -> list[str]:
+                     require_empty: bool = False, ignore: Iterable[str] = ()) -> list[str]:
     """`check_output_dir`, then remove moonlora's earlier entries (overwrite) and write the marker.
 
     Returns the names removed. Files moonlora did not list are left where they are.
     """
     entries = tuple(entries)
-    folder = check_output_dir(folder, flag, kind, entries, overwrite, require_empty)
+    folder = check_output_dir(folder, flag, kind, entries, overwrite, require_empty, ignore)
     removed = []
     marker = read_marker(folder) if folder.exists() else None
     if overwrite and marker is not None:

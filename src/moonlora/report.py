@@ -1,108 +1,61 @@
 """Human-readable views of run folders: console tables, the plan's Markdown Test Matrix, an HTML page.
 
-`build_report(runs_dir)` reads every run folder under `runs_dir` (one or two levels deep, any
-folder holding `experiment_metrics.json`) and writes the seed plan's "Test Matrix" as Markdown
-plus a self-contained HTML page with plots (see `moonlora.html_report`).
+`build_report(runs_dir)` reads every run folder under `runs_dir` (one or two levels deep) through
+`moonlora.runfolder` and writes the seed plan's "Test Matrix" as Markdown plus a self-contained
+HTML page with plots (see `moonlora.html_report`), both inside `runs_dir` unless told otherwise.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from moonlora.report_tables import (MANIFEST_COLUMNS, MATRIX_COLUMNS, Run, SkippedRun, delta_cell, manifest_cells,
-                                    matrix_cells, run_notes)
+from moonlora.outputs import check_output_file, write_signed_text
+from moonlora.report_tables import (MANIFEST_COLUMNS, MATRIX_COLUMNS, delta_cell, manifest_cells, matrix_cells,
+                                    status_text)
+from moonlora.runfolder import FoundRun, RunRecord, UnreadableRun, discover_runs
 
-METRICS_FILE = "experiment_metrics.json"  # same name as moonlora.experiment.METRICS_FILE (not imported: torch-heavy)
-DEFAULT_MARKDOWN = Path("docs/training_report.md")
+MARKDOWN_NAME = "training_report.md"
 HTML_NAME = "report.html"
 
 
-def experiment_table(metrics: dict) -> Table:
-    table = Table(title=f"moonlora experiment {metrics['run_id']}: {metrics['status']}")
+def experiment_table(record: RunRecord) -> Table:
+    table = Table(title=f"moonlora experiment {record.run_id}: {record.status}")
     for column in ("manifest", "clips", "baseline WER", "tuned WER", "delta [95% CI]"):
         table.add_column(column, justify="left" if column in ("manifest", "delta [95% CI]") else "right", no_wrap=True)
-    for name, before in metrics.get("baseline", {}).items():
-        after = metrics.get("tuned", {}).get(name)
-        comparison = metrics.get("comparisons", {}).get(name)
-        table.add_row(name, str(before["clips"]), f"{before['wer']:.4f}",
-                      "-" if after is None else f"{after['wer']:.4f}",
+    for name, before in record.baseline.items():
+        after, comparison = record.tuned.get(name), record.comparisons.get(name)
+        table.add_row(name, str(before.clips), f"{before.wer:.4f}", "-" if after is None else f"{after.wer:.4f}",
                       "-" if comparison is None else delta_cell(comparison))
     return table
 
 
-def print_experiment(metrics: dict, console: Console | None = None) -> None:
+def print_experiment(record: RunRecord, console: Console | None = None) -> None:
     console = console or Console(width=max(Console().width, 120))  # the CI column needs room
-    console.print(experiment_table(metrics))
-    training = metrics.get("training", {})
-    if training:
-        console.print(f"steps {training['steps']}, best step {training['best_step']} "
-                      f"(val WER {training['best_val_wer']:.4f}), LoRA delta norm {training['lora_delta_norm']:.3f}, "
-                      f"{training['skipped_updates']} skipped updates", highlight=False)
-    if metrics.get("reason"):
-        console.print(f"{metrics['status']}: {metrics['reason']}", highlight=False)
-
-
-# --- run folders -------------------------------------------------------------------------------------------------
+    console.print(experiment_table(record))
+    training = record.training
+    if training is not None:
+        best = "-" if training.best_val_wer is None else f"{training.best_val_wer:.4f}"
+        speed = "-" if training.samples_per_second is None else f"{training.samples_per_second:.2f}"
+        console.print(f"steps {training.steps}, best step {training.best_step} (val WER {best}), "
+                      f"LoRA delta norm {training.lora_delta_norm:.3f}, {training.skipped_updates} skipped updates, "
+                      f"{speed} samples/s over {training.train_seconds:.1f} s of training steps", highlight=False)
+    if record.reason:
+        console.print(f"{record.status}: {record.reason}", highlight=False)
+    for note in record.notes:
+        console.print(f"note: {note}", highlight=False)
 
 
 @dataclass
 class ReportResult:
-    runs: list[Run]
-    skipped: list[SkippedRun]
+    runs: list[FoundRun]
+    skipped: list[UnreadableRun]
     markdown: str
-    markdown_path: Path | None
+    markdown_path: Path
     html_path: Path
-
-
-def candidate_dirs(runs_dir: Path) -> list[Path]:
-    """runs_dir itself if it is a run folder, else its sub-folders (one or two levels) holding metrics."""
-    if (runs_dir / METRICS_FILE).is_file():
-        return [runs_dir]
-    found = []
-    for child in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        if (child / METRICS_FILE).is_file():
-            found.append(child)
-        else:
-            found += sorted(g for g in child.iterdir() if g.is_dir() and (g / METRICS_FILE).is_file())
-    return found
-
-
-def read_metrics(folder: Path) -> dict:
-    """The folder's metrics; ValueError saying why when unreadable."""
-    try:
-        metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{METRICS_FILE} unreadable: {type(error).__name__}: {error}") from error
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{METRICS_FILE} is not a JSON object")
-    for key in ("config", "provenance", "baseline", "tuned", "comparisons", "training"):
-        if key in metrics and not isinstance(metrics[key], dict):
-            raise ValueError(f"{METRICS_FILE}: {key!r} is not an object")
-    return metrics
-
-
-def run_sort_key(run: Run) -> tuple:
-    return (run.created_at is None, run.created_at or "", run.run_id)
-
-
-def discover_runs(runs_dir: Path) -> tuple[list[Run], list[SkippedRun]]:
-    """Readable runs sorted by created_at then run id, and the skipped folders with reasons."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise FileNotFoundError(f"{runs_dir}: no such folder")
-    runs, skipped = [], []
-    for folder in candidate_dirs(runs_dir):
-        run_id = folder.name if folder == runs_dir else folder.relative_to(runs_dir).as_posix()
-        try:
-            runs.append(Run(run_id, folder, read_metrics(folder)))
-        except ValueError as error:
-            skipped.append(SkippedRun(folder, str(error)))
-    return sorted(runs, key=run_sort_key), skipped
 
 
 # --- Markdown ----------------------------------------------------------------------------------------------------
@@ -123,12 +76,12 @@ def md_table(columns: tuple[str, ...], rows: list[str | list[str]]) -> list[str]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def matrix_markdown_row(run: Run) -> list[str]:
+def matrix_markdown_row(run: FoundRun) -> list[str]:
     cells = matrix_cells(run)
     return [md_code(cells[c]) if c == "Command" else md_text(cells[c]) for c in MATRIX_COLUMNS]
 
 
-def markdown_report(runs: list[Run], skipped: list[SkippedRun], runs_dir: Path) -> str:
+def markdown_report(runs: list[FoundRun], skipped: list[UnreadableRun], runs_dir: Path) -> str:
     """The plan's Test Matrix (+ CI column), skipped folders, then a per-manifest table per run."""
     lines = ["# Training report", "",
              f"Generated by `moonlora report` from `{runs_dir}`: {len(runs)} run(s)"
@@ -142,28 +95,32 @@ def markdown_report(runs: list[Run], skipped: list[SkippedRun], runs_dir: Path) 
     lines += ["", "## Per-manifest results"]
     for run in runs:
         lines += ["", f"### {md_text(run.run_id)}", ""]
-        rows = manifest_cells(run.metrics)
+        rows = manifest_cells(run.record)
         lines += md_table(MANIFEST_COLUMNS, [[md_text(r[c]) for c in MANIFEST_COLUMNS] for r in rows]) if rows \
-            else [f"No scored manifests ({md_text(run_notes(run.metrics))})."]
+            else [f"No scored manifests ({md_text(status_text(run))})."]
+        if run.record.notes:
+            lines += [""] + [f"- {md_text(note)}" for note in run.record.notes]
     return "\n".join(lines) + "\n"
 
 
 # --- entry point -------------------------------------------------------------------------------------------------
 
 
-def build_report(runs_dir: Path, out_markdown: Path | None = None, out_html: Path | None = None) -> ReportResult:
-    """Write the HTML page (default <runs_dir>/report.html) and, when out_markdown is given, the Markdown."""
+def build_report(runs_dir: Path, out_markdown: Path | None = None, out_html: Path | None = None,
+                 overwrite: bool = False) -> ReportResult:
+    """Write the Markdown Test Matrix and the HTML page, by default both inside `runs_dir`.
+
+    Both paths are checked (moonlora's output policy) before any run folder is read.
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"{runs_dir}: no such folder")
+    out_markdown = check_output_file(out_markdown or runs_dir / MARKDOWN_NAME, "--out", overwrite)
+    out_html = check_output_file(out_html or runs_dir / HTML_NAME, "--html", overwrite)
     from moonlora.html_report import render_html  # matplotlib loads only here
 
-    runs_dir = Path(runs_dir)
     runs, skipped = discover_runs(runs_dir)
     markdown = markdown_report(runs, skipped, runs_dir)
-    if out_markdown is not None:
-        out_markdown = Path(out_markdown)
-        out_markdown.parent.mkdir(parents=True, exist_ok=True)
-        out_markdown.write_text(markdown, encoding="utf-8")
-    out_html = Path(out_html) if out_html is not None else runs_dir / HTML_NAME
-    page = render_html(runs, skipped, runs_dir)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(page, encoding="utf-8")
+    write_signed_text(out_markdown, markdown, "report")
+    write_signed_text(out_html, render_html(runs, skipped, runs_dir), "report")
     return ReportResult(runs, skipped, markdown, out_markdown, out_html)

@@ -41,8 +41,8 @@ TENSORBOARD_DIR = "tensorboard"
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".moonlora.lock"
 RUN_KIND = "run"
-RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, ADAPTER_DIR, BASELINE_DIR, TUNED_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR,
-               LOCK_FILE)
+# What --overwrite may remove (the lock file stays: another process may be waiting on it).
+RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, ADAPTER_DIR, BASELINE_DIR, TUNED_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR)
 RUN_CONTROL_FIELDS = ("resume", "overwrite")  # how to run, not what: may differ on resume
 FINISHED = ("success", "stopped_early")
 # Phases in order; a run that failed in one of the first two never trained.
@@ -382,20 +382,26 @@ def latest_checkpoint_step(run_dir: Path) -> int | None:
     return None
 
 
-def find_resume_checkpoint(run_dir: Path) -> tuple[CheckpointInfo | None, list[str]]:
-    """The newest complete checkpoint, after clearing leftovers; and one line per thing done."""
+def find_resume_checkpoint(run_dir: Path, clean: bool = True) -> tuple[CheckpointInfo | None, list[str]]:
+    """The newest complete checkpoint, after clearing leftovers (`clean`); and one line per thing done."""
     root, notes = checkpoints_root(run_dir), []
-    if root.is_dir():
+    if clean and root.is_dir():
         for leftover in sorted(p for p in root.iterdir() if p.name.startswith(".")):
             remove_path(leftover)
             notes.append(f"removed an unfinished checkpoint save ({leftover.name})")
     chosen = None
     for checkpoint in _published(run_dir):
         problem = verify_checkpoint(checkpoint.path)
-        if problem is None:
+        if chosen is None and problem is None:
             chosen = checkpoint
-            break
-        notes.append(f"skipped checkpoint {checkpoint.path}: {problem}")
+        elif chosen is None:
+            notes.append(f"skipped checkpoint {checkpoint.path}: {problem}")
+        elif problem is not None and clean:  # an older, broken one (a kill while pruning): not needed
+            remove_path(checkpoint.path)
+            notes.append(f"removed an incomplete old checkpoint ({checkpoint.path.name})")
+    if clean:  # a kill between publishing and pruning leaves one checkpoint too many
+        for old in [c for c in _published(run_dir) if chosen is not None and c.step < chosen.step][CHECKPOINTS_KEPT - 1:]:
+            remove_path(old.path)
     if chosen is None and notes:
         notes.append("no complete checkpoint left; training starts from step 0")
     return chosen, notes

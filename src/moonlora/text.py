@@ -24,6 +24,14 @@ def normalize(text: str) -> str:
     return " ".join(_normalizer()(text).split())
 
 
+def has_words(normalized: str) -> bool:
+    """Whether normalized text holds a word: a token with a letter or digit.
+
+    The normalizer can leave punctuation behind ("..." becomes "."), which is no word to score.
+    """
+    return any(char.isalnum() for char in normalized)
+
+
 def normalizer_id() -> dict:
     """Name and version, as recorded in the eval contract."""
     return {"name": NORMALIZER_NAME, "version": importlib.metadata.version("whisper-normalizer")}

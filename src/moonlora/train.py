@@ -7,10 +7,12 @@ scheduler and every RNG, so a resumed run repeats an uninterrupted one exactly.
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,7 +22,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderModelOutput
 
@@ -28,9 +29,9 @@ from moonlora.audio import AudioConfig, load_audio
 from moonlora.configs import TrainConfig
 from moonlora.encoder import encode_exact, encoder_layers, encoder_stem, pad_states, stem_is_frozen
 from moonlora.manifest import Utterance
-
-CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "trainer_state.pt"
+from moonlora.outputs import OutputError, write_bytes_atomic
+from moonlora.progress import progress_bar
+from moonlora.runfolder import CHECKPOINT_STATE, checkpoint_staging, publish_checkpoint, remove_path
 
 
 def is_main_process() -> bool:
@@ -137,14 +138,16 @@ class ExactEncodeLoss(torch.nn.Module):
 @dataclass
 class TrainState:
     step: int = 0
-    losses: list[dict] = field(default_factory=list)  # {"step", "loss", "lr"}
+    losses: list[dict] = field(default_factory=list)  # {"step", "loss" (None if non-finite), "lr", "skipped"}
     intervals: list[dict] = field(default_factory=list)  # whatever the evaluator returned, plus "step"
-    skipped_updates: int = 0  # non-finite loss or gradient
+    skipped_updates: int = 0  # non-finite loss or gradient (on any process: all skip together)
     best_step: int = 0
     best_wer: float | None = None
     stop_reason: str | None = None
-    train_seconds: float = 0.0  # wall time of the loop, interval evals included
-    eval_seconds: float = 0.0  # of which interval evals
+    train_seconds: float = 0.0  # training steps only: every evaluation and checkpoint excluded
+    eval_seconds: float = 0.0  # interval evaluations
+    checkpoint_seconds: float = 0.0
+    samples: int = 0  # clips trained on, all processes together
 
 
 @dataclass(frozen=True)
@@ -171,39 +174,82 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainState, best_adapter: dict) -> None:
-    """Adapter + optimizer + scheduler + RNG + progress, written to a temp folder then renamed.
+class InterruptsHeld:
+    """Hold SIGINT/SIGTERM while a section that must not be cut runs (an update's commit, a
+    checkpoint's publication); a signal that arrives meanwhile is raised as KeyboardInterrupt
+    at the end of the section. Outside the main thread, signals cannot be handled: no-op."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> InterruptsHeld:
+        self.pending, self.previous = False, {}
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self.previous[number] = signal.signal(number, self._hold)
+        return self
+
+    def _hold(self, number, frame) -> None:
+        self.pending = True
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        if self.pending and exc[0] is None:
+            raise KeyboardInterrupt
+
+
+@dataclass
+class Trainee:
+    """What a checkpoint must hold to continue a run exactly."""
+
+    peft_model: object
+    optimizer: object
+    scheduler: object
+    state: TrainState
+    best_adapter: dict
+    rng: dict  # RNG states right after the last completed update
+
+
+def save_checkpoint(run_dir: Path, trainee: Trainee) -> None:
+    """Serialise in memory, write under a temporary name, publish with one rename (runfolder).
 
     Accelerate's save_state would also write the frozen 246 MB base model at every checkpoint.
     """
     if not is_main_process():
         return
-    target, staging = run_dir / CHECKPOINT_DIR, run_dir / f".{CHECKPOINT_DIR}-tmp"
-    staging.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     torch.save({
-        "adapter": get_peft_model_state_dict(model), "best_adapter": best_adapter,
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "rng": rng_states(), "state": asdict(state),
-    }, staging / STATE_FILE)
-    (staging / "progress.json").write_text(json.dumps({"step": state.step}) + "\n")
-    if target.exists():
-        old = run_dir / f".{CHECKPOINT_DIR}-old"
-        target.rename(old)
-        staging.rename(target)
-        for path in old.iterdir():
-            path.unlink()
-        old.rmdir()
-    else:
-        staging.rename(target)
+        "adapter": get_peft_model_state_dict(trainee.peft_model), "best_adapter": trainee.best_adapter,
+        "optimizer": trainee.optimizer.state_dict(), "scheduler": trainee.scheduler.state_dict(),
+        "rng": trainee.rng, "state": asdict(trainee.state),
+    }, buffer)
+    with InterruptsHeld():
+        staging = checkpoint_staging(run_dir, trainee.state.step)
+        try:
+            write_bytes_atomic(staging / CHECKPOINT_STATE, buffer.getvalue())
+            publish_checkpoint(run_dir, staging, trainee.state.step)
+        except (OSError, OutputError):
+            remove_path(staging)
+            raise
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[TrainState, dict]:
-    saved = torch.load(run_dir / CHECKPOINT_DIR / STATE_FILE, weights_only=False)
-    set_peft_model_state_dict(model, saved["adapter"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    restore_rng_states(saved["rng"])
-    return TrainState(**saved["state"]), saved["best_adapter"]
+def load_checkpoint(checkpoint: Path, trainee: Trainee) -> None:
+    """Restore a verified checkpoint (runfolder.find_resume_checkpoint) into the trainee."""
+    try:
+        saved = torch.load(checkpoint / CHECKPOINT_STATE, weights_only=False, map_location="cpu")
+        set_peft_model_state_dict(trainee.peft_model, saved["adapter"])
+        trainee.optimizer.load_state_dict(saved["optimizer"])
+        trainee.scheduler.load_state_dict(saved["scheduler"])
+    except (OSError, RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"{checkpoint / CHECKPOINT_STATE}: cannot be restored ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); remove that folder and rerun "
+                              "with --resume to fall back to the previous checkpoint") from None
+    trainee.state, trainee.best_adapter, trainee.rng = TrainState(**saved["state"]), saved["best_adapter"], saved["rng"]
+    restore_rng_states(trainee.rng)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that passed its checksum but cannot be loaded into this model."""
 
 
 def _after_update(state: TrainState) -> None:
@@ -214,6 +260,10 @@ def copy_adapter(model) -> dict:
     return {name: tensor.detach().clone().cpu() for name, tensor in get_peft_model_state_dict(model).items()}
 
 
+def is_eval_step(step: int, config: TrainConfig) -> bool:
+    return step == 0 or step % config.eval_interval == 0 or step == config.max_steps
+
+
 def train(
     loaded,
     stream: TrainStream,
@@ -221,19 +271,24 @@ def train(
     audio: AudioConfig,
     evaluate: Callable[[object, int], IntervalEval],
     run_dir: Path,
-    resume: bool = False,
+    checkpoint: Path | None = None,
     progress: bool = True,
     log: Callable[[str, float, int], None] | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    device: str = "auto",
 ) -> TrainState:
     """Train the LoRA adapter on `loaded.model` (a PeftModel); leave the best adapter loaded.
 
-    `evaluate(model, step)` runs at step 0 (unless resuming), every `eval_interval` steps and at
-    the end; the adapter with the lowest val WER wins (ties keep the earlier step).
+    `evaluate(model, step)` runs at step 0, every `eval_interval` steps and at the end; the
+    adapter with the lowest val WER wins (ties keep the earlier step). An interval evaluation
+    belongs to its step: a checkpoint taken before it finished makes the resumed run do it
+    first, so an interrupted and resumed run chooses exactly what an uninterrupted one does.
     """
     # bf16 autocast is applied around the training loss only (train_step), not through
     # Accelerate: its mixed precision wraps model.forward, and the interval evals must decode
     # in fp32 like the baseline (the eval contract's dtype).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available(),
+                              step_scheduler_with_optimizer=False)
     autocast_bf16 = resolve_mixed_precision(config.mixed_precision) == "bf16"
     loss_module = ExactEncodeLoss(loaded.model, loaded.feature_extractor, loaded.tokenizer)
     parameters = [p for p in loss_module.parameters() if p.requires_grad]
@@ -241,59 +296,80 @@ def train(
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     model, optimizer, scheduler = accelerator.prepare(loss_module, optimizer, scheduler)
     peft_model = accelerator.unwrap_model(model).model
-    state, best_adapter = TrainState(), copy_adapter(peft_model)
-    if resume and (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file():
-        state, best_adapter = load_checkpoint(run_dir, peft_model, optimizer, scheduler)
+    trainee = Trainee(peft_model, optimizer, scheduler, TrainState(), copy_adapter(peft_model), rng_states())
+    if checkpoint is not None:
+        load_checkpoint(checkpoint, trainee)
+    state = trainee.state
 
-    def run_eval() -> bool:
-        nonlocal best_adapter
+    def run_eval() -> None:
         peft_model.eval()
         eval_started = time.perf_counter()
         result = evaluate(peft_model, state.step)
-        state.eval_seconds += time.perf_counter() - eval_started
         peft_model.train()
-        state.intervals.append({"step": state.step, "val_wer": result.val_wer, **result.details})
-        if state.best_wer is None or result.val_wer < state.best_wer:
-            state.best_wer, state.best_step, best_adapter = result.val_wer, state.step, copy_adapter(peft_model)
+        restore_rng_states(trainee.rng)  # an evaluation leaves no trace in the RNGs
+        with InterruptsHeld():
+            state.eval_seconds += time.perf_counter() - eval_started
+            state.intervals.append({"step": state.step, "val_wer": result.val_wer, **result.details})
+            if state.best_wer is None or result.val_wer < state.best_wer:
+                state.best_wer, state.best_step, trainee.best_adapter = result.val_wer, state.step, copy_adapter(peft_model)
+            state.stop_reason = result.stop_reason
         if log:
             log("wer/val", result.val_wer, state.step)
-        state.stop_reason = result.stop_reason
-        return result.stop_reason is None
 
-    if state.step == 0 and not state.intervals:
-        run_eval()
-    peft_model.train()
-    bar = tqdm(total=config.max_steps, initial=state.step, desc="training", unit="step", disable=not progress)
-    started = time.perf_counter() - state.train_seconds
+    def checkpoint_now() -> None:
+        saving_started = time.perf_counter()
+        save_checkpoint(run_dir, trainee)
+        state.checkpoint_seconds += time.perf_counter() - saving_started
+        if on_checkpoint is not None:
+            on_checkpoint(state)
+
+    bar = progress_bar(config.max_steps, "training", unit="step", enabled=progress, initial=state.step)
     try:
+        if is_eval_step(state.step, config) and all(row["step"] != state.step for row in state.intervals):
+            run_eval()  # step 0, or the evaluation an interruption cut off
+            if state.step > 0:
+                checkpoint_now()
+        peft_model.train()
         while state.step < config.max_steps and state.stop_reason is None:
-            loss = train_step(model, accelerator, optimizer, scheduler, stream, config, audio, state, autocast_bf16)
-            state.step += 1
-            state.train_seconds = time.perf_counter() - started
-            lr = scheduler.get_last_lr()[0]
-            state.losses.append({"step": state.step, "loss": loss, "lr": lr})
+            step_started = time.perf_counter()
+            loss = train_step(model, accelerator, optimizer, scheduler, stream, config, audio, trainee, autocast_bf16)
+            state.train_seconds += time.perf_counter() - step_started
             if log:
                 log("train/loss", loss, state.step)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.losses[-1]['lr']:.2e}")
             bar.update(1)
-            at_end = state.step == config.max_steps
-            if state.step % config.eval_interval == 0 or at_end:
+            if is_eval_step(state.step, config):
                 run_eval()
-                save_checkpoint(run_dir, peft_model, optimizer, scheduler, state, best_adapter)
+                checkpoint_now()
             _after_update(state)
     except KeyboardInterrupt:
-        save_checkpoint(run_dir, peft_model, optimizer, scheduler, state, best_adapter)
+        checkpoint_now()  # the state of the last completed update; a cut-off evaluation is redone on resume
         raise
     finally:
         bar.close()
-    set_peft_model_state_dict(peft_model, best_adapter)
+    set_peft_model_state_dict(peft_model, trainee.best_adapter)
     peft_model.eval()
     loaded.model = peft_model
     return state
 
 
-def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, state, autocast_bf16) -> float:
-    """One optimizer update over grad_accum micro-batches; returns the mean micro-batch loss."""
+def processes_agree_finite(accelerator, finite: bool) -> bool:
+    """True only when the value is finite on every process, so all skip a bad micro-batch together
+    (one rank skipping backward alone would leave the others waiting in the gradient sync)."""
+    if accelerator.num_processes == 1:
+        return finite
+    flag = torch.tensor([1.0 if finite else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() == accelerator.num_processes)
+
+
+def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, trainee: Trainee,
+               autocast_bf16: bool) -> float:
+    """One optimizer update over grad_accum micro-batches; returns the mean micro-batch loss.
+
+    Nothing in the trainee changes until the commit at the end, which signals cannot cut, so an
+    interruption anywhere leaves the state of the previous update.
+    """
+    state = trainee.state
     losses, finite = [], True
     for micro in range(config.grad_accum):
         batch = stream.micro_batch(state.step * config.grad_accum + micro,
@@ -301,7 +377,7 @@ def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, 
         waveforms = [load_audio(u.audio_filepath, audio) for u in batch]
         with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             loss = model(waveforms, [u.text for u in batch], [f"{u.audio_sha256}:{u.audio_filepath}" for u in batch])
-        if not torch.isfinite(loss):
+        if not processes_agree_finite(accelerator, bool(torch.isfinite(loss))):
             finite = False
             continue
         accelerator.backward(loss / config.grad_accum)
@@ -309,11 +385,18 @@ def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, 
     if finite:
         grad_norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                 config.max_grad_norm)
-        finite = bool(torch.isfinite(torch.as_tensor(grad_norm)))
-    if finite:
-        optimizer.step()
-    else:
-        state.skipped_updates += 1
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return sum(losses) / len(losses) if losses else math.nan
+        finite = processes_agree_finite(accelerator, bool(torch.isfinite(torch.as_tensor(grad_norm))))
+    mean_loss = sum(losses) / len(losses) if losses else math.nan
+    with InterruptsHeld():
+        if finite:
+            optimizer.step()
+        else:
+            state.skipped_updates += 1
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.samples += config.batch_size * config.grad_accum * accelerator.num_processes
+        state.losses.append({"step": state.step, "loss": mean_loss if finite else None,
+                             "lr": scheduler.get_last_lr()[0], "skipped": not finite})
+        trainee.rng = rng_states()
+    return mean_loss

@@ -1,64 +1,49 @@
-"""`moonlora transcribe`: a model (and adapter) on a whole manifest, written to a folder."""
+"""`moonlora transcribe`: a model (and adapter) on a whole manifest, written to a folder.
+
+Loads without torch: the model stack is imported inside `run_transcribe`, after the output
+folder has been checked, so a refused --output-dir costs no model load.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from moonlora.audio import AudioConfig
-from moonlora.configs import DEFAULT_MODEL, DecodeConfig
-from moonlora.evaluate import EvalResult, evaluate_manifest, write_eval
-from moonlora.manifest import load_manifest
-from moonlora.model import load_model
-from moonlora.provenance import provenance
+from moonlora.configs import TranscribeConfig
+from moonlora.outputs import check_output_dir, claim_output_dir, write_json
+
+if TYPE_CHECKING:
+    from moonlora.evaluate import EvalResult
+
+__all__ = ["TranscribeConfig", "check_output", "run_transcribe", "print_summary", "summary_table"]
 
 CONFIG_FILE = "transcribe_config.json"
+OUTPUT_KIND = "transcribe"
+OUTPUT_ENTRIES = ("transcripts.jsonl", "summary.json", CONFIG_FILE)
 
 
-class OutputExists(FileExistsError):
-    """Refusing to overwrite earlier results."""
-
-
-@dataclass(frozen=True)
-class TranscribeConfig:
-    manifest: str
-    model: str = DEFAULT_MODEL
-    adapter: str | None = None
-    output_dir: str | None = None  # default: outputs/transcribe/<manifest>-<time>
-    overwrite: bool = False
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-
-    def resolved_output_dir(self) -> Path:
-        if self.output_dir:
-            return Path(self.output_dir)
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        return Path("outputs") / "transcribe" / f"{Path(self.manifest).stem}-{stamp}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse a folder that already holds results, before any slow work starts."""
-    if (out_dir / "summary.json").exists() and not overwrite:
-        raise OutputExists(f"{out_dir}: already holds results (summary.json); pick another --output-dir or pass --overwrite")
+def check_output(config: TranscribeConfig) -> Path:
+    """Refuse an output folder that is a file or holds results, before anything is loaded or decoded."""
+    return check_output_dir(config.resolved_output_dir(), "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES,
+                            config.overwrite)
 
 
 def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[EvalResult, Path]:
+    out_dir = check_output(config)
+    from moonlora.evaluate import evaluate_manifest, write_eval
+    from moonlora.manifest import load_manifest
+    from moonlora.model import load_model
+    from moonlora.provenance import provenance
+
     manifest = load_manifest(config.manifest)
-    out_dir = config.resolved_output_dir()
-    check_output_dir(out_dir, config.overwrite)
     loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype, adapter=config.adapter)
     result = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress)
-    resolved = {**config.to_dict(), "output_dir": str(out_dir)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
+    # Earlier results go only now that the new ones are ready, and only the files transcribe wrote.
+    claim_output_dir(out_dir, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite)
+    write_json(out_dir / CONFIG_FILE, {**config.to_dict(), "output_dir": str(out_dir)}, command=OUTPUT_KIND)
     write_eval(result, out_dir, extra={"model": config.model, "adapter": config.adapter, "provenance": provenance()})
     return result, out_dir
 

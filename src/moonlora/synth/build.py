@@ -9,8 +9,9 @@ from importlib import metadata
 from pathlib import Path
 
 import soundfile as sf
-from tqdm import tqdm
 
+from moonlora.outputs import claim_output_dir
+from moonlora.progress import progress_bar
 from moonlora.synth import espeak
 from moonlora.synth.domains import DOMAINS
 
@@ -30,6 +31,8 @@ TEST_VOICES = (
 )
 WPM_RANGE = (140, 190)
 PITCH_RANGE = (35, 65)
+OUTPUT_KIND = "synth"
+OUTPUT_ENTRIES = ("clips", "train.jsonl", "test.jsonl", "synth_config.json")
 
 
 @dataclass(frozen=True)
@@ -70,18 +73,23 @@ def build_domain(
     """Synthesize `n` utterances of `domain` into `out_dir` (deterministic for `seed`).
 
     Writes `clips/*.wav` (16 kHz PCM_16), `train.jsonl`, `test.jsonl` and
-    `synth_config.json`. Train and test use disjoint voices and disjoint texts.
+    `synth_config.json`. Train and test use disjoint voices and disjoint texts. A folder holding
+    earlier output is refused; `overwrite` replaces only what an earlier synth wrote there.
     """
     _check_args(domain, n, test_fraction, train_voices, test_voices)
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    claim_output_dir(out_dir, "--out", OUTPUT_KIND, OUTPUT_ENTRIES, overwrite)  # before any synthesis
+    (out_dir / "clips").mkdir(exist_ok=True)
     rng = random.Random(seed)
     texts = _unique_texts(domain, n, rng)
     clips = _plan_clips(texts, test_fraction, train_voices, test_voices, rng)
 
     rows: dict[str, list[dict]] = {"train": [], "test": []}
-    for clip in tqdm(clips, desc=f"synth {domain}", unit="clip", disable=not progress):
+    bar = progress_bar(len(clips), f"synth {domain}", unit="clip", enabled=progress)
+    for clip in clips:
         rows[clip.split].append(_render(clip, out_dir))
+        bar.update(1)
+    bar.close()
 
     train_manifest = _write_manifest(out_dir / "train.jsonl", rows["train"])
     test_manifest = _write_manifest(out_dir / "test.jsonl", rows["test"])
@@ -112,20 +120,6 @@ def _check_args(domain, n, test_fraction, train_voices, test_voices) -> None:
         raise ValueError(f"train and test voices must be disjoint; shared: {sorted(shared)}")
     for voice in (*train_voices, *test_voices):
         espeak.check_voice(voice)  # fail before writing any clip
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    existing = [p for p in (out_dir / "train.jsonl", out_dir / "test.jsonl") if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds manifests ({', '.join(p.name for p in existing)}); "
-            "pass overwrite=True or choose another folder"
-        )
-    clips_dir = out_dir / "clips"
-    clips_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for stale in clips_dir.glob("*.wav"):  # else an earlier, larger run leaves orphans
-            stale.unlink()
 
 
 def _unique_texts(domain: str, n: int, rng: random.Random) -> list[str]:
