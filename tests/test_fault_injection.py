@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from moonlora import experiment as experiment_module
 from moonlora.cli import main
@@ -95,7 +96,7 @@ DRIVER = textwrap.dedent('''
         real_loss, calls = train.batch_loss, {"n": 0}
         def batch_loss(*args):
             calls["n"] += 1
-            if calls["n"] == 6:  # the second micro-batch of step 3
+            if calls["n"] == 7:  # the first micro-batch of step 4, after step 3 was logged
                 die()
             return real_loss(*args)
         train.batch_loss = batch_loss
@@ -196,6 +197,10 @@ def test_kill_mid_step_is_shown_as_died_and_resumes_exactly(setup, monkeypatch):
     assert "died at training" in report.markdown
     resumed = resume_and_compare(setup, out, monkeypatch)
     assert [leg.resumed_from_step for leg in resumed.legs] == [None, 2]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]  # one stream, no repeats
+    assert [event.step for event in events.Scalars("wer/val")] == [0, 2, 4, 6]
 
 
 @pytest.mark.parametrize("fault", ["sigint-eval", "sigterm-eval"])

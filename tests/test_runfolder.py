@@ -107,3 +107,12 @@ def test_publish_is_one_rename(tmp_path, monkeypatch):
     publish(tmp_path, 4)
     assert len(renames) == 1 and renames[0].name == "step-00000004"
     assert runfolder.latest_checkpoint_step(tmp_path) == 4
+
+
+def test_no_complete_checkpoint_left_is_a_one_line_error(tmp_path):
+    from moonlora.runfolder import CheckpointError
+
+    only = publish(tmp_path, 2) / CHECKPOINT_STATE
+    only.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="no complete checkpoint left .*step-00000002.*--overwrite"):
+        find_resume_checkpoint(tmp_path)

@@ -25,7 +25,7 @@ from moonlora.diagnose import DiagnoseConfig
 from moonlora.errors import ModelSourceError
 from moonlora.manifest import ManifestError
 from moonlora.outputs import OutputError, OutputExists, check_output_file, write_json
-from moonlora.runfolder import RunLocked, RunRecordError
+from moonlora.runfolder import RunLocked, RunRecordError, is_main_process
 from moonlora.synth.build import build_domain
 from moonlora.synth.domains import DOMAINS
 
@@ -186,7 +186,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"moonlora: interrupted; a checkpoint is in {args.output_dir}: rerun with --resume", file=sys.stderr)
         return 130
-    print_experiment(metrics)
+    if is_main_process():  # other ranks of a multi-process run stay quiet
+        print_experiment(metrics)
     return 0
 
 

@@ -38,12 +38,12 @@ from moonlora.outputs import OutputError, OutputExists, check_output_dir, claim_
 from moonlora.provenance import provenance
 from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, LOCK_FILE, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND,
                                 TENSORBOARD_DIR, TUNED_DIR, Comparison, EvalSummary, Leg, RunLock, RunRecord,
-                                RunRecordError, TrainingSummary, find_resume_checkpoint, latest_checkpoint_step,
+                                RunRecordError, TrainingSummary, find_resume_checkpoint, is_main_process, latest_checkpoint_step,
                                 now_iso, read_config_dict, read_record, remove_path, run_state, write_config_dict,
                                 write_record)
 from moonlora.splits import split_train_val
 from moonlora.stats import compare_results
-from moonlora.train import IntervalEval, TrainState, TrainStream, is_main_process, train
+from moonlora.train import IntervalEval, TrainState, TrainStream, train
 
 PRE_TRAINING_PHASES = ("setup", "baseline")
 
@@ -326,7 +326,12 @@ def tensorboard_logger(run_dir: Path, purge_step: int | None):
 
     # purge_step drops the events a killed leg logged after its last checkpoint: one stream per run.
     writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=purge_step)
-    return writer, (lambda tag, value, step: writer.add_scalar(tag, value, step))
+
+    def log(tag: str, value: float, step: int) -> None:
+        writer.add_scalar(tag, value, step)
+        writer.flush()  # a killed run's plots end where its record does
+
+    return writer, log
 
 
 def save_adapter(model, run_dir: Path) -> None:

@@ -61,6 +61,18 @@ class RunLocked(RuntimeError):
     """Another process holds the run folder."""
 
 
+class CheckpointError(ValueError):
+    """No usable checkpoint where one is needed."""
+
+
+def is_main_process() -> bool:
+    """True except on the non-zero ranks of `accelerate launch` / torchrun (they set RANK).
+
+    Only the main process writes run files; the others train their data shard and evaluate.
+    """
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -402,8 +414,10 @@ def find_resume_checkpoint(run_dir: Path, clean: bool = True) -> tuple[Checkpoin
     if clean:  # a kill between publishing and pruning leaves one checkpoint too many
         for old in [c for c in _published(run_dir) if chosen is not None and c.step < chosen.step][CHECKPOINTS_KEPT - 1:]:
             remove_path(old.path)
-    if chosen is None and notes:
-        notes.append("no complete checkpoint left; training starts from step 0")
+    broken = [note for note in notes if note.startswith("skipped checkpoint")]
+    if chosen is None and broken:
+        raise CheckpointError(f"{root}: no complete checkpoint left ({'; '.join(broken)}); start the run again "
+                              "with --overwrite instead of --resume")
     return chosen, notes
 
 

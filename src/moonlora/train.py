@@ -31,15 +31,7 @@ from moonlora.encoder import encode_exact, encoder_layers, encoder_stem, pad_sta
 from moonlora.manifest import Utterance
 from moonlora.outputs import OutputError, write_bytes_atomic
 from moonlora.progress import progress_bar
-from moonlora.runfolder import CHECKPOINT_STATE, checkpoint_staging, publish_checkpoint, remove_path
-
-
-def is_main_process() -> bool:
-    """True except on the non-zero ranks of `accelerate launch` / torchrun (they set RANK).
-
-    Only the main process writes run files; the others train their data shard and evaluate.
-    """
-    return int(os.environ.get("RANK", "0")) == 0
+from moonlora.runfolder import CHECKPOINT_STATE, CheckpointError, checkpoint_staging, is_main_process, publish_checkpoint, remove_path
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -248,10 +240,6 @@ def load_checkpoint(checkpoint: Path, trainee: Trainee) -> None:
     restore_rng_states(trainee.rng)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that passed its checksum but cannot be loaded into this model."""
-
-
 def _after_update(state: TrainState) -> None:
     """Hook run after every optimizer update (tests use it to simulate an interruption)."""
 
@@ -387,6 +375,8 @@ def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, 
                                                 config.max_grad_norm)
         finite = processes_agree_finite(accelerator, bool(torch.isfinite(torch.as_tensor(grad_norm))))
     mean_loss = sum(losses) / len(losses) if losses else math.nan
+    if finite and accelerator.num_processes > 1:  # the record holds the loss of all processes together
+        mean_loss = float(accelerator.reduce(torch.tensor([mean_loss], device=accelerator.device), reduction="mean"))
     with InterruptsHeld():
         if finite:
             optimizer.step()
