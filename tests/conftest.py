@@ -74,3 +74,14 @@ def tone_manifest(tmp_path) -> Path:
     manifest = tmp_path / "tones.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+def tone_set(folder, name, count, seed0=0, speakers=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        write_tone(folder / f"{name}{i}.wav", 0.8 + 0.25 * (i % 5), seed=seed0 + i)
+        rows.append({"audio_filepath": f"{name}{i}.wav", "text": f"clip number {i % 7}", "speaker": f"spk{i % speakers}"})
+    path = folder / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

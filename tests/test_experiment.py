@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 
-from conftest import write_tone
+from conftest import tone_set
 from moonlora import train as train_module
 from moonlora.cli import build_parser, main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
@@ -23,17 +23,6 @@ PLAN_COMMANDS = [
     "--output-dir outputs/experiment_h2_expanded_20260218 --max-steps 2000 --learning-rate 1e-4 --eval-interval 200 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/heldout_manifest.jsonl --max-seconds 20 --seed 42 --wer-stop-threshold 1.1",
     "--output-dir outputs/experiment_headroom_domain_20260218 --max-steps 100 --learning-rate 1e-4 --eval-interval 50 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/domain_manifest.jsonl --max-seconds 20 --seed 42",
 ]
-
-
-def tone_set(folder, name, count, seed0=0, speakers=4):
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(count):
-        write_tone(folder / f"{name}{i}.wav", 0.8 + 0.25 * (i % 5), seed=seed0 + i)
-        rows.append({"audio_filepath": f"{name}{i}.wav", "text": f"clip number {i % 7}", "speaker": f"spk{i % speakers}"})
-    path = folder / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture()

@@ -22,7 +22,7 @@ from moonlora.decide import decide
 from moonlora.report import build_report
 from moonlora.runfolder import CHECKPOINT_STATE, read_record
 
-from test_run_reliability import tone_set
+from conftest import tone_set
 
 # Interval val WER planted so that the best step is 4, in the middle: an interrupted run that
 # skipped or repeated the step-4 evaluation would choose another step and another adapter.

@@ -15,7 +15,7 @@ import pytest
 
 from moonlora.runfolder import read_record
 
-from test_run_reliability import tone_set
+from conftest import tone_set
 
 DRIVER = textwrap.dedent('''
     import os, sys

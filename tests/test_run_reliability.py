@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import write_tone
+from conftest import tone_set
 from moonlora import experiment as experiment_module
 from moonlora import outputs
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
@@ -16,17 +16,6 @@ from moonlora.decide import decide
 from moonlora.experiment import run_experiment
 from moonlora.outputs import OutputError, OutputExists
 from moonlora.runfolder import RunLock, RunLocked, read_record
-
-
-def tone_set(folder, name, count, seed0=0, speakers=4):
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(count):
-        write_tone(folder / f"{name}{i}.wav", 0.8 + 0.25 * (i % 5), seed=seed0 + i)
-        rows.append({"audio_filepath": f"{name}{i}.wav", "text": f"clip number {i % 7}", "speaker": f"spk{i % speakers}"})
-    path = folder / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from moonlora import runfolder
-from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, EvalSummary, RunLock, RunLocked, RunRecord,
+from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, EvalSummary, RunLock, RunRecord,
                                 RunRecordError, checkpoint_staging, describe_state, find_resume_checkpoint,
                                 latest_checkpoint_step, publish_checkpoint, read_record, run_state, write_record)
 

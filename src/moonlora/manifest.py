@@ -97,7 +97,7 @@ def _first(row: dict, keys: tuple[str, ...]):
     return None
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -157,7 +157,7 @@ def parse_row(row: object, manifest_dir: Path, name: str, line: int) -> Utteranc
         speaker=None if speaker is None else str(speaker),
         line=line,
         file_duration=file_seconds,
-        audio_sha256=_file_sha256(audio_path),
+        audio_sha256=file_sha256(audio_path),
     )
 
 

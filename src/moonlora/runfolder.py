@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import socket
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from moonlora.manifest import file_sha256
 from moonlora.outputs import write_json
 
 SCHEMA_VERSION = 2
@@ -352,14 +352,6 @@ def checkpoints_root(run_dir: Path) -> Path:
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_checkpoint(folder: Path) -> str | None:

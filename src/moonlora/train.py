@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import random
 import signal
 import threading
