@@ -1,4 +1,5 @@
-"""CLI start-up: wall time of `moonlora --help` against a bare `python -c pass`.
+"""CLI start-up: wall time of `moonlora --help` against a bare `python -c pass`, and against what
+the CLI paid before it was made light (importing torch, transformers, peft and accelerate).
 
 `moonlora --help` parses arguments only; it must not load torch, transformers, peft or
 accelerate (tests/test_cli_light.py checks the imports; this measures what is left). Each
@@ -50,11 +51,13 @@ def main() -> None:
           + ("  (LOADED: more runnable processes than cores; rerun on a quiet machine)" if loaded else ""))
 
     baseline_cmd, cli_cmd = [sys.executable, "-c", "pass"], cli_command()
-    wall_seconds(baseline_cmd), wall_seconds(cli_cmd)  # warm the file cache once, untimed
-    baseline, cli = [], []
+    heavy_cmd = [sys.executable, "-c", "import torch, transformers, peft, accelerate"]
+    wall_seconds(baseline_cmd), wall_seconds(cli_cmd), wall_seconds(heavy_cmd)  # warm the file cache, untimed
+    baseline, cli, heavy = [], [], []
     for _ in range(args.repeats):
         baseline.append(wall_seconds(baseline_cmd))
         cli.append(wall_seconds(cli_cmd))
+        heavy.append(wall_seconds(heavy_cmd))
 
     result = {
         "command": " ".join(Path(part).name if i == 0 else part for i, part in enumerate(cli_cmd)),
@@ -64,6 +67,8 @@ def main() -> None:
         "median_baseline_s": round(statistics.median(baseline), 4),
         "median_moonlora_help_s": round(statistics.median(cli), 4),
         "median_overhead_s": round(statistics.median(cli) - statistics.median(baseline), 4),
+        "ml_stack_import_s": [round(s, 4) for s in heavy],
+        "median_ml_stack_import_s": round(statistics.median(heavy), 4),
         "load_average_at_start": [round(value, 2) for value in load],
         "cores": cores,
         "loaded": loaded,
@@ -74,6 +79,8 @@ def main() -> None:
     print(f"python -c pass   median {result['median_baseline_s']:.3f} s")
     print(f"moonlora --help  median {result['median_moonlora_help_s']:.3f} s "
           f"(+{result['median_overhead_s']:.3f} s over bare python)" + ("  [LOADED]" if loaded else ""))
+    print(f"import torch, transformers, peft, accelerate (what --help paid before)  median "
+          f"{result['median_ml_stack_import_s']:.3f} s")
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {OUT}")
 

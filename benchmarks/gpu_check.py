@@ -53,7 +53,7 @@ def main() -> None:
     torch.cuda.synchronize()
     state = train(loaded, TrainStream(train_clips, [], config), config, AudioConfig(),
                   evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "run", progress=False)
-    train_seconds = state.train_seconds - state.eval_seconds
+    train_seconds = state.train_seconds  # training steps only
     report = {
         "device": device, "torch": torch.__version__, "eval_clips": len(test.utterances),
         "eval_audio_seconds": result.audio_seconds, "eval_wer": result.corpus.wer, "eval_rtfx_batch64": eval_rtfx,

@@ -164,3 +164,20 @@ def test_stop_signal_exits_130_with_one_line(signum):
         process.kill()
     assert process.returncode == 130
     assert err.strip() == "moonlora: interrupted" and "Traceback" not in err
+
+
+def test_ctrl_c_while_modules_load_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    from moonlora import entry
+
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "moonlora.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "moonlora: interrupted\n"

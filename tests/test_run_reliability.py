@@ -5,6 +5,7 @@ import dataclasses
 import errno
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,27 @@ def test_every_json_a_run_writes_is_strict(tiny_model_dir, data, tmp_path):
             json.loads(line, parse_constant=lambda name: pytest.fail(f"{path}: non-standard JSON {name}"))
     decision = decide([run_dir])
     assert decision.runs == ["strict"]
+
+
+def test_skipped_and_filtered_rows_are_printed_and_reported(tiny_model_dir, data, tmp_path, capsys):
+    from moonlora.report import build_report
+
+    rows = [json.loads(line) for line in data["train"].read_text().splitlines()]
+    rows[0]["audio_filepath"] = str(data["train"].parent / rows[0]["audio_filepath"])
+    rows.append({**rows[0], "text": "?!"})  # a reference without words: skipped, never scored
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({**r, "audio_filepath": str(data["train"].parent / Path(r["audio_filepath"]).name)})
+                             + "\n" for r in rows))
+    config = dataclasses.replace(config_for(tiny_model_dir, data, tmp_path / "runs" / "s", max_steps=1),
+                                 dataset_path=str(train), max_seconds=1.5)
+    record = run_experiment(config, progress=False)
+    skipped = next(n for n in record.notes if n.startswith("training manifest"))
+    assert "skipped 1 row(s) (text_normalizes_to_nothing 1)" in skipped
+    dropped = next(n for n in record.notes if n.startswith("--max-seconds 1.5"))
+    kept = sum(1 for r in rows[:-1] if 0.8 + 0.25 * (int(Path(r["audio_filepath"]).stem[5:]) % 5) <= 1.5)
+    assert f"dropped {len(rows) - 1 - kept} training clip(s)" in dropped and " h)" in dropped
+    err = capsys.readouterr().err
+    assert skipped in err and dropped in err
+    report = build_report(tmp_path / "runs")
+    assert "text_normalizes_to_nothing 1" in report.markdown and "dropped" in report.markdown
+    assert "text_normalizes_to_nothing 1" in report.html_path.read_text()

@@ -1,5 +1,5 @@
 import sys
 
-from moonlora.cli import main
+from moonlora.entry import main
 
 sys.exit(main())

@@ -117,8 +117,9 @@ def add_json_arg(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def quiet_model_logs(args: argparse.Namespace) -> None:
-    """--quiet also silences transformers' progress bars; only commands that load a model call this."""
-    if args.quiet:
+    """--quiet, or a log that is not a terminal, also silences transformers' progress bars (their
+    carriage returns would litter the log); only commands that load a model call this."""
+    if args.quiet or not sys.stderr.isatty():
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()

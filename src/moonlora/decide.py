@@ -116,12 +116,16 @@ def reproducibility(records: list[RunRecord]) -> Verdict:
 
 def decide(run_dirs: list[str | Path]) -> Decision:
     runs = load_runs(run_dirs)
-    finished = [run.record for run in runs if run.record.finished]
+    finished = [run.record for run in runs
+                if run.record.finished and "main" in run.record.comparisons and run.record.training is not None]
     if finished:
         require_one_protocol(finished)
     decision = Decision(runs=[run.record.run_id for run in runs])
     for run in runs:
-        if run.record.finished:
+        if run.record.finished and ("main" not in run.record.comparisons or run.record.training is None):
+            decision.verdicts.append(Verdict("run", NOT_ASSESSED, f"{run.record.run_id}: finished without a main "
+                                             "comparison or training summary; rerun the experiment"))
+        elif run.record.finished:
             decision.verdicts += [primary(run.record), secondary(run.record), sanity(run.record)]
         else:
             decision.verdicts.append(Verdict("run", NOT_ASSESSED,

@@ -268,7 +268,7 @@ def changed_clips_block(run: FoundRun) -> str:
     """The changed-clips table for the main manifest (or why it is missing)."""
     try:
         pairs, improved, worsened = changed_clips(run.path)
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return '<p class="facts">No main-manifest transcripts for both baseline and tuned.</p>'
     intro = (f'<p class="facts">{improved} clip(s) improved, {worsened} got worse; top {len(pairs)} by |WER change|. '
              "Normalized text as scored: <mark class=\"err\">wrong or inserted</mark> words, "
@@ -332,12 +332,13 @@ def facts_line(run: FoundRun) -> str:
     return esc(" · ".join(facts))
 
 
-def history_block(record: RunRecord) -> str:
+def history_block(run: FoundRun) -> str:
     """Every leg of the run (a resumed run has several): command, start, where it resumed, how it ended."""
-    lines = []
-    for index, leg in enumerate(record.legs, 1):
+    record, lines = run.record, []
+    for index, leg in enumerate(run.record.legs, 1):
         resumed = "" if leg.resumed_from_step is None else f" · resumed from step {leg.resumed_from_step}"
-        ended = f" · {leg.status or 'running'}" + (f", {leg.wall_seconds / 60:.1f} min" if leg.wall_seconds else "")
+        status = leg.status or (run.state if index == len(record.legs) else "ended without a status")
+        ended = f" · {status}" + (f", {leg.wall_seconds / 60:.1f} min" if leg.wall_seconds else "")
         lines.append(f"<li><code>{esc(leg.command)}</code><br>{esc(leg.started_at)}{esc(resumed)}{esc(ended)}</li>")
     return f"<h3>History ({len(record.legs)} leg(s))</h3><ol>{''.join(lines)}</ol>" if lines else ""
 
@@ -348,7 +349,7 @@ def run_section(run: FoundRun) -> str:
     parts = [f'<section class="run" id="{esc(anchor(run))}">',
              f'<h2>{esc(run.run_id)}<span class="badge {STATUS_CLASS.get(status, "unknown")}">'
              f'{esc(status)}</span></h2>',
-             f'<p class="facts">{facts_line(run)}</p>', history_block(record)]
+             f'<p class="facts">{facts_line(run)}</p>', history_block(run)]
     if record.reason or not record.finished:
         parts.append(f'<div class="alert">{esc(status_text(run))}</div>')
     parts += [f'<div class="alert">{esc(note)}</div>' for note in record.notes]

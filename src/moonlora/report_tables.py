@@ -68,7 +68,7 @@ def status_text(run: FoundRun) -> str:
     record = run.record
     if record.finished:
         return record.status + (f": {short(record.reason)}" if record.reason else "")
-    return short(describe_state(record, run.path))
+    return describe_state(record, run.path)  # never cut: its end says how to resume
 
 
 def run_notes(run: FoundRun) -> str:
