@@ -43,7 +43,9 @@ def test_two_cpu_processes_train_to_the_end(tiny_model_dir, tmp_path, nan_on_ran
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "NAN_ON_RANK": nan_on_rank or "",
            "OMP_NUM_THREADS": "1"}
     command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(driver),
+               "--mixed_precision", "no", "--dynamo_backend", "no",
+               # the README's command (-m moonlora), or a driver that plants a NaN on one rank
+               *([str(driver)] if nan_on_rank else ["-m", "moonlora"]),
                "--quiet", "experiment", "--output-dir", str(out), "--dataset-path", str(data["train"]),
                "--manifest-path", str(data["main"]), "--model", str(tiny_model_dir), "--device", "cpu",
                "--max-steps", "4", "--eval-interval", "2", "--learning-rate", "5e-3", "--train-batch-size", "2",

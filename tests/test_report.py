@@ -357,3 +357,12 @@ def test_report_cli_exit_codes(tmp_path):
     assert (tmp_path / "page.html").read_text().count("<svg") >= 3
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert main(["report", str(root), "--out", str(out), "--html", str(tmp_path / "page.html")]) == 2  # exists
+
+
+def test_zero_wer_lines_are_drawn_above_the_x_axis():
+    from moonlora.html_report import new_figure, show_zero_lines
+
+    figure, axes = new_figure()
+    axes.plot([0, 10], [0.0, 0.0])  # a canary at WER 0 all along
+    show_zero_lines(axes)
+    assert axes.get_ylim()[0] < 0 < axes.get_ylim()[1]
