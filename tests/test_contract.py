@@ -37,3 +37,25 @@ def test_adapter_may_differ_only_when_allowed():
         require_comparable(base, tuned)
     with pytest.raises(ContractMismatch, match="model_sha256"):
         require_comparable(base, contract(model_sha256="v" * 64, adapter_sha256="a" * 64), allow=("adapter_sha256",))
+
+
+def test_runtime_is_recorded_and_named_when_it_differs():
+    torch_contract = contract()
+    assert torch_contract.runtime == {"name": "torch", "precision": "float32"}
+    assert contract(decode=DecodeConfig(dtype="bfloat16")).runtime == {"name": "torch", "precision": "bfloat16"}
+    deployed = contract(runtime={"name": "onnxruntime", "precision": "int8"}, model_sha256="o" * 64)
+    assert deployed.fingerprint != torch_contract.fingerprint
+    with pytest.raises(ContractMismatch) as error:
+        require_comparable(torch_contract, deployed, allow=("model_sha256",))
+    assert "runtime.name ('torch' vs 'onnxruntime')" in str(error.value)
+    assert "runtime.precision ('float32' vs 'int8')" in str(error.value)
+    require_comparable(torch_contract, deployed, allow=("runtime", "model_sha256"))
+
+
+def test_contract_from_before_the_runtime_field_reads_as_torch():
+    data = contract(decode=DecodeConfig(dtype="bfloat16")).to_dict()
+    del data["runtime"]
+    assert EvalContract.from_dict(data).runtime == {"name": "torch", "precision": "bfloat16"}
+    del data["model_sha256"]
+    with pytest.raises(ContractMismatch, match="lacks field\\(s\\): model_sha256"):
+        EvalContract.from_dict(data)

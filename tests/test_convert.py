@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ort_greedy
 from moonlora import bundled
 
 pytestmark = pytest.mark.integration
@@ -50,35 +51,6 @@ def ort_sessions(paths):
 def ort_encoder_output(ort_sessions, waveform) -> np.ndarray:
     (hidden,) = ort_sessions[0].run(["last_hidden_state"], {"input_values": waveform})
     return hidden
-
-
-def ort_greedy(decoder, encoder_hidden: np.ndarray, start: int, eos: int, max_new_tokens: int) -> list[int]:
-    """Greedy decoding with the merged decoder, carrying its KV cache between steps."""
-    inputs = {i.name: i for i in decoder.get_inputs()}
-    past_names = [n for n in inputs if n.startswith("past_key_values.")]
-    _, heads, _, head_dim = inputs[past_names[0]].shape
-    empty = np.zeros((1, heads, 0, head_dim), dtype=np.float32)
-    past = {n: empty for n in past_names}
-    output_names = [o.name for o in decoder.get_outputs()]
-    tokens, next_token = [], start
-    for step in range(max_new_tokens):
-        feed = {
-            "input_ids": np.array([[next_token]], dtype=np.int64),
-            "encoder_hidden_states": encoder_hidden,
-            "use_cache_branch": np.array([step > 0]),
-            **past,
-        }
-        outputs = dict(zip(output_names, decoder.run(output_names, feed)))
-        next_token = int(outputs["logits"][0, -1].argmax())
-        tokens.append(next_token)
-        if next_token == eos:
-            break
-        for name in past_names:
-            present = name.replace("past_key_values.", "present.")
-            # Cached steps return empty cross-attention K/V: keep the ones computed at step 0.
-            if ".decoder." in name or step == 0:
-                past[name] = outputs[present]
-    return tokens
 
 
 def test_strict_load_fills_every_parameter(model):

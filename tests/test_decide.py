@@ -14,7 +14,8 @@ from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, Eval
                                 publish_checkpoint, write_config_dict, write_record)
 
 CONTRACT = {"manifest_sha256": "m" * 64, "audio": {"sample_rate": 16000}, "normalizer": {"name": "whisper-english"},
-            "decode": {"num_beams": 1}, "model_sha256": "w" * 64, "adapter_sha256": None}
+            "decode": {"num_beams": 1}, "model_sha256": "w" * 64, "adapter_sha256": None,
+            "runtime": {"name": "torch", "precision": "float32"}}
 
 
 def comparison(base, tuned, low, high):

@@ -20,6 +20,7 @@ from moonlora.audio import AudioConfig, AudioError
 from moonlora.augment import BANDS, NOISE_COLORS, AugmentConfig
 from moonlora.configs import (DTYPE_NAMES, DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings, TrainConfig,
                               TranscribeConfig, default_of)
+from moonlora.compare import DEFAULT_MARGIN, DEFAULT_TOP, CompareError
 from moonlora.contract import ContractMismatch
 from moonlora.diagnose import DiagnoseConfig
 from moonlora.errors import ModelSourceError
@@ -31,11 +32,12 @@ from moonlora.synth.domains import DOMAINS
 
 # Errors that come from what the user passed: one line, exit code 2, no traceback.
 USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, OutputExists, OutputError,
-               RunRecordError, RunLocked, FileExistsError, FileNotFoundError, ValueError)
+               RunRecordError, RunLocked, CompareError, FileExistsError, FileNotFoundError, ValueError)
 
 EXIT_CODES = (
     (0, "success"),
-    (1, "`decide`: the verdict is FAIL; `diagnose`: a manifest could not be loaded"),
+    (1, "`decide`: the verdict is FAIL; `compare`: B is not non-inferior to A within --margin; "
+        "`diagnose`: a manifest could not be loaded"),
     (2, "a user error (bad value, missing or unreadable input, an output that would replace earlier results): "
         "one line on stderr"),
     (130, "interrupted (Ctrl-C or SIGTERM): one line on stderr; an experiment resumes with --resume"),
@@ -86,7 +88,8 @@ def add_command(commands, name: str, summary: str, details: str, handler) -> arg
 def add_model_args(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--model", default=default,
                         help="bundled:base-en (offline), a hub id such as UsefulSensors/moonshine-tiny, "
-                             "or a save_pretrained folder")
+                             "a save_pretrained folder, or ort:DIR / ort:bundled:base-en (deployed int8 .ort "
+                             "graphs, scored through onnxruntime on the CPU; no --adapter)")
 
 
 def add_decode_args(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +206,17 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0 if decision.passed else 1
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    json_path = check_output_file(args.json, "--json", args.overwrite) if args.json else None
+    from moonlora.compare import compare_folders, render
+
+    comparison = compare_folders(args.a, args.b, allow=tuple(args.allow), margin=args.margin, top=args.top)
+    print(render(comparison))
+    if json_path is not None:
+        write_json(json_path, comparison.to_dict(), command="compare")
+    return 0 if comparison.non_inferior else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from moonlora.report import build_report
 
@@ -213,6 +227,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     for skipped in result.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}")
     print(f"\nTest Matrix: {result.markdown_path}\nHTML report: {result.html_path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    quiet_model_logs(args)
+    from moonlora.export import export, lost_adapter_warning
+
+    result = export(args.source, args.out, export_format=args.format, model=args.model, overwrite=args.overwrite)
+    for name, manifest in result.manifests.items():
+        print(f"{name} ({manifest['precision']}): {result.folders[name]} — base {manifest['base_model']} + adapter "
+              f"{(manifest['adapter_sha256'] or '-')[:12]} -> merged weights {manifest['merged_weights_sha256'][:12]}")
+        warning = lost_adapter_warning(manifest["quantization"] or {})
+        if warning:
+            print(f"moonlora: warning: {warning}", file=sys.stderr)
+    print("provenance: manifest.json in each folder; score an export with transcribe --model DIR (hf) or "
+          "--model ort:DIR (ort), then moonlora compare")
     return 0
 
 
@@ -298,6 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
     decide_cmd.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by moonlora experiment")
     add_json_arg(decide_cmd, "the verdicts")
 
+    compare = add_command(
+        commands, "compare", "whether B is as good as A: two transcribe folders of one manifest, clip by clip",
+        "Checks the eval contracts (every differing field is named; --allow accepts one), pairs the clips, and "
+        "gives a paired-bootstrap 95% CI of WER(B) - WER(A), how often the transcripts agree, and the clips that "
+        "differ most. Exit code 0: B is non-inferior to A (the CI's high end is at most --margin), 1: it is not.",
+        cmd_compare)
+    compare.add_argument("a", metavar="A", help="reference folder written by moonlora transcribe --output-dir")
+    compare.add_argument("b", metavar="B", help="candidate folder, the same manifest scored another way")
+    compare.add_argument("--allow", action="append", default=[], metavar="FIELD",
+                         help="accept a difference in this top-level contract field, e.g. runtime or "
+                              "adapter_sha256 (repeatable)")
+    compare.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                         help="non-inferiority margin on WER(B) - WER(A); 0.005 = 0.5 WER points")
+    compare.add_argument("--top", type=int, default=DEFAULT_TOP, help="how many of the most different clips to show")
+    add_json_arg(compare, "the comparison")
+
     report = add_command(commands, "report", "Test Matrix (Markdown) and an HTML page with plots from run folders",
                          "The plan's Test Matrix generated from run folders; both files land in RUNS_DIR unless "
                          "--out and --html say otherwise.", cmd_report)
@@ -305,6 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, help="Markdown Test Matrix; none: RUNS_DIR/training_report.md")
     report.add_argument("--html", default=None, help="HTML page with plots; none: RUNS_DIR/report.html")
     add_overwrite_arg(report, "--out and --html")
+
+    export = add_command(commands, "export", "the model a user ships: the run's adapter merged into its base model",
+                         "--format hf merges the LoRA adapter (PEFT merge_and_unload) and writes a save_pretrained "
+                         "folder (model, tokenizer, feature extractor, generation config) that from_pretrained and "
+                         "--model DIR load; --format ort writes encoder_model.ort, decoder_model_merged.ort and "
+                         "tokenizer.bin with the bundled base-en graphs' names, inputs/outputs and int8 scheme, "
+                         "for the moonshine-voice runtime. Each folder gets manifest.json: source run and its eval "
+                         "contracts, base, adapter and merged-weights hashes, precision and quantization, tool "
+                         "versions.", cmd_export)
+    export.add_argument("source", metavar="RUN_OR_ADAPTER", help="a finished run folder, or an adapter folder")
+    export.add_argument("--out", required=True, help="a new folder for the exported model")
+    export.add_argument("--format", default="hf", choices=["hf", "ort", "both"],
+                        help="hf: merged transformers checkpoint; ort: int8 .ort graphs for the moonshine-voice "
+                             "runtime (Moonshine base); both: hf/ and ort/")
+    export.add_argument("--model", default=None,
+                        help="base model of an adapter folder (a run folder names its own); none: bundled:base-en")
+    add_overwrite_arg(export, "--out")
 
     diagnose = add_command(
         commands, "diagnose", "duration profile, splits, problems and leakage of manifests",

@@ -3,6 +3,12 @@
 Two results are comparable only when their contracts match; `require_comparable` refuses
 otherwise and names each differing field. Baseline-vs-tuned comparisons allow the adapter
 (and only the adapter) to differ.
+
+`runtime` is what ran the model: {"name": "torch", "precision": <the dtype>} or
+{"name": "onnxruntime", "precision": "int8" | "float16" | "float32"} (read from the graphs). For
+onnxruntime, `model_sha256` is the artifact hash (the .ort files and tokenizer.bin, see
+`moonlora.ort_backend`). A torch and an onnxruntime result compare only when the caller allows it
+knowingly: `require_comparable(a, b, allow=("runtime", "model_sha256"))`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ class ContractMismatch(ValueError):
     """Two results measured under different protocols."""
 
 
+def torch_runtime(dtype: str = "float32") -> dict:
+    return {"name": "torch", "precision": dtype}
+
+
 @dataclass(frozen=True)
 class EvalContract:
     manifest_sha256: str
@@ -28,12 +38,15 @@ class EvalContract:
     decode: dict  # DecodeConfig.result_dict(): the settings that can change a transcript
     model_sha256: str
     adapter_sha256: str | None
+    runtime: dict  # {"name": "torch" | "onnxruntime", "precision": ...}
 
     @classmethod
     def build(cls, manifest_sha256: str, audio: AudioConfig, decode: DecodeConfig,
-              model_sha256: str, adapter_sha256: str | None) -> EvalContract:
-        return cls(manifest_sha256, audio.to_dict(), normalizer_id(), decode.result_dict(),
-                   model_sha256, adapter_sha256)
+              model_sha256: str, adapter_sha256: str | None, runtime: dict | None = None) -> EvalContract:
+        """`runtime` defaults to torch at the decode dtype (what `load_model(dtype=decode.dtype)` runs)."""
+        return cls(manifest_sha256=manifest_sha256, audio=audio.to_dict(), normalizer=normalizer_id(),
+                   decode=decode.result_dict(), model_sha256=model_sha256, adapter_sha256=adapter_sha256,
+                   runtime=dict(runtime) if runtime is not None else torch_runtime(decode.dtype))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "fingerprint": self.fingerprint}
@@ -41,6 +54,9 @@ class EvalContract:
     @classmethod
     def from_dict(cls, data: dict) -> EvalContract:
         names = {f.name for f in fields(cls)}
+        if "runtime" not in data and isinstance(data.get("decode"), dict) and "dtype" in data["decode"]:
+            # Contracts from before the runtime field was recorded were all measured by torch.
+            data = {**data, "runtime": {"name": "torch", "precision": data["decode"]["dtype"]}}
         missing = names - data.keys()
         if missing:
             raise ContractMismatch(f"eval contract lacks field(s): {', '.join(sorted(missing))}")

@@ -204,6 +204,16 @@ def _decoder_sources(config: MoonshineConfig) -> dict[str, tuple[str, int | None
     return {f"model.decoder.{k}": v for k, v in sources.items()}
 
 
+def ort_weight_sources(config: MoonshineConfig | None = None) -> tuple[dict, dict]:
+    """(encoder, decoder) maps: transformers key -> (ORT node name, constant input index or None, transpose).
+
+    The ORT node's constant input holds the weight; `transpose` means it is stored as the transpose of the
+    transformers tensor (MatMul weights are [in, out]).
+    """
+    config = config or moonshine_base_config()
+    return _encoder_sources(config), _decoder_sources(config)
+
+
 def _read(graph: _OrtGraph, sources: dict[str, tuple[str, int | None, bool]]) -> dict[str, torch.Tensor]:
     state = {}
     for key, (node_name, index, transpose) in sources.items():

@@ -2,7 +2,8 @@
 
 Adapter parity (the seed plan's H1) holds by construction: `decode_clips` calls `generate` on
 the model object it is handed, so a PEFT model decodes with its active adapter; nothing here
-unwraps it.
+unwraps it. An ONNX Runtime model (`runtime == "onnxruntime"`, `moonlora.ort_backend`) is
+decoded by that backend with the same DecodeConfig, token cap and DecodedClip results.
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ def decode_clips(
     Waveforms are loaded batch by batch through `load_waveform(index)`, so a long manifest is
     never held in memory at once. `on_batch(n)` is called with each batch's size (progress).
     """
+    if getattr(model, "runtime", "torch") == "onnxruntime":
+        from moonlora.ort_backend import decode_clips_ort
+
+        return decode_clips_ort(model, tokenizer, durations, load_waveform, config, on_batch)
     results: list[DecodedClip | None] = [None] * len(durations)
     decode_seconds = 0.0
     for indices in batch_order(durations, config):

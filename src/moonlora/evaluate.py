@@ -108,7 +108,8 @@ def evaluate_manifest(
         score = score_utterance(utterance.text, clip.text)
         clips.append(ClipResult(utterance, clip.text, clip, score, flag_utterance(score, clip.token_cap_hit)))
     contract = EvalContract.build(
-        manifest.content_hash, audio, decode, loaded.weights_sha256, adapter_sha256(loaded.model)
+        manifest.content_hash, audio, decode, loaded.weights_sha256, adapter_sha256(loaded.model),
+        runtime=loaded.runtime_dict(),
     )
     return EvalResult(
         manifest_path=manifest.path, clips=clips, skipped=manifest.skipped,

@@ -33,7 +33,7 @@ from moonlora.contract import EvalContract, require_comparable
 from moonlora.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
 from moonlora.lora import attach_lora, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.manifest import Manifest, Utterance, load_manifest
-from moonlora.model import LoadedModel, load_model
+from moonlora.model import LoadedModel, load_model, require_torch
 from moonlora.outputs import OutputError, OutputExists, check_output_dir, claim_output_dir
 from moonlora.provenance import provenance
 from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, LOCK_FILE, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND,
@@ -395,6 +395,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> RunRecord
         for line in data_notes(data.report):
             session.note(line)
         loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype)
+        require_torch(loaded, "training")
         record.provenance = {**provenance(), "model_sha256": loaded.weights_sha256}
         session.save(phase="baseline")
         baseline = baseline_results(loaded, data, config, run_dir, progress)

@@ -4,6 +4,9 @@
   transformers checkpoint in the user cache, once, and rebuilt when the wheel's files change.
 - a local `save_pretrained` directory, or a Hugging Face Hub id such as
   `UsefulSensors/moonshine-tiny`, through plain `from_pretrained`.
+- `ort:DIR` (or a folder holding `encoder_model.ort` / `decoder_model_merged.ort`, without the
+  prefix), and `ort:bundled:base-en` for the wheel's own folder: the ONNX Runtime graphs a user
+  deploys, scored through onnxruntime (`moonlora.ort_backend`). No adapter: merge and export first.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from moonlora.device import DTYPES, resolve_device
 from moonlora.errors import ModelSourceError
 
 BUNDLED_PREFIX = "bundled:"
+ORT_PREFIX = "ort:"
 BUNDLED_MODELS = ("base-en",)
 CONVERTER_VERSION = "1"  # bump when convert.py changes what it writes
 COMPLETE_MARKER = "moonlora_source.json"
@@ -50,16 +54,24 @@ LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.Unp
 class LoadedModel:
     """A Moonshine model with what it needs to hear and write, and where it came from."""
 
-    model: torch.nn.Module  # MoonshineForConditionalGeneration, or a PeftModel around it
+    # MoonshineForConditionalGeneration, or a PeftModel around it; for runtime "onnxruntime" an
+    # ort_backend.OrtModel
+    model: torch.nn.Module
     feature_extractor: object
     tokenizer: object
     source: str  # the --model value
-    weights_sha256: str  # of the base weights, before any adapter
+    weights_sha256: str  # of the base weights, before any adapter; for onnxruntime the artifact hash
     adapter_path: str | None = None
+    runtime: str = "torch"  # torch | onnxruntime
+    precision: str = "float32"  # torch: the dtype it was loaded in; onnxruntime: read from the graphs
 
     @property
     def has_adapter(self) -> bool:
         return hasattr(self.model, "peft_config")
+
+    def runtime_dict(self) -> dict:
+        """The eval contract's `runtime` field."""
+        return {"name": self.runtime, "precision": self.precision}
 
 
 def cache_root() -> Path:
@@ -262,6 +274,58 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.
         ) from None
 
 
+def ort_folder(spec: str) -> Path | None:
+    """The ONNX Runtime model folder `spec` names (`ort:DIR`, `ort:bundled:base-en`, or a folder
+    holding the .ort graphs), or None for a torch model."""
+    from moonlora.ort_backend import is_ort_folder
+
+    if spec.startswith(ORT_PREFIX):
+        rest = spec[len(ORT_PREFIX):]
+        if rest.startswith(BUNDLED_PREFIX):
+            name = rest[len(BUNDLED_PREFIX):]
+            if name not in BUNDLED_MODELS:
+                raise ModelSourceError(f"unknown bundled model '{spec}'; available: ort:bundled:base-en")
+            try:
+                return bundled.base_en_dir()
+            except bundled.BundledModelMissing as error:
+                raise ModelSourceError(str(error)) from None
+        if not rest:
+            raise ModelSourceError(f"--model {spec}: name the folder, e.g. ort:path/to/model or ort:bundled:base-en")
+        return Path(rest).expanduser()
+    folder = Path(spec).expanduser()
+    return folder if folder.is_dir() and is_ort_folder(folder) else None
+
+
+def require_torch(loaded: LoadedModel, what: str = "training") -> None:
+    """Refuse an onnxruntime model where moonlora needs torch weights (training, adapters, export)."""
+    if loaded.runtime != "torch":
+        raise ModelSourceError(
+            f"--model {loaded.source}: {what} needs a torch model; an onnxruntime model can only be scored "
+            "(moonlora transcribe); pass the torch model it was exported from"
+        )
+
+
+def load_ort(spec: str, folder: Path, device: str = "auto", dtype: str = "float32",
+             adapter: str | Path | None = None) -> LoadedModel:
+    """An ONNX Runtime model folder as a LoadedModel (runtime "onnxruntime", CPU)."""
+    from moonlora.ort_backend import RUNTIME_NAME, load_ort_model
+
+    if adapter is not None:
+        raise ModelSourceError(
+            f"--adapter cannot apply to the onnxruntime model {spec}: merge the adapter and export the model "
+            "first, then score the exported folder"
+        )
+    if dtype != "float32":
+        raise ModelSourceError(f"--dtype {dtype}: an onnxruntime model runs at its graphs' own precision; drop --dtype")
+    if device not in ("auto", "cpu"):
+        raise ModelSourceError(f"--device {device}: the onnxruntime backend runs on the CPU; drop --device")
+    model, tokenizer = load_ort_model(folder, spec)
+    return LoadedModel(
+        model=model, feature_extractor=bundled_feature_extractor(), tokenizer=tokenizer, source=spec,
+        weights_sha256=model.artifact_sha256, runtime=RUNTIME_NAME, precision=model.precision,
+    )
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
@@ -269,6 +333,9 @@ def load_model(
     adapter: str | Path | None = None,
 ) -> LoadedModel:
     """Resolve `--model` (and optionally `--adapter`) into a ready-to-use model in eval mode."""
+    folder = ort_folder(spec)
+    if folder is not None:
+        return load_ort(spec, folder, device=device, dtype=dtype, adapter=adapter)
     if spec.startswith(BUNDLED_PREFIX):
         checkpoint = bundled_checkpoint(spec[len(BUNDLED_PREFIX):])
         model, feature_extractor, tokenizer = _load_local(
@@ -280,7 +347,7 @@ def load_model(
         )
     elif Path(spec).expanduser().exists() or spec.count("/") != 1:
         raise ModelSourceError(
-            f"--model {spec!r}: not a folder, a hub id (owner/name) or {DEFAULT_MODEL}"
+            f"--model {spec!r}: not a folder, a hub id (owner/name), ort:DIR or {DEFAULT_MODEL}"
         )
     else:
         model, feature_extractor, tokenizer = _load_hub(spec)
@@ -290,5 +357,5 @@ def load_model(
     model = model.to(device=resolve_device(device), dtype=DTYPES[dtype]).eval()
     return LoadedModel(
         model=model, feature_extractor=feature_extractor, tokenizer=tokenizer, source=spec,
-        weights_sha256=base_hash, adapter_path=None if adapter is None else str(adapter),
+        weights_sha256=base_hash, adapter_path=None if adapter is None else str(adapter), precision=dtype,
     )
