@@ -41,6 +41,13 @@ def test_demo_command_runs_as_a_user_would(tmp_path):
     assert next(r for r in canary_rows if r["speaker"] == "beckett")["wer"] <= 0.10
     assert [row["step"] for row in metrics["training"]["losses"]] == [1, 2]
     decision = json.loads((out / "decision.json").read_text())
-    assert {v["criterion"] for v in decision["verdicts"]} == {"primary", "secondary", "sanity", "reproducibility"}
+    assert {v["criterion"] for v in decision["verdicts"]} == {"primary", "secondary", "sanity", "reproducibility",
+                                                              "export parity"}
+    parity = metrics["export_parity"]  # the shipped int8 graphs, scored against the torch model
+    assert parity["runtime"] == {"name": "onnxruntime", "precision": "int8"}
+    assert set(parity["sets"]) == {"main", "canary"}
+    assert (out / "runs" / "atc-seed7" / "export" / "ort" / "decoder_model_merged.ort").is_file()
+    assert parity["sets"]["main"]["export_wer"] == json.loads(
+        (out / "runs" / "atc-seed7" / "export" / "scores" / "main" / "summary.json").read_text())["wer"]
     assert (out / "report.html").is_file() and (out / "training_report.md").is_file()
     assert "report:" in done.stdout and "Overall:" in done.stdout

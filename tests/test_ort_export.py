@@ -53,6 +53,20 @@ def test_requantize_keeps_grid_values_exactly():
     assert np.array_equal(requantize(nudged, scale, zero_point).q, q)
 
 
+def test_stochastic_rounding_keeps_small_changes_on_average_and_grid_values_exactly():
+    rng = np.random.default_rng(0)
+    q = rng.integers(-100, 100, size=(256, 128)).astype(np.int8)
+    scale, zero_point = np.float32(0.0123), np.float32(-7 * np.float32(0.0123))
+    w = dequantize(q, np.array([scale]), np.array([zero_point]))
+    assert np.array_equal(requantize(w, scale, zero_point, np.random.default_rng(1)).q, q)  # identity: same bytes
+    nudged = w + np.float32(0.3) * scale  # a LoRA-like change of 0.3 step everywhere
+    assert np.array_equal(requantize(nudged, scale, zero_point).q, q)  # nearest: the change vanishes
+    moved = requantize(nudged, scale, zero_point, np.random.default_rng(1)).q.astype(np.int32) - q
+    assert set(np.unique(moved)) == {0, 1} and abs(moved.mean() - 0.3) < 0.01  # stochastic: kept on average
+    again = requantize(nudged, scale, zero_point, np.random.default_rng(1)).q
+    assert np.array_equal(again, moved + q)  # seeded: an export is reproducible
+
+
 def test_requantize_takes_a_new_min_max_scale_when_the_range_grows():
     rng = np.random.default_rng(1)
     scale, zero_point = np.float32(0.01), np.float32(3 * np.float32(0.01))
@@ -152,7 +166,7 @@ def perturbed(base_model, tmp_path_factory):
                 adapted += 1
     assert adapted == 128
     folder = tmp_path_factory.mktemp("merged-ort")
-    report = write_merged_ort(model, folder)
+    report = write_merged_ort(model, folder, rounding="nearest")  # the half-step bounds below are nearest's
     return model, folder, report
 
 

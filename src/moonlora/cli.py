@@ -174,6 +174,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         wer_stop_threshold=args.wer_stop_threshold, extra_manifests=tuple(args.extra_manifest),
         canary_manifest=args.canary_manifest, canary_margin=args.canary_margin,
         replay_manifest=args.replay_manifest, log_manifest_interval_wer=args.log_manifest_interval_wer,
+        export=args.export, export_margin=args.export_margin,
         train=TrainConfig(
             max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.train_batch_size,
             grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, eval_interval=args.eval_interval,
@@ -234,7 +235,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     quiet_model_logs(args)
     from moonlora.export import export, lost_adapter_warning
 
-    result = export(args.source, args.out, export_format=args.format, model=args.model, overwrite=args.overwrite)
+    result = export(args.source, args.out, export_format=args.format, model=args.model, overwrite=args.overwrite,
+                    rounding=args.rounding)
     for name, manifest in result.manifests.items():
         print(f"{name} ({manifest['precision']}): {result.folders[name]} — base {manifest['base_model']} + adapter "
               f"{(manifest['adapter_sha256'] or '-')[:12]} -> merged weights {manifest['merged_weights_sha256'][:12]}")
@@ -365,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="hf", choices=["hf", "ort", "both"],
                         help="hf: merged transformers checkpoint; ort: int8 .ort graphs for the moonshine-voice "
                              "runtime (Moonshine base); both: hf/ and ort/")
+    export.add_argument("--rounding", default="stochastic", choices=["stochastic", "nearest"],
+                        help="int8 rounding of the merged weights (ort): stochastic keeps small LoRA changes "
+                             "unbiased; nearest drops every change under half a step")
     export.add_argument("--model", default=None,
                         help="base model of an adapter folder (a run folder names its own); none: bundled:base-en")
     add_overwrite_arg(export, "--out")
@@ -461,6 +466,11 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
                             help="share of training clips from --replay-manifest")
     experiment.add_argument("--log-manifest-interval-wer", action="store_true",
                             help="also log main-manifest WER at intervals (plots only, never used for choices)")
+    experiment.add_argument("--export", default=default("export"), choices=["ort"],
+                            help="at the end, export the chosen adapter as int8 .ort graphs (export/ort/), score "
+                                 "them on the main manifest and canary, and record export parity; none: no export")
+    experiment.add_argument("--export-margin", type=float, default=default("export_margin"),
+                            help="export parity holds when the CI high end of WER(export) - WER(torch) is at most this")
     experiment.add_argument("--decode-batch-size", type=int, default=decode.batch_size,
                             help="clips per decode batch (baseline, interval and tuned WER)")
     experiment.add_argument("--num-beams", type=int, default=decode.num_beams, help="1 = greedy search")

@@ -125,6 +125,8 @@ class ExperimentConfig:
     canary_margin: float = 0.02  # stop when canary WER > baseline canary WER + this
     replay_manifest: str | None = None  # general speech mixed into training (replay_ratio in train)
     log_manifest_interval_wer: bool = False  # main-manifest WER at intervals, for plots only
+    export: str | None = None  # "ort": export the chosen adapter and score it (export parity)
+    export_margin: float = 0.005  # export parity holds when WER(export) - WER(torch) has its CI high end below this
     bootstrap_resamples: int = 10_000
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -142,6 +144,8 @@ class ExperimentConfig:
             raise ValueError("--replay-ratio needs --replay-manifest")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
+        if self.export not in (None, "ort"):
+            raise ValueError(f"--export must be ort, got {self.export!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,7 +5,9 @@
 - secondary: tuned WER not significantly worse (CI low end <= 0) on at least one additional
   manifest (extras and canary);
 - reproducibility: the primary result holds in every one of >= 2 runs that differ only by seed;
-- sanity: training loss decreased, and no manifest's WER more than doubled.
+- sanity: training loss decreased, and no manifest's WER more than doubled;
+- export parity (runs made with --export): the exported model's WER is within the margin of the
+  torch model's (CI high end of the paired delta), and its CI against the baseline excludes 0.
 Runs measured under different eval contracts are refused, naming the differing fields. A run
 that has not finished (running, died, failed, interrupted) gets a "not assessed" line saying
 where it stands instead of an error. Run folders are read through `moonlora.runfolder`.
@@ -91,6 +93,19 @@ def sanity(record: RunRecord) -> Verdict:
     return Verdict("sanity", FAIL if problems else PASS, f"{record.run_id}: {detail}")
 
 
+def export_parity(record: RunRecord) -> Verdict:
+    """The shipped model scores like the measured one, and still beats the baseline."""
+    parity = record.export_parity
+    main = parity["sets"]["main"]
+    delta, baseline = main["export_minus_torch"], main["export_minus_baseline"]
+    holds = delta["ci_high"] <= parity["margin"] and baseline["ci_high"] < 0
+    detail = (f"{record.run_id}: {parity['format']} ({parity['runtime']['precision']}) main WER "
+              f"{main['torch_wer']:.4f} (torch) -> {main['export_wer']:.4f} (export), delta {delta['delta']:+.4f} "
+              f"[{delta['ci_low']:+.4f}, {delta['ci_high']:+.4f}] (margin {parity['margin']}); vs baseline "
+              f"{baseline['delta']:+.4f} [{baseline['ci_low']:+.4f}, {baseline['ci_high']:+.4f}]")
+    return Verdict("export parity", PASS if holds else FAIL, detail)
+
+
 def _config_without_seed(record: RunRecord) -> dict:
     config = json.loads(json.dumps(record.config))
     for key in ("output_dir", *RUN_CONTROL_FIELDS):
@@ -127,6 +142,8 @@ def decide(run_dirs: list[str | Path]) -> Decision:
                                              "comparison or training summary; rerun the experiment"))
         elif run.record.finished:
             decision.verdicts += [primary(run.record), secondary(run.record), sanity(run.record)]
+            if run.record.export_parity:
+                decision.verdicts.append(export_parity(run.record))
         else:
             decision.verdicts.append(Verdict("run", NOT_ASSESSED,
                                              f"{run.record.run_id}: {describe_state(run.record, run.path)}"))

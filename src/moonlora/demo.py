@@ -3,7 +3,9 @@
 1. synthesize a small air-traffic-control domain (espeak-ng; train and test voices disjoint);
 2. build a general-speech canary (the real beckett.wav + Harvard sentences);
 3. run the experiment on `bundled:base-en` once per seed (baseline, LoRA, interval WER, tuned,
-   paired-bootstrap CIs);
+   paired-bootstrap CIs), then export the chosen adapter as the deployable int8 `.ort` folder and
+   score it against the torch model (export parity; Moonshine base only, so skipped for other
+   `--model`s);
 4. decide with the plan's criteria and write the report (Markdown Test Matrix + HTML page).
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moonlora.canary import build_canary
-from moonlora.configs import DecodeConfig, DemoConfig, ExperimentConfig, TrainConfig
+from moonlora.configs import DEFAULT_MODEL, DecodeConfig, DemoConfig, ExperimentConfig, TrainConfig
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.synth.build import build_domain
 
@@ -31,7 +33,7 @@ OUTPUT_ENTRIES = ("demo_config.json", "atc", "canary", "runs", "decision.json", 
 @dataclass
 class DemoResult:
     out_dir: Path
-    runs: list[dict]  # experiment metrics per seed
+    runs: list  # the run record (runfolder.RunRecord) per seed
     decision: Decision
     report_markdown: Path
     report_html: Path
@@ -51,7 +53,7 @@ def experiment_config(config: DemoConfig, data: Path, canary: Path, run_dir: Pat
         train=TrainConfig(max_steps=config.max_steps, learning_rate=config.learning_rate,
                           batch_size=config.batch_size, grad_accum=1, warmup_steps=min(5, config.max_steps - 1),
                           eval_interval=config.eval_interval, seed=seed),
-        decode=DecodeConfig(device=config.device),
+        decode=DecodeConfig(device=config.device), export="ort" if config.model == DEFAULT_MODEL else None,
     )
 
 

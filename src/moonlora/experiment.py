@@ -36,7 +36,7 @@ from moonlora.manifest import Manifest, Utterance, load_manifest
 from moonlora.model import LoadedModel, load_model, require_torch
 from moonlora.outputs import OutputError, OutputExists, check_output_dir, claim_output_dir
 from moonlora.provenance import provenance
-from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, LOCK_FILE, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND,
+from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, EXPORT_DIR, LOCK_FILE, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND,
                                 TENSORBOARD_DIR, TUNED_DIR, Comparison, EvalSummary, Leg, RunLock, RunRecord,
                                 RunRecordError, TrainingSummary, find_resume_checkpoint, is_main_process, latest_checkpoint_step,
                                 now_iso, read_config_dict, read_record, remove_path, run_state, write_config_dict,
@@ -349,6 +349,55 @@ def save_adapter(model, run_dir: Path) -> None:
     staging.rename(target)
 
 
+# --- export parity -------------------------------------------------------------------------------------------
+
+
+def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalResult], tuned: dict[str, EvalResult],
+                  config: ExperimentConfig, run_dir: Path, progress: bool) -> dict:
+    """Export the chosen adapter as the deployable int8 `.ort` folder, score it on the main manifest
+    (and the canary) under the run's contract, and compare it with the torch model that was measured.
+
+    The contracts may differ only in runtime, model artifact and adapter; the paired bootstrap gives
+    the CI of WER(export) - WER(torch) and of WER(export) - WER(baseline).
+    """
+    from moonlora.ort_export import write_merged_ort
+
+    folder = run_dir / EXPORT_DIR / config.export
+    if is_main_process():
+        quantization = write_merged_ort(loaded.model, folder)
+    exported = load_model(f"ort:{folder}")
+    decode = dataclasses.replace(config.decode, device="cpu")
+    sets, names = {}, [name for name in ("main", "canary") if name in data.eval_sets]
+    for name in names:
+        result = evaluate_manifest(exported, data.eval_sets[name], config.audio, decode, progress=progress,
+                                   description=f"export {name}")
+        if is_main_process():
+            write_eval(result, run_dir / EXPORT_DIR / "scores" / name)
+        require_comparable(tuned[name].contract, result.contract, allow=("runtime", "model_sha256", "adapter_sha256"))
+        versus_torch = compare_results(tuned[name], result, config.bootstrap_resamples, config.train.seed)
+        versus_baseline = compare_results(baseline[name], result, config.bootstrap_resamples, config.train.seed)
+        agree = sum(a.hypothesis == b.hypothesis for a, b in zip(tuned[name].clips, result.clips))
+        sets[name] = {"torch_wer": tuned[name].corpus.wer, "export_wer": result.corpus.wer,
+                      "export_minus_torch": versus_torch.to_dict(), "export_minus_baseline": versus_baseline.to_dict(),
+                      "text_agreement": agree / max(len(result.clips), 1), "contract": result.contract.to_dict()}
+    main = sets["main"]["export_minus_torch"]
+    return {"format": config.export, "folder": str(folder), "runtime": exported.runtime_dict(),
+            "margin": config.export_margin, "holds": main["ci_high"] <= config.export_margin,
+            "quantization": {key: quantization[key] for key in ("differing_tensors", "changed_tensors", "new_scale",
+                                                                "max_error_in_steps")} if is_main_process() else None,
+            "sets": sets}
+
+
+def export_note(parity: dict) -> str:
+    main = parity["sets"]["main"]
+    delta, baseline = main["export_minus_torch"], main["export_minus_baseline"]
+    return (f"export {parity['format']} ({parity['runtime']['precision']}): main WER torch {main['torch_wer']:.4f} -> "
+            f"export {main['export_wer']:.4f}, delta {delta['delta']:+.4f} [{delta['ci_low']:+.4f}, "
+            f"{delta['ci_high']:+.4f}], texts identical {main['text_agreement']:.0%}; vs baseline "
+            f"{baseline['delta']:+.4f} [{baseline['ci_low']:+.4f}, {baseline['ci_high']:+.4f}]; parity "
+            f"{'holds' if parity['holds'] else 'FAILS'} (margin {parity['margin']})")
+
+
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
@@ -423,6 +472,10 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> RunRecord
         note = best_step_zero_note(training)
         if note:
             session.note(note)
+        if config.export:
+            session.save(phase="export")
+            record.export_parity = export_parity(loaded, data, baseline, tuned, config, run_dir, progress)
+            session.note(export_note(record.export_parity))
         record.status = "stopped_early" if state.stop_reason else "success"
         record.reason, record.phase = state.stop_reason, "done"
     except KeyboardInterrupt:

@@ -7,8 +7,9 @@
 `ort` writes the folder the edge runtime (moonshine-voice, C++ over onnxruntime) loads:
 `encoder_model.ort`, `decoder_model_merged.ort`, `tokenizer.bin`, with the same file names, graph
 inputs/outputs and int8 scheme as the bundled `base-en` folder. Route: the merged weights are
-re-quantized with the bundled per-tensor min/max scheme and patched into copies of the bundled
-graphs (`moonlora.ort_export`, route (a) of the issue). Chosen by measurement: it reproduces the
+re-quantized with the bundled per-tensor min/max scheme (stochastic rounding by default: nearest
+rounding erased most of a trained adapter, see `moonlora.ort_export`) and patched into copies of
+the bundled graphs (`moonlora.ort_export`, route (a) of the issue). Chosen by measurement: it reproduces the
 bundled files byte for byte for an identity adapter, so the only thing an export can change is the
 weights; route (b) (ONNX export + dynamic quantization) would need optimum-onnx, which requires
 transformers < 4.58 (moonlora runs on 5.x), and would produce other graphs than the ones the runtime
@@ -113,7 +114,7 @@ def lost_adapter_warning(quantization: dict) -> str | None:
 
 
 def export(source: str | Path, out_dir: str | Path, export_format: str = "hf", model: str | None = None,
-           overwrite: bool = False) -> ExportResult:
+           overwrite: bool = False, rounding: str = "stochastic") -> ExportResult:
     """Merge the adapter into its base model and write the `hf` and/or `ort` folder with manifest.json."""
     if export_format not in FORMATS:
         raise ExportError(f"--format {export_format}: pick one of {', '.join(FORMATS)}")
@@ -139,7 +140,7 @@ def export(source: str | Path, out_dir: str | Path, export_format: str = "hf", m
         write_hf(merged, loaded, folders["hf"])
         manifests["hf"] = export_manifest(resolved, loaded.weights_sha256, adapter_hash, merged_hash, "hf")
     if export_format in ("ort", "both"):
-        quantization = write_ort(merged, folders["ort"])
+        quantization = write_ort(merged, folders["ort"], rounding)
         manifests["ort"] = export_manifest(resolved, loaded.weights_sha256, adapter_hash, merged_hash, "ort",
                                            quantization)
     for name, manifest in manifests.items():
@@ -156,11 +157,11 @@ def write_hf(merged, loaded, folder: Path) -> None:
         raise ModelSourceError(f"--out {folder}: cannot write the merged model ({error.strerror or error})") from None
 
 
-def write_ort(merged, folder: Path) -> dict:
+def write_ort(merged, folder: Path, rounding: str) -> dict:
     from moonlora.ort_export import write_merged_ort
 
     try:
-        stats = write_merged_ort(merged, folder)
+        stats = write_merged_ort(merged, folder, rounding=rounding)
     except ValueError as error:
         raise ExportError(f"--format ort: {error}") from None
     return {"route": "bundled graphs patched in place (moonlora.ort_export)", **stats}

@@ -18,6 +18,7 @@ import pickle
 import shutil
 import socket
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,7 +266,9 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.
             "directory a moonlora run wrote"
         )
     try:
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except LOAD_ERRORS as error:
         raise _load_failure(
             adapter_dir, error, "cannot load the adapter onto this model",

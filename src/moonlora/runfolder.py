@@ -10,6 +10,7 @@ Layout of a run folder:
                              atomically at each phase, final status on any exit
     baseline/<set>/, tuned/<set>/   transcripts.jsonl + summary.json per scored manifest
     adapter/                 the chosen LoRA adapter (PEFT save_pretrained)
+    export/ort/, export/scores/   with --export ort: the deployable int8 graphs and their scores
     checkpoints/step-NNNNNNNN/   resumable training state, the last two kept
     tensorboard/             one event stream across resumes
     .moonlora-output.json    moonlora's marker (see moonlora.outputs)
@@ -38,15 +39,17 @@ ADAPTER_DIR = "adapter"
 BASELINE_DIR = "baseline"
 TUNED_DIR = "tuned"
 TENSORBOARD_DIR = "tensorboard"
+EXPORT_DIR = "export"
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".moonlora.lock"
 RUN_KIND = "run"
 # What --overwrite may remove (the lock file stays: another process may be waiting on it).
-RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, ADAPTER_DIR, BASELINE_DIR, TUNED_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR)
+RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, ADAPTER_DIR, BASELINE_DIR, TUNED_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR,
+               EXPORT_DIR)
 RUN_CONTROL_FIELDS = ("resume", "overwrite")  # how to run, not what: may differ on resume
 FINISHED = ("success", "stopped_early")
 # Phases in order; a run that failed in one of the first two never trained.
-PHASES = ("setup", "baseline", "training", "tuned", "done")
+PHASES = ("setup", "baseline", "training", "tuned", "export", "done")
 CHECKPOINT_PREFIX = "step-"
 CHECKPOINT_STATE = "trainer_state.pt"
 CHECKPOINT_MANIFEST = "checkpoint.json"
@@ -167,6 +170,7 @@ class RunRecord:
     tuned: dict[str, EvalSummary] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     training: TrainingSummary | None = None
+    export_parity: dict | None = None  # experiment --export: the shipped model scored against the torch one
     notes: list[str] = field(default_factory=list)  # one-line findings for the console and the reports
     wall_seconds: float = 0.0
     traceback: str | None = None
