@@ -199,3 +199,16 @@ def test_decide_cli_exit_codes(tmp_path):
                  "--json", str(tmp_path / "b.json")]) == 1
     assert json.loads((tmp_path / "b.json").read_text())["passed"] is False
     assert main(["decide", str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.parametrize("to_torch, to_baseline, expected", [
+    ((-0.004, 0.003), (-0.9, -0.7), "pass"),          # shown within the 0.005 margin, better than baseline
+    ((-0.019, 0.008), (-0.9, -0.7), "inconclusive"),  # the CI straddles the margin: more clips would tell
+    ((0.07, 0.15), (-0.9, -0.7), "fail"),             # shown worse than the measured model by more than the margin
+    ((-0.004, 0.003), (-0.2, 0.01), "fail"),          # not shown better than the baseline
+])
+def test_export_parity_outcomes(to_torch, to_baseline, expected):
+    from moonlora.decide import parity_outcome
+
+    ci = lambda low, high: {"ci_low": low, "ci_high": high}  # noqa: E731
+    assert parity_outcome(ci(*to_torch), ci(*to_baseline), 0.005) == expected

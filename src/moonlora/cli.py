@@ -325,8 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
         "exact resume from checkpoints.", cmd_experiment))
 
     decide_cmd = add_command(commands, "decide", "the plan's decision criteria over run folders",
-                             "Primary, secondary, reproducibility across seeds and sanity, as a verdict; refuses "
-                             "runs measured under different eval contracts.", cmd_decide)
+                             "Primary, secondary, reproducibility across seeds and sanity, plus export parity for "
+                             "runs made with --export (pass, fail, or inconclusive when the CI straddles the "
+                             "margin), as a verdict; an unfinished run gets a line saying where it stands (died, "
+                             "resumable from step N); refuses runs measured under different eval contracts.",
+                             cmd_decide)
     decide_cmd.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by moonlora experiment")
     add_json_arg(decide_cmd, "the verdicts")
 

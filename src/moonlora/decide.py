@@ -7,7 +7,8 @@
 - reproducibility: the primary result holds in every one of >= 2 runs that differ only by seed;
 - sanity: training loss decreased, and no manifest's WER more than doubled;
 - export parity (runs made with --export): the exported model's WER is within the margin of the
-  torch model's (CI high end of the paired delta), and its CI against the baseline excludes 0.
+  torch model's (CI high end of the paired delta), and its CI against the baseline excludes 0;
+  "inconclusive" (not a failure) when the CI straddles the margin.
 Runs measured under different eval contracts are refused, naming the differing fields. A run
 that has not finished (running, died, failed, interrupted) gets a "not assessed" line saying
 where it stands instead of an error. Run folders are read through `moonlora.runfolder`.
@@ -22,7 +23,7 @@ from pathlib import Path
 from moonlora.contract import EvalContract, require_comparable
 from moonlora.runfolder import RUN_CONTROL_FIELDS, FoundRun, RunRecord, describe_state, read_record
 
-PASS, FAIL, NOT_ASSESSED = "pass", "fail", "not assessed"
+PASS, FAIL, NOT_ASSESSED, INCONCLUSIVE = "pass", "fail", "not assessed", "inconclusive"
 LOSS_WINDOW = 5  # steps averaged at each end of the loss curve
 REGRESSION_FACTOR = 2.0
 
@@ -30,7 +31,7 @@ REGRESSION_FACTOR = 2.0
 @dataclass(frozen=True)
 class Verdict:
     criterion: str
-    outcome: str  # pass | fail | not assessed
+    outcome: str  # pass | fail | not assessed | inconclusive
     detail: str
 
 
@@ -93,17 +94,28 @@ def sanity(record: RunRecord) -> Verdict:
     return Verdict("sanity", FAIL if problems else PASS, f"{record.run_id}: {detail}")
 
 
+def parity_outcome(export_minus_torch: dict, export_minus_baseline: dict, margin: float) -> str:
+    """pass: the export is shown non-inferior to the torch model (CI high end <= margin) and better
+    than the baseline; fail: it is shown worse than the torch model by more than the margin (CI low
+    end > margin) or not shown better than the baseline; inconclusive: the CI straddles the margin
+    (more clips would tell)."""
+    if export_minus_baseline["ci_high"] >= 0 or export_minus_torch["ci_low"] > margin:
+        return FAIL
+    return PASS if export_minus_torch["ci_high"] <= margin else INCONCLUSIVE
+
+
 def export_parity(record: RunRecord) -> Verdict:
     """The shipped model scores like the measured one, and still beats the baseline."""
     parity = record.export_parity
     main = parity["sets"]["main"]
     delta, baseline = main["export_minus_torch"], main["export_minus_baseline"]
-    holds = delta["ci_high"] <= parity["margin"] and baseline["ci_high"] < 0
+    outcome = parity_outcome(delta, baseline, parity["margin"])
     detail = (f"{record.run_id}: {parity['format']} ({parity['runtime']['precision']}) main WER "
               f"{main['torch_wer']:.4f} (torch) -> {main['export_wer']:.4f} (export), delta {delta['delta']:+.4f} "
               f"[{delta['ci_low']:+.4f}, {delta['ci_high']:+.4f}] (margin {parity['margin']}); vs baseline "
-              f"{baseline['delta']:+.4f} [{baseline['ci_low']:+.4f}, {baseline['ci_high']:+.4f}]")
-    return Verdict("export parity", PASS if holds else FAIL, detail)
+              f"{baseline['delta']:+.4f} [{baseline['ci_low']:+.4f}, {baseline['ci_high']:+.4f}]"
+              + ("; the CI straddles the margin: score more clips to decide" if outcome == INCONCLUSIVE else ""))
+    return Verdict("export parity", outcome, detail)
 
 
 def _config_without_seed(record: RunRecord) -> dict:

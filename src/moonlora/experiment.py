@@ -30,6 +30,7 @@ from pathlib import Path
 
 from moonlora.configs import ExperimentConfig
 from moonlora.contract import EvalContract, require_comparable
+from moonlora.decide import parity_outcome
 from moonlora.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
 from moonlora.lora import attach_lora, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.manifest import Manifest, Utterance, load_manifest
@@ -380,9 +381,10 @@ def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalRe
         sets[name] = {"torch_wer": tuned[name].corpus.wer, "export_wer": result.corpus.wer,
                       "export_minus_torch": versus_torch.to_dict(), "export_minus_baseline": versus_baseline.to_dict(),
                       "text_agreement": agree / max(len(result.clips), 1), "contract": result.contract.to_dict()}
-    main = sets["main"]["export_minus_torch"]
+    main = sets["main"]
+    outcome = parity_outcome(main["export_minus_torch"], main["export_minus_baseline"], config.export_margin)
     return {"format": config.export, "folder": str(folder), "runtime": exported.runtime_dict(),
-            "margin": config.export_margin, "holds": main["ci_high"] <= config.export_margin,
+            "margin": config.export_margin, "outcome": outcome,
             "quantization": {key: quantization[key] for key in ("differing_tensors", "changed_tensors", "new_scale",
                                                                 "max_error_in_steps")} if is_main_process() else None,
             "sets": sets}
@@ -395,7 +397,7 @@ def export_note(parity: dict) -> str:
             f"export {main['export_wer']:.4f}, delta {delta['delta']:+.4f} [{delta['ci_low']:+.4f}, "
             f"{delta['ci_high']:+.4f}], texts identical {main['text_agreement']:.0%}; vs baseline "
             f"{baseline['delta']:+.4f} [{baseline['ci_low']:+.4f}, {baseline['ci_high']:+.4f}]; parity "
-            f"{'holds' if parity['holds'] else 'FAILS'} (margin {parity['margin']})")
+            f"{parity['outcome']} (margin {parity['margin']})")
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
