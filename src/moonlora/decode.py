@@ -108,7 +108,8 @@ def decode_clips(
     if getattr(model, "runtime", "torch") == "onnxruntime":
         from moonlora.ort_backend import decode_clips_ort
 
-        return decode_clips_ort(model, tokenizer, durations, load_waveform, config, on_batch)
+        clips, seconds = decode_clips_ort(model, tokenizer, durations, load_waveform, config, on_batch)
+        return [DecodedClip(*clip) for clip in clips], seconds
     results: list[DecodedClip | None] = [None] * len(durations)
     decode_seconds = 0.0
     for indices in batch_order(durations, config):

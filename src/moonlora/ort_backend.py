@@ -10,7 +10,8 @@ A model folder in the layout of the moonshine-cpp wheel's `base-en` folder:
 
 Decoding is greedy (start token 1, end 2) with the same per-clip token cap as the torch path
 (`DecodeConfig.token_cap`, enforced like `decode.PerClipTokenCap`: end-of-sequence is forced once
-a clip has generated cap - 1 tokens), and returns the same `DecodedClip`s, so `evaluate_manifest`
+a clip has generated cap - 1 tokens), and returns the fields of `decode.DecodedClip` (which
+`decode.decode_clips` wraps them in; this module does not import decode), so `evaluate_manifest`
 scores an ORT folder with the same manifest, audio pipeline, decode settings and metrics.
 
 Recorded in the eval contract: `runtime = {"name": "onnxruntime", "precision": ...}`, where the
@@ -27,12 +28,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from moonlora.audio import SAMPLE_RATE
 from moonlora.configs import DecodeConfig
-from moonlora.decode import DecodedClip
 from moonlora.errors import ModelSourceError
 
 RUNTIME_NAME = "onnxruntime"
@@ -205,6 +206,15 @@ def load_ort_model(folder: Path, spec: str):
     return model, tokenizer
 
 
+class OrtDecoded(NamedTuple):
+    """One decoded clip: the fields of `decode.DecodedClip`, in its order."""
+
+    text: str
+    token_ids: list[int]
+    token_cap: int
+    token_cap_hit: bool
+
+
 def decode_clips_ort(
     model: OrtModel,
     tokenizer,
@@ -212,7 +222,7 @@ def decode_clips_ort(
     load_waveform: Callable[[int], np.ndarray],
     config: DecodeConfig,
     on_batch: Callable[[int], None] | None = None,
-) -> tuple[list[DecodedClip], float]:
+) -> tuple[list[OrtDecoded], float]:
     """`decode.decode_clips` for an ORT model: clip by clip in input order (the graphs take one
     clip at a time), greedy, per-clip token cap; returns the clips and the decode seconds."""
     if config.num_beams != 1:
@@ -227,7 +237,7 @@ def decode_clips_ort(
         cap = config.token_cap(len(waveform) / SAMPLE_RATE)
         ids = [token for token in model.greedy(model.encode(waveform), cap) if token not in special]
         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        results.append(DecodedClip(text, ids, cap, len(ids) >= cap - 1))
+        results.append(OrtDecoded(text, ids, cap, len(ids) >= cap - 1))
         decode_seconds += time.perf_counter() - started
         if on_batch is not None:
             on_batch(1)
