@@ -104,3 +104,34 @@ def test_bad_export_sources_are_one_line_errors(tiny_model_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "failed at setup" in err and "only a finished run" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_lost_adapter_warning_only_when_every_change_rounded_away():
+    from moonlora.export import lost_adapter_warning
+
+    assert "the int8 model is the base model" in lost_adapter_warning({"differing_tensors": 128, "changed_tensors": 0})
+    assert lost_adapter_warning({"differing_tensors": 128, "changed_tensors": 111}) is None
+    assert lost_adapter_warning({"differing_tensors": 0, "changed_tensors": 0}) is None  # an identity adapter
+
+
+@pytest.mark.integration
+def test_export_both_of_a_base_adapter_writes_loadable_hf_and_ort(tmp_path):
+    """The bundled base with a non-identity LoRA: hf/ and ort/ side by side, each with its manifest."""
+    loaded = load_model("bundled:base-en", device="cpu")
+    peft_model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0), seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    result = export(tmp_path / "adapter", tmp_path / "ship", export_format="both")
+    hf, ort = result.manifests["hf"], result.manifests["ort"]
+    assert hf["precision"] == "float32" and ort["precision"] == "int8"
+    assert hf["merged_weights_sha256"] == ort["merged_weights_sha256"] == weights_sha256(
+        MoonshineForConditionalGeneration.from_pretrained(tmp_path / "ship" / "hf"))
+    assert ort["quantization"]["rounding"] == "stochastic" and ort["quantization"]["changed_tensors"] > 0
+    assert sorted(p.name for p in (tmp_path / "ship" / "ort").iterdir()) == [
+        "decoder_model_merged.ort", "encoder_model.ort", "manifest.json", "tokenizer.bin"]
+    scored = load_model(f"ort:{tmp_path / 'ship' / 'ort'}")
+    assert scored.runtime == "onnxruntime" and scored.precision == "int8"
