@@ -87,9 +87,12 @@ def test_export_of_a_run_through_the_cli(tiny_model_dir, tmp_path, capsys):
     assert weights_sha256(merged) == saved["merged_weights_sha256"]
     assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 2  # never overwritten silently
     assert "--out" in capsys.readouterr().err
-    with pytest.raises(ExportError, match="route \\(a\\) needs the bundled base-en graphs"):
-        export(tmp_path / "run", tmp_path / "tiny-ort", export_format="ort")
-    assert not (tmp_path / "tiny-ort").exists()
+    # Not Moonshine base: route (b), moonlora's ONNX export, int8, loadable by the ORT backend.
+    shipped = export(tmp_path / "run", tmp_path / "tiny-ort", export_format="ort")
+    assert shipped.manifest["quantization"]["route"].startswith("b:") and shipped.manifest["precision"] == "int8"
+    assert sorted(p.name for p in (tmp_path / "tiny-ort").iterdir()) == [
+        ".moonlora-output.json", "decoder_model_merged.ort", "encoder_model.ort", "manifest.json", "tokenizer.bin"]
+    assert load_model(f"ort:{tmp_path / 'tiny-ort'}").precision == "int8"
 
 
 def test_bad_export_sources_are_one_line_errors(tiny_model_dir, tmp_path, capsys):

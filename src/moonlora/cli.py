@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "--format hf merges the LoRA adapter (PEFT merge_and_unload) and writes a save_pretrained "
                          "folder (model, tokenizer, feature extractor, generation config) that from_pretrained and "
                          "--model DIR load; --format ort writes encoder_model.ort, decoder_model_merged.ort and "
-                         "tokenizer.bin with the bundled base-en graphs' names, inputs/outputs and int8 scheme, "
+                         "tokenizer.bin with the bundled base-en graphs' names, inputs/outputs and int8 scheme "
+                         "(Moonshine base: the bundled graphs re-weighted; other shapes: moonlora's ONNX export), "
                          "for the moonshine-voice runtime. Each folder gets manifest.json: source run and its eval "
                          "contracts, base, adapter and merged-weights hashes, precision and quantization, tool "
                          "versions.", cmd_export)
@@ -369,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="a new folder for the exported model")
     export.add_argument("--format", default="hf", choices=["hf", "ort", "both"],
                         help="hf: merged transformers checkpoint; ort: int8 .ort graphs for the moonshine-voice "
-                             "runtime (Moonshine base); both: hf/ and ort/")
+                             "runtime; both: hf/ and ort/")
     export.add_argument("--rounding", default="stochastic", choices=["stochastic", "nearest"],
                         help="int8 rounding of the merged weights (ort): stochastic keeps small LoRA changes "
                              "unbiased; nearest drops every change under half a step")

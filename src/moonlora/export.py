@@ -9,11 +9,12 @@
 inputs/outputs and int8 scheme as the bundled `base-en` folder. Route: the merged weights are
 re-quantized with the bundled per-tensor min/max scheme (stochastic rounding by default: nearest
 rounding erased most of a trained adapter, see `moonlora.ort_export`) and patched into copies of
-the bundled graphs (`moonlora.ort_export`, route (a) of the issue). Chosen by measurement: it reproduces the
-bundled files byte for byte for an identity adapter, so the only thing an export can change is the
-weights; route (b) (ONNX export + dynamic quantization) would need optimum-onnx, which requires
-transformers < 4.58 (moonlora runs on 5.x), and would produce other graphs than the ones the runtime
-ships with. Route (a) covers Moonshine base (the bundled model); other architectures are refused.
+the bundled graphs (`moonlora.ort_export`, route (a) of the issue). Chosen by measurement for
+Moonshine base: it reproduces the bundled files byte for byte for an identity adapter, so the only
+thing an export can change is the weights. Any other architecture (moonshine-tiny from the hub)
+takes route (b), `moonlora.onnx_export`: moonlora's own torch.onnx export of the encoder and of a
+merged decoder with the bundled graphs' inputs/outputs, onnxruntime dynamic int8 quantization and
+ORT-format conversion (optimum-onnx is not an option: it requires transformers < 4.58).
 
 `both` writes `hf/` and `ort/` side by side. Every export carries `manifest.json`: the source run
 and its eval contracts, the base model, adapter and merged-weights hashes, the precision and
@@ -126,13 +127,7 @@ def export(source: str | Path, out_dir: str | Path, export_format: str = "hf", m
     adapter_hash = adapter_sha256(loaded.model)
     merged = loaded.model.merge_and_unload().eval()
     merged_hash = weights_sha256(merged)
-    if export_format in ("ort", "both"):
-        from moonlora.ort_export import check_route_a
-
-        try:
-            check_route_a(merged.config)  # before anything is written
-        except ValueError as error:
-            raise ExportError(f"--format {export_format}: {error}") from None
+    route = ort_route(merged) if export_format in ("ort", "both") else None
     claim_output_dir(out_dir, "--out", EXPORT_KIND, ENTRIES[export_format], overwrite, require_empty=True)
     folders = {"hf": out_dir, "ort": out_dir} if export_format != "both" else {"hf": out_dir / "hf", "ort": out_dir / "ort"}
     manifests = {}
@@ -140,7 +135,7 @@ def export(source: str | Path, out_dir: str | Path, export_format: str = "hf", m
         write_hf(merged, loaded, folders["hf"])
         manifests["hf"] = export_manifest(resolved, loaded.weights_sha256, adapter_hash, merged_hash, "hf")
     if export_format in ("ort", "both"):
-        quantization = write_ort(merged, folders["ort"], rounding)
+        quantization = write_ort(merged, folders["ort"], rounding, route)
         manifests["ort"] = export_manifest(resolved, loaded.weights_sha256, adapter_hash, merged_hash, "ort",
                                            quantization)
     for name, manifest in manifests.items():
@@ -157,11 +152,25 @@ def write_hf(merged, loaded, folder: Path) -> None:
         raise ModelSourceError(f"--out {folder}: cannot write the merged model ({error.strerror or error})") from None
 
 
-def write_ort(merged, folder: Path, rounding: str) -> dict:
-    from moonlora.ort_export import write_merged_ort
+def ort_route(merged) -> str:
+    """"a" (patch the bundled graphs) for Moonshine base, "b" (ONNX export) for any other shape."""
+    from moonlora.ort_export import check_route_a
 
     try:
+        check_route_a(merged.config)
+    except ValueError:
+        return "b"
+    return "a"
+
+
+def write_ort(merged, folder: Path, rounding: str, route: str) -> dict:
+    if route == "a":
+        from moonlora.ort_export import write_merged_ort
+
         stats = write_merged_ort(merged, folder, rounding=rounding)
-    except ValueError as error:
-        raise ExportError(f"--format ort: {error}") from None
-    return {"route": "bundled graphs patched in place (moonlora.ort_export)", **stats}
+        return {**stats, "route": "a: bundled graphs patched in place (moonlora.ort_export)"}
+    from moonlora.onnx_export import export_onnx
+
+    stats = export_onnx(merged, folder, quantize=True)
+    return {**{key: value for key, value in stats.items() if not isinstance(value, Path)},
+            "route": "b: torch.onnx export + onnxruntime dynamic int8 + ORT format (moonlora.onnx_export)"}
