@@ -21,19 +21,22 @@ from moonlora.model import load_model, weights_sha256
 from moonlora.outputs import OutputExists
 
 
-@pytest.fixture()
-def adapter_dir(tiny_model_dir, tmp_path):
-    """A saved LoRA adapter with non-zero B matrices (so merging changes the weights)."""
-    loaded = load_model(str(tiny_model_dir), device="cpu")
-    peft_model = attach_lora(loaded.model, LoraSettings(r=2, alpha=4, dropout=0.0), seed=0)
+def save_non_identity_adapter(model_spec: str, folder, rank: int, b_scale: float):
+    """A saved LoRA adapter with random non-zero B matrices (so merging changes the weights)."""
+    loaded = load_model(model_spec, device="cpu")
+    peft_model = attach_lora(loaded.model, LoraSettings(r=rank, alpha=2 * rank, dropout=0.0), seed=0)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    folder = tmp_path / "adapter"
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * b_scale)
     peft_model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture()
+def adapter_dir(tiny_model_dir, tmp_path):
+    return save_non_identity_adapter(str(tiny_model_dir), tmp_path / "adapter", rank=2, b_scale=0.5)
 
 
 def forward_logits(model, waveform_seconds=1.2):
@@ -120,15 +123,8 @@ def test_lost_adapter_warning_only_when_every_change_rounded_away():
 @pytest.mark.integration
 def test_export_both_of_a_base_adapter_writes_loadable_hf_and_ort(tmp_path):
     """The bundled base with a non-identity LoRA: hf/ and ort/ side by side, each with its manifest."""
-    loaded = load_model("bundled:base-en", device="cpu")
-    peft_model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0), seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    result = export(tmp_path / "adapter", tmp_path / "ship", export_format="both")
+    adapter = save_non_identity_adapter("bundled:base-en", tmp_path / "adapter", rank=4, b_scale=0.02)
+    result = export(adapter, tmp_path / "ship", export_format="both")
     hf, ort = result.manifests["hf"], result.manifests["ort"]
     assert hf["precision"] == "float32" and ort["precision"] == "int8"
     assert hf["merged_weights_sha256"] == ort["merged_weights_sha256"] == weights_sha256(
