@@ -54,29 +54,42 @@ def moonshine_base_config() -> MoonshineConfig:
     )
 
 
-class _Scope:
-    """Constant values visible in one graph; subgraphs see their parent's values too."""
+class OrtScope:
+    """Initializers, node outputs and constant values of one graph; subgraphs see their parent's too.
 
-    def __init__(self, graph: fbs.Graph.Graph, parent: _Scope | None = None) -> None:
+    Shared with `moonlora.ort_export`, which patches the weights this module reads."""
+
+    def __init__(self, graph: fbs.Graph.Graph, parent: OrtScope | None = None) -> None:
         self.parent = parent
-        self._initializers = {}
+        self.initializers = {}
         for i in range(graph.InitializersLength()):
             tensor = graph.Initializers(i)
-            self._initializers[tensor.Name().decode()] = tensor
-        self._producers = {}
+            self.initializers[tensor.Name().decode()] = tensor
+        self.producers = {}
         for i in range(graph.NodesLength()):
             node = graph.Nodes(i)
             for j in range(node.OutputsLength()):
-                self._producers[node.Outputs(j).decode()] = node
+                self.producers[node.Outputs(j).decode()] = node
         self._values: dict[str, np.ndarray | None] = {}
+
+    def lookup(self, name: str) -> tuple[OrtScope, fbs.Tensor.Tensor | None, fbs.Node.Node | None] | None:
+        """Where `name` is defined: (scope, initializer, None) or (scope, None, producing node)."""
+        scope = self
+        while scope is not None:
+            if name in scope.initializers:
+                return scope, scope.initializers[name], None
+            if name in scope.producers:
+                return scope, None, scope.producers[name]
+            scope = scope.parent
+        return None
 
     def value(self, name: str) -> np.ndarray | None:
         """The constant value of `name`, or None when it depends on a graph input."""
         if name not in self._values:
-            if name in self._initializers:
-                self._values[name] = _tensor_array(self._initializers[name])
-            elif name in self._producers:
-                self._values[name] = self._fold(self._producers[name])
+            if name in self.initializers:
+                self._values[name] = _tensor_array(self.initializers[name])
+            elif name in self.producers:
+                self._values[name] = self._fold(self.producers[name])
             elif self.parent is not None:
                 return self.parent.value(name)
             else:
@@ -115,22 +128,23 @@ def _tensor_array(tensor: fbs.Tensor.Tensor) -> np.ndarray | None:
     return tensor.RawDataAsNumpy().view(dtype).reshape(dims)
 
 
-class _OrtGraph:
-    """The nodes of one .ort file (subgraphs included), found by node name."""
+class OrtGraph:
+    """The bytes and the nodes of one .ort file (subgraphs included), nodes found by name."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        session = fbs.InferenceSession.InferenceSession.GetRootAs(self.path.read_bytes(), 0)
+        self.data = self.path.read_bytes()
+        session = fbs.InferenceSession.InferenceSession.GetRootAs(self.data, 0)
         if session.Model() is None or session.Model().Graph() is None:
             raise ValueError(f"{self.path}: not an ONNX Runtime ORT-format model")
-        self._nodes: dict[str, list[tuple[_Scope, fbs.Node.Node]]] = {}
+        self.nodes: dict[str, list[tuple[OrtScope, fbs.Node.Node]]] = {}
         self._index(session.Model().Graph(), None)
 
-    def _index(self, graph: fbs.Graph.Graph, parent: _Scope | None) -> None:
-        scope = _Scope(graph, parent)
+    def _index(self, graph: fbs.Graph.Graph, parent: OrtScope | None) -> None:
+        scope = OrtScope(graph, parent)
         for i in range(graph.NodesLength()):
             node = graph.Nodes(i)
-            self._nodes.setdefault(node.Name().decode(), []).append((scope, node))
+            self.nodes.setdefault(node.Name().decode(), []).append((scope, node))
             for j in range(node.AttributesLength()):
                 subgraph = node.Attributes(j).G()
                 if subgraph is not None:
@@ -139,7 +153,7 @@ class _OrtGraph:
     def constant_input(self, node_name: str, index: int | None = None) -> np.ndarray:
         """The constant input of node `node_name` (the only non-scalar one unless `index` is given)."""
         found = []
-        for scope, node in self._nodes.get(node_name, []):
+        for scope, node in self.nodes.get(node_name, []):
             values = [scope.value(node.Inputs(j).decode()) for j in range(node.InputsLength())]
             if index is not None:
                 candidates = [values[index]] if index < len(values) and values[index] is not None else []
@@ -214,7 +228,7 @@ def ort_weight_sources(config: MoonshineConfig | None = None) -> tuple[dict, dic
     return _encoder_sources(config), _decoder_sources(config)
 
 
-def _read(graph: _OrtGraph, sources: dict[str, tuple[str, int | None, bool]]) -> dict[str, torch.Tensor]:
+def _read(graph: OrtGraph, sources: dict[str, tuple[str, int | None, bool]]) -> dict[str, torch.Tensor]:
     state = {}
     for key, (node_name, index, transpose) in sources.items():
         array = graph.constant_input(node_name, index)
@@ -228,8 +242,8 @@ def _read(graph: _OrtGraph, sources: dict[str, tuple[str, int | None, bool]]) ->
 def read_ort_weights(encoder_ort: Path, decoder_ort: Path) -> dict[str, torch.Tensor]:
     """Dequantized float32 weights of the bundled ORT files, keyed like a transformers state dict."""
     config = moonshine_base_config()
-    state = _read(_OrtGraph(encoder_ort), _encoder_sources(config))
-    state |= _read(_OrtGraph(decoder_ort), _decoder_sources(config))
+    state = _read(OrtGraph(encoder_ort), _encoder_sources(config))
+    state |= _read(OrtGraph(decoder_ort), _decoder_sources(config))
     # GroupNorm's affine constants are stored [C, 1] to broadcast over time.
     for key in ("model.encoder.groupnorm.weight", "model.encoder.groupnorm.bias"):
         state[key] = state[key].reshape(-1)

@@ -60,7 +60,7 @@ import torch
 from ort_flatbuffers_py import fbs
 
 from moonlora import bundled
-from moonlora.convert import moonshine_base_config, ort_weight_sources
+from moonlora.convert import OrtGraph, OrtScope, moonshine_base_config, ort_weight_sources
 
 ENCODER_FILE = "encoder_model.ort"
 DECODER_FILE = "decoder_model_merged.ort"
@@ -126,59 +126,20 @@ def _blob(tensor: fbs.Tensor.Tensor, path: Path) -> _Blob:
     return _Blob(name, start, length, dtype, dims)
 
 
-class _Scope:
-    """Initializers and node outputs of one graph; subgraphs see their parent's names too."""
-
-    def __init__(self, graph: fbs.Graph.Graph, parent: _Scope | None) -> None:
-        self.parent = parent
-        self.initializers = {}
-        for i in range(graph.InitializersLength()):
-            tensor = graph.Initializers(i)
-            self.initializers[tensor.Name().decode()] = tensor
-        self.producers = {}
-        for i in range(graph.NodesLength()):
-            node = graph.Nodes(i)
-            for j in range(node.OutputsLength()):
-                self.producers[node.Outputs(j).decode()] = node
-
-    def lookup(self, name: str) -> tuple[_Scope, fbs.Tensor.Tensor | None, fbs.Node.Node | None] | None:
-        scope = self
-        while scope is not None:
-            if name in scope.initializers:
-                return scope, scope.initializers[name], None
-            if name in scope.producers:
-                return scope, None, scope.producers[name]
-            scope = scope.parent
-        return None
-
-
 def _inputs(node: fbs.Node.Node) -> list[str]:
     return [node.Inputs(j).decode() for j in range(node.InputsLength())]
 
 
-class _GraphFile:
-    """An .ort file: its bytes and its nodes by name (subgraphs included)."""
+class _GraphFile(OrtGraph):
+    """An .ort file (read by `convert.OrtGraph`) and where each weight's bytes are stored."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.data = self.path.read_bytes()
-        session = fbs.InferenceSession.InferenceSession.GetRootAs(self.data, 0)
-        if session.Model() is None or session.Model().Graph() is None:
-            raise ValueError(f"{self.path}: not an ONNX Runtime ORT-format model; {ROUTE_A_ERROR}")
-        self.nodes: dict[str, list[tuple[_Scope, fbs.Node.Node]]] = {}
-        self._index(session.Model().Graph(), None)
+        try:
+            super().__init__(path)
+        except ValueError as error:
+            raise ValueError(f"{error}; {ROUTE_A_ERROR}") from None
 
-    def _index(self, graph: fbs.Graph.Graph, parent: _Scope | None) -> None:
-        scope = _Scope(graph, parent)
-        for i in range(graph.NodesLength()):
-            node = graph.Nodes(i)
-            self.nodes.setdefault(node.Name().decode(), []).append((scope, node))
-            for j in range(node.AttributesLength()):
-                subgraph = node.Attributes(j).G()
-                if subgraph is not None:
-                    self._index(subgraph, scope)
-
-    def trace(self, scope: _Scope, name: str) -> tuple[_Store, bool] | None:
+    def trace(self, scope: OrtScope, name: str) -> tuple[_Store, bool] | None:
         """The store behind value `name` and whether the value is its transpose; None if not a weight."""
         found = scope.lookup(name)
         if found is None:
@@ -196,7 +157,7 @@ class _GraphFile:
             return self._dequantized(scope, node)
         return None
 
-    def _dequantized(self, scope: _Scope, add: fbs.Node.Node) -> tuple[_Store, bool] | None:
+    def _dequantized(self, scope: OrtScope, add: fbs.Node.Node) -> tuple[_Store, bool] | None:
         """Match Add(Mul(Cast(int8 q), scale), zero_point) with all three initializers."""
         def producer(name, op):
             found = scope.lookup(name)
