@@ -364,16 +364,14 @@ def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalRe
     from moonlora.ort_export import write_merged_ort
 
     folder = run_dir / EXPORT_DIR / config.export
-    if is_main_process():
-        quantization = write_merged_ort(loaded.model, folder)
+    quantization = write_merged_ort(loaded.model, folder)
     exported = load_model(f"ort:{folder}")
     decode = dataclasses.replace(config.decode, device="cpu")
     sets, names = {}, [name for name in ("main", "canary") if name in data.eval_sets]
     for name in names:
         result = evaluate_manifest(exported, data.eval_sets[name], config.audio, decode, progress=progress,
                                    description=f"export {name}")
-        if is_main_process():
-            write_eval(result, run_dir / EXPORT_DIR / "scores" / name)
+        write_eval(result, run_dir / EXPORT_DIR / "scores" / name)
         require_comparable(tuned[name].contract, result.contract, allow=("runtime", "model_sha256", "adapter_sha256"))
         versus_torch = compare_results(tuned[name], result, config.bootstrap_resamples, config.train.seed)
         versus_baseline = compare_results(baseline[name], result, config.bootstrap_resamples, config.train.seed)
@@ -385,8 +383,8 @@ def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalRe
     outcome = parity_outcome(main["export_minus_torch"], main["export_minus_baseline"], config.export_margin)
     return {"format": config.export, "folder": str(folder), "runtime": exported.runtime_dict(),
             "margin": config.export_margin, "outcome": outcome,
-            "quantization": {key: quantization[key] for key in ("differing_tensors", "changed_tensors", "new_scale",
-                                                                "max_error_in_steps")} if is_main_process() else None,
+            "quantization": {key: quantization[key] for key in ("rounding", "differing_tensors", "changed_tensors",
+                                                                "new_scale", "max_error_in_steps")},
             "sets": sets}
 
 
@@ -474,7 +472,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> RunRecord
         note = best_step_zero_note(training)
         if note:
             session.note(note)
-        if config.export:
+        if config.export and is_main_process():  # the other ranks would read graphs only rank 0 writes
             session.save(phase="export")
             record.export_parity = export_parity(loaded, data, baseline, tuned, config, run_dir, progress)
             session.note(export_note(record.export_parity))
