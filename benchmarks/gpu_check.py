@@ -52,7 +52,7 @@ def main() -> None:
                          eval_interval=args.steps, mixed_precision="bf16")
     torch.cuda.synchronize()
     state = train(loaded, TrainStream(train_clips, [], config), config, AudioConfig(),
-                  evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "run", progress=False)
+                  evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "run", progress=False).state
     train_seconds = state.train_seconds  # training steps only
     report = {
         "device": device, "torch": torch.__version__, "eval_clips": len(test.utterances),

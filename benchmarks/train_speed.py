@@ -68,7 +68,7 @@ def ours(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path) -
     config = TrainConfig(max_steps=steps, learning_rate=lr, batch_size=batch_size, grad_accum=1,
                          eval_interval=steps, seed=seed, mixed_precision="no")
     state = train(loaded, TrainStream(clips, [], config), config, AudioConfig(),
-                  evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "ours", progress=False)
+                  evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "ours", progress=False).state
     return state.train_seconds  # training steps only: no evaluation, no checkpoint save
 
 

@@ -44,7 +44,7 @@ from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, EXPORT_DIR, LOCK_FILE
                                 write_record)
 from moonlora.splits import split_train_val
 from moonlora.stats import compare_results
-from moonlora.train import IntervalEval, TrainState, TrainStream, train
+from moonlora.train import IntervalEval, TrainResult, TrainState, TrainStream, train
 
 PRE_TRAINING_PHASES = ("setup", "baseline")
 
@@ -460,9 +460,10 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> RunRecord
         def on_checkpoint(state: TrainState) -> None:
             session.save(training=training_summary(state, loaded.model, len(data.train), processes))
 
-        state = train(loaded, TrainStream(data.train, data.replay, config.train), config.train, config.audio,
-                      make_evaluator(loaded, data, baseline, config, progress), run_dir, checkpoint=checkpoint,
-                      progress=progress, log=log, on_checkpoint=on_checkpoint, device=config.decode.device)
+        trained = train(loaded, TrainStream(data.train, data.replay, config.train), config.train, config.audio,
+                        make_evaluator(loaded, data, baseline, config, progress), run_dir, checkpoint=checkpoint,
+                        progress=progress, log=log, on_checkpoint=on_checkpoint, device=config.decode.device)
+        state = trained.state
         save_adapter(loaded.model, run_dir)
         training = training_summary(state, loaded.model, len(data.train), processes)
         session.save(training=training, phase="tuned")

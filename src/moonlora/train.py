@@ -141,6 +141,19 @@ class TrainState:
     samples: int = 0  # clips trained on, all processes together
 
 
+@dataclass
+class TrainResult:
+    """What training leaves: its state and both candidate adapters (PEFT state dicts on the CPU).
+
+    `best_adapter` had the lowest val WER (ties keep the earlier step); `last_adapter` is the one
+    after the final update. The plan's H2 asks how the last one drifts from the best one.
+    """
+
+    state: TrainState
+    best_adapter: dict
+    last_adapter: dict
+
+
 @dataclass(frozen=True)
 class IntervalEval:
     """What the experiment's evaluator reports at an interval."""
@@ -263,7 +276,7 @@ def train(
     log: Callable[[str, float, int], None] | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
     device: str = "auto",
-) -> TrainState:
+) -> TrainResult:
     """Train the LoRA adapter on `loaded.model` (a PeftModel); leave the best adapter loaded.
 
     `evaluate(model, step)` runs at step 0, every `eval_interval` steps and at the end; the
@@ -334,10 +347,11 @@ def train(
         raise
     finally:
         bar.close()
+    last_adapter = copy_adapter(peft_model)
     set_peft_model_state_dict(peft_model, trainee.best_adapter)
     peft_model.eval()
     loaded.model = peft_model
-    return state
+    return TrainResult(state, trainee.best_adapter, last_adapter)
 
 
 def processes_agree_finite(accelerator, finite: bool) -> bool:
