@@ -8,7 +8,7 @@ import pytest
 
 from moonlora.cli import main
 from moonlora.contract import ContractMismatch
-from moonlora.decide import FAIL, NOT_ASSESSED, PASS, decide
+from moonlora.decide import FAIL, NOT_ASSESSED, PASS, DecideConfig, decide
 from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, EvalSummary, RunLock, RunRecord,
                                 RunRecordError, TrainingSummary, checkpoint_staging, process_alive,
                                 publish_checkpoint, write_config_dict, write_record)
@@ -39,22 +39,22 @@ def training(losses):
                            intervals=[])
 
 
-def plant(root, name, seed=1, main=(0.5, 0.2, -0.35, -0.25), canary=(0.1, 0.1, -0.02, 0.02),
+def plant(root, name, seed=1, main=(0.5, 0.2, -0.35, -0.25), canary=(0.1, 0.1, -0.02, 0.002),
           losses=(1.0, 0.8, 0.5, 0.3), contract=None, lr=1e-3, status="success", reason=None, phase="done",
-          **record_fields):
+          extra=None, **record_fields):
     """A run folder written by runfolder.write_record / write_config_dict, like `moonlora experiment` does."""
     run = root / name
     run.mkdir(parents=True)
     config = {"output_dir": str(run), "dataset_path": "train.jsonl", "manifest_path": "test.jsonl",
               "train": {"seed": seed, "learning_rate": lr}, "resume": False, "overwrite": False}
     base_contract = contract or CONTRACT
+    sets = (("main", main), ("canary", canary)) + ((("extra-clean", extra),) if extra else ())
     record = RunRecord(
         run_id=name, config=config, status=status, reason=reason, phase=phase,
         command=f"moonlora experiment --output-dir {run} --seed {seed}", started_at="2026-02-01T09:00:00+00:00",
-        baseline={n: summary(c[0], base_contract) for n, c in (("main", main), ("canary", canary))},
-        tuned={n: summary(c[1], {**base_contract, "adapter_sha256": "a" * 64})
-               for n, c in (("main", main), ("canary", canary))},
-        comparisons={"main": comparison(*main), "canary": comparison(*canary)},
+        baseline={n: summary(c[0], base_contract) for n, c in sets},
+        tuned={n: summary(c[1], {**base_contract, "adapter_sha256": "a" * 64}) for n, c in sets},
+        comparisons={n: comparison(*c) for n, c in sets},
         training=training(losses), **record_fields)
     write_config_dict(run, config)
     write_record(run, record)
@@ -102,7 +102,40 @@ def test_ci_touching_zero_fails_primary(tmp_path):
 def test_significantly_worse_extra_fails_secondary(tmp_path):
     decision = decide([plant(tmp_path, "a", canary=(0.1, 0.3, 0.1, 0.3))])
     assert outcomes(decision, "secondary") == [FAIL]
-    assert details(decision, "secondary") == ["a: canary +0.2000 [+0.1000, +0.3000]"]
+    assert details(decision, "secondary") == ["a: canary WER 0.1000 -> 0.3000, delta +0.2000 [+0.1000, +0.3000]; "
+                                              "not shown non-inferior (CI high +0.3000 > margin 0.01)"]
+
+
+def test_a_canary_going_from_10_to_19_percent_on_13_clips_fails_secondary(tmp_path):
+    # The CI's low end is below 0 (13 clips cannot show a difference), which the old rule passed.
+    decision = decide([plant(tmp_path, "a", canary=(0.10, 0.19, -0.01, 0.21))])
+    assert outcomes(decision, "secondary") == [FAIL]
+    assert decision.passed is False
+
+
+def test_each_extra_manifest_is_judged_apart_so_the_canary_cannot_mask_a_worse_clean_set(tmp_path):
+    decision = decide([plant(tmp_path, "a", extra=(0.05, 0.08, 0.01, 0.05))])
+    assert outcomes(decision, "secondary") == [PASS, FAIL]
+    assert [d.split(" WER")[0] for d in details(decision, "secondary")] == ["a: canary", "a: extra-clean"]
+    loose = decide([plant(tmp_path, "b", extra=(0.05, 0.08, 0.01, 0.05))], DecideConfig(margin=0.06))
+    assert outcomes(loose, "secondary") == [PASS, PASS] and loose.thresholds.margin == 0.06
+
+
+@pytest.mark.parametrize("tuned, expected", [(0.52, PASS), (0.525, PASS), (0.53, FAIL), (0.30, PASS)])
+def test_h3_band_of_five_percent_around_the_baseline(tmp_path, tuned, expected):
+    decision = decide([plant(tmp_path, "a", main=(0.5, tuned, tuned - 0.5 - 0.02, tuned - 0.5 + 0.02))])
+    assert outcomes(decision, "H3 (within band)") == [expected]
+    assert "limit 0.5250 = baseline x (1 + 0.05)" in details(decision, "H3 (within band)")[0]
+    assert outcomes(decide([plant(tmp_path, "w", main=(0.5, 0.53, 0.01, 0.05))], DecideConfig(h3_band=0.1)),
+                    "H3 (within band)") == [PASS]
+
+
+def test_a_rise_from_a_zero_baseline_beyond_the_margin_fails_sanity(tmp_path):
+    decision = decide([plant(tmp_path, "a", extra=(0.0, 0.02, 0.0, 0.04))])
+    assert outcomes(decision, "sanity") == [FAIL]
+    assert details(decision, "sanity") == ["a: extra-clean WER rose from 0.0 to 0.0200 (> margin 0.01)"]
+    within = decide([plant(tmp_path, "b", extra=(0.0, 0.005, 0.0, 0.01))])
+    assert outcomes(within, "sanity") == [PASS]
 
 
 def test_sanity_catches_flat_loss_and_doubled_wer(tmp_path):
@@ -111,7 +144,7 @@ def test_sanity_catches_flat_loss_and_doubled_wer(tmp_path):
     assert details(flat, "sanity") == ["a: training loss did not decrease"]
     doubled = decide([plant(tmp_path, "b", canary=(0.1, 0.25, 0.1, 0.2))])
     assert outcomes(doubled, "sanity") == [FAIL]
-    assert details(doubled, "sanity") == ["b: canary WER more than doubled"]
+    assert details(doubled, "sanity") == ["b: canary WER more than 2x (0.1000 -> 0.2500)"]
 
 
 def test_seed_pair_that_agrees_and_one_that_disagrees(tmp_path):

@@ -22,6 +22,7 @@ from moonlora.configs import (DTYPE_NAMES, DecodeConfig, DemoConfig, ExperimentC
                               TranscribeConfig, default_of)
 from moonlora.compare import DEFAULT_MARGIN, DEFAULT_TOP, CompareError
 from moonlora.contract import ContractMismatch
+from moonlora.decide import DecideConfig
 from moonlora.diagnose import DiagnoseConfig
 from moonlora.errors import ModelSourceError
 from moonlora.manifest import ManifestError
@@ -200,7 +201,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
     json_path = check_output_file(args.json, "--json", args.overwrite) if args.json else None
     from moonlora.decide import decide, render
 
-    decision = decide(args.runs)
+    decision = decide(args.runs, DecideConfig(margin=args.margin, h3_band=args.h3_band,
+                                              regression_factor=args.regression_factor))
     print(render(decision))
     if json_path is not None:
         write_json(json_path, decision.to_dict(), command="decide")
@@ -325,12 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
         "exact resume from checkpoints.", cmd_experiment))
 
     decide_cmd = add_command(commands, "decide", "the plan's decision criteria over run folders",
-                             "Primary, secondary, reproducibility across seeds and sanity, plus export parity for "
+                             "Primary (CI excludes 0), secondary as non-inferiority per extra manifest and canary, "
+                             "H3's band, reproducibility across seeds and sanity, plus export parity for "
                              "runs made with --export (pass, fail, or inconclusive when the CI straddles the "
                              "margin), as a verdict; an unfinished run gets a line saying where it stands (died, "
                              "resumable from step N); refuses runs measured under different eval contracts.",
                              cmd_decide)
     decide_cmd.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by moonlora experiment")
+    decide_cmd.add_argument("--margin", type=float, default=default_of(DecideConfig, "margin"),
+                            help="non-inferiority margin (absolute WER) of the secondary criterion, per manifest; "
+                                 "also how far a 0.0 baseline may rise before sanity fails")
+    decide_cmd.add_argument("--h3-band", type=float, default=default_of(DecideConfig, "h3_band"),
+                            help="H3: tuned main WER must improve or stay within this share of the baseline")
+    decide_cmd.add_argument("--regression-factor", type=float, default=default_of(DecideConfig, "regression_factor"),
+                            help="sanity fails when a manifest's WER exceeds its baseline times this")
     add_json_arg(decide_cmd, "the verdicts")
 
     compare = add_command(
