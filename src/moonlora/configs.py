@@ -97,7 +97,9 @@ class LoraSettings:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS  # module names, or one preset (lora.TARGET_PRESETS) as given
+
+    presets = ("all", "decoder")  # class attribute, not a field: expanded in lora.expand_targets
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -106,6 +108,9 @@ class LoraSettings:
             raise ValueError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise ValueError("--target-modules needs at least one module name")
+        if len(self.target_modules) > 1 and set(self.target_modules) & set(self.presets):
+            raise ValueError(f"--target-modules: a preset ({', '.join(self.presets)}) stands alone, "
+                             f"got {','.join(self.target_modules)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

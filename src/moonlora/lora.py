@@ -8,13 +8,28 @@ import warnings
 import torch
 from peft import LoraConfig, get_peft_model
 
-from moonlora.configs import LoraSettings
+from moonlora.configs import DEFAULT_TARGETS, LoraSettings
+
+# `--target-modules` presets. "decoder" leaves the encoder without a trainable weight, so training
+# encodes each clip once per run and trains the decoder alone (train.EncoderCache). PEFT matches a
+# string with re.fullmatch against each module's full name.
+TARGET_PRESETS: dict[str, str | list[str]] = {  # keys: LoraSettings.presets
+    "all": list(DEFAULT_TARGETS),
+    "decoder": r"(.*\.)?decoder\.layers\.\d+\.(self_attn|encoder_attn|mlp)\.(" + "|".join(DEFAULT_TARGETS) + ")",
+}
+
+
+def expand_targets(target_modules: tuple[str, ...]) -> str | list[str]:
+    """What PEFT gets for `--target-modules`: a preset's pattern or list, else the module names."""
+    if len(target_modules) == 1 and target_modules[0] in TARGET_PRESETS:
+        return TARGET_PRESETS[target_modules[0]]
+    return list(target_modules)
 
 
 def peft_config(settings: LoraSettings) -> LoraConfig:
     """The PEFT LoraConfig for these settings."""
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=list(settings.target_modules), bias="none")
+                      target_modules=expand_targets(settings.target_modules), bias="none")
 
 
 def attach_lora(model: torch.nn.Module, settings: LoraSettings, seed: int) -> torch.nn.Module:

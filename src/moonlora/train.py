@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,16 +97,76 @@ class StemCache:
         return stem
 
 
+# Encoder outputs kept per run when the encoder trains nothing (decoder-only adaptation); 0 turns
+# that path off, so the encoder runs on every step as for an all-stack adapter (tests compare both).
+ENCODER_CACHE_BYTES = 2 * 2**30
+
+
+def encoder_is_frozen(model) -> bool:
+    """True when no encoder weight trains (e.g. `--target-modules decoder`)."""
+    return not any(p.requires_grad for p in model.get_encoder().parameters())
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Put a module tree in eval mode for a section, then give each submodule its own mode back."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
+
+
+class EncoderCache:
+    """Encoder outputs of training clips, computed once per run, while the encoder trains nothing.
+
+    A frozen encoder gives a clip the same states at every step, so a decoder-only adapter needs
+    them once: each clip is encoded alone (as decoding does), without gradients and in eval mode
+    (dropout off, as at decode time), and kept up to `max_bytes`; clips beyond that are
+    re-encoded the same way when drawn.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used_bytes, self.saved = max_bytes, 0, {}
+
+    def states(self, encoder, key: str, input_values: torch.Tensor) -> torch.Tensor:
+        """(frames, hidden) encoder states of one clip."""
+        if key in self.saved:
+            return self.saved[key]
+        with torch.no_grad(), eval_mode(encoder):
+            states = encoder(input_values).last_hidden_state[0]
+        size = states.numel() * states.element_size()
+        if self.used_bytes + size <= self.max_bytes:
+            self.saved[key], self.used_bytes = states, self.used_bytes + size
+        return states
+
+
+def clip_inputs(feature_extractor, waveforms: list[np.ndarray], parameter: torch.Tensor) -> list[torch.Tensor]:
+    """Each clip's (1, samples) model input, on the model's device and dtype."""
+    rate = feature_extractor.sampling_rate
+    return [feature_extractor(w, sampling_rate=rate, return_tensors="pt")["input_values"]
+            .to(device=parameter.device, dtype=parameter.dtype) for w in waveforms]
+
+
 def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray], texts: list[str],
-               keys: list[str] | None = None, cache: StemCache | None = None) -> torch.Tensor:
-    """Teacher-forced cross-entropy, encoding each clip alone exactly as decoding does."""
+               keys: list[str] | None = None, cache: StemCache | None = None,
+               encoder_cache: EncoderCache | None = None) -> torch.Tensor:
+    """Teacher-forced cross-entropy, encoding each clip alone exactly as decoding does.
+
+    With `encoder_cache` and an encoder that trains nothing, whole encoder outputs come from the
+    cache; otherwise, with `cache` and a frozen conv stem, the stem outputs do.
+    """
     parameter = next(p for p in model.parameters())
-    if cache is not None and keys is not None and stem_is_frozen(model):
+    if encoder_cache is not None and keys is not None and encoder_is_frozen(model):
         encoder = model.get_encoder()
-        inputs = [feature_extractor(w, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
-                  ["input_values"].to(device=parameter.device, dtype=parameter.dtype) for w in waveforms]
+        states, mask = pad_states([encoder_cache.states(encoder, key, x)
+                                   for key, x in zip(keys, clip_inputs(feature_extractor, waveforms, parameter))])
+    elif cache is not None and keys is not None and stem_is_frozen(model):
+        encoder = model.get_encoder()
         states, mask = pad_states([encoder_layers(encoder, cache.stem(encoder, key, x))[0]
-                                   for key, x in zip(keys, inputs)])
+                                   for key, x in zip(keys, clip_inputs(feature_extractor, waveforms, parameter))])
     else:
         states, mask = encode_exact(model, feature_extractor, waveforms, parameter.dtype)
     eos_id = model.config.eos_token_id
@@ -121,9 +182,11 @@ class ExactEncodeLoss(torch.nn.Module):
         super().__init__()
         self.model, self.feature_extractor, self.tokenizer = model, feature_extractor, tokenizer
         self.stem_cache = StemCache()
+        self.encoder_cache = EncoderCache(ENCODER_CACHE_BYTES) if ENCODER_CACHE_BYTES > 0 else None
 
     def forward(self, waveforms: list[np.ndarray], texts: list[str], keys: list[str]) -> torch.Tensor:
-        return batch_loss(self.model, self.feature_extractor, self.tokenizer, waveforms, texts, keys, self.stem_cache)
+        return batch_loss(self.model, self.feature_extractor, self.tokenizer, waveforms, texts, keys,
+                          self.stem_cache, self.encoder_cache)
 
 
 @dataclass

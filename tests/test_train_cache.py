@@ -1,0 +1,99 @@
+"""Decoder-only adaptation: the `--target-modules` presets and the per-run encoder-output cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moonlora import train as train_module
+from moonlora.audio import AudioConfig, load_audio
+from moonlora.configs import DEFAULT_TARGETS, LoraSettings, TrainConfig
+from moonlora.lora import attach_lora
+from moonlora.manifest import load_manifest
+from moonlora.train import EncoderCache, IntervalEval, TrainStream, encoder_is_frozen, train
+
+
+def lora_module_names(model) -> set[str]:
+    return {name.removesuffix(".lora_A.default") for name, _ in model.named_modules() if name.endswith("lora_A.default")}
+
+
+def test_decoder_preset_adapts_every_decoder_projection_and_no_encoder_weight(tiny_loaded):
+    model = attach_lora(tiny_loaded.model, LoraSettings(target_modules=("decoder",)), seed=0)
+    names = lora_module_names(model)
+    layers = model.config.decoder_num_hidden_layers
+    assert len(names) == layers * 10  # self_attn q/k/v/o, encoder_attn q/k/v/o, fc1, fc2
+    assert all(".decoder.layers." in name for name in names)
+    assert encoder_is_frozen(model)
+    assert any(p.requires_grad for p in model.get_decoder().parameters())
+
+
+def test_all_preset_is_the_default_targets(tiny_model_dir):
+    from moonlora.model import load_model
+
+    preset = attach_lora(load_model(str(tiny_model_dir), device="cpu").model, LoraSettings(target_modules=("all",)), 0)
+    default = attach_lora(load_model(str(tiny_model_dir), device="cpu").model, LoraSettings(target_modules=DEFAULT_TARGETS), 0)
+    assert lora_module_names(preset) == lora_module_names(default)
+    assert any(".encoder.layers." in name for name in lora_module_names(preset))
+    assert not encoder_is_frozen(preset)
+
+
+def test_a_preset_stands_alone():
+    with pytest.raises(ValueError, match="preset"):
+        LoraSettings(target_modules=("decoder", "q_proj"))
+    assert LoraSettings(target_modules=("decoder",)).target_modules == ("decoder",)  # kept as the user gave it
+
+
+def test_cached_states_are_the_eval_mode_encoder_output_and_modes_are_restored(tiny_loaded, tone_manifest):
+    encoder = tiny_loaded.model.get_encoder()
+    encoder.config.attention_dropout = 0.5  # dropout would change the states if the cache ran in train mode
+    fe = tiny_loaded.feature_extractor
+    waveform = load_audio(load_manifest(tone_manifest).utterances[1].audio_filepath)
+    inputs = fe(waveform, sampling_rate=fe.sampling_rate, return_tensors="pt")["input_values"]
+    with torch.no_grad():
+        expected = encoder.eval()(inputs).last_hidden_state[0]
+    encoder.train()
+    cache = EncoderCache(max_bytes=2**20)
+    states = cache.states(encoder, "clip", inputs)
+    assert torch.equal(states, expected) and not states.requires_grad
+    assert all(module.training for module in encoder.modules())
+    assert cache.used_bytes == states.numel() * 4 and "clip" in cache.saved
+
+
+def test_the_cache_keeps_nothing_beyond_its_byte_bound(tiny_loaded, tone_manifest):
+    encoder = tiny_loaded.model.get_encoder().eval()
+    fe = tiny_loaded.feature_extractor
+    cache = EncoderCache(max_bytes=0)
+    waveform = load_audio(load_manifest(tone_manifest).utterances[0].audio_filepath)
+    inputs = fe(waveform, sampling_rate=fe.sampling_rate, return_tensors="pt")["input_values"]
+    first, second = cache.states(encoder, "a", inputs), cache.states(encoder, "a", inputs)
+    assert cache.saved == {} and cache.used_bytes == 0 and torch.equal(first, second)
+
+
+def train_decoder_only(model_dir, manifest, run_dir, steps: int) -> tuple[list[float], int, dict]:
+    """Train a decoder-only adapter; the losses, how often the encoder ran, and the adapter."""
+    from moonlora.model import load_model
+
+    loaded = load_model(str(model_dir), device="cpu")
+    encoder_calls = []
+    first_layer = loaded.model.get_encoder().layers[0]  # runs once per clip encoded, whichever path encodes
+    first_layer.register_forward_hook(lambda module, args, output: encoder_calls.append(1))
+    loaded.model = attach_lora(loaded.model, LoraSettings(target_modules=("decoder",)), seed=0)
+    config = TrainConfig(max_steps=steps, learning_rate=1e-2, batch_size=2, grad_accum=1, warmup_steps=0,
+                         eval_interval=steps, seed=3, mixed_precision="no")
+    utterances = load_manifest(manifest).utterances
+    result = train(loaded, TrainStream(utterances, [], config), config, AudioConfig(),
+                   evaluate=lambda model, step: IntervalEval(1.0, None, {}), run_dir=run_dir, progress=False)
+    return [row["loss"] for row in result.state.losses], len(encoder_calls), result.last_adapter
+
+
+def test_cached_encoder_training_matches_uncached_training(tiny_model_dir, tone_manifest, tmp_path, monkeypatch):
+    steps = 5  # 10 draws from 5 clips: every clip is drawn again from the cache
+    cached, cached_calls, cached_adapter = train_decoder_only(tiny_model_dir, tone_manifest, tmp_path / "a", steps)
+    monkeypatch.setattr(train_module, "ENCODER_CACHE_BYTES", 0)
+    plain, plain_calls, plain_adapter = train_decoder_only(tiny_model_dir, tone_manifest, tmp_path / "b", steps)
+    assert cached_calls == 5 and plain_calls == steps * 2  # once per clip against once per draw
+    assert abs(cached[0] - plain[0]) <= 1e-5
+    assert all(abs(a - b) <= 1e-4 for a, b in zip(cached, plain))
+    assert cached[-1] != cached[0]  # the adapter did train
+    for name, tensor in cached_adapter.items():
+        assert torch.allclose(tensor, plain_adapter[name], atol=1e-4), name
