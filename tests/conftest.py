@@ -81,7 +81,9 @@ def tone_set(folder, name, count, seed0=0, speakers=4):
     rows = []
     for i in range(count):
         write_tone(folder / f"{name}{i}.wav", 0.8 + 0.25 * (i % 5), seed=seed0 + i)
-        rows.append({"audio_filepath": f"{name}{i}.wav", "text": f"clip number {i % 7}", "speaker": f"spk{i % speakers}"})
+        # Texts and speakers are the set's own: a set shares nothing with another (no leakage).
+        rows.append({"audio_filepath": f"{name}{i}.wav", "text": f"{name} clip number {i % 7}",
+                     "speaker": f"{name}-spk{i % speakers}"})
     path = folder / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -37,7 +37,7 @@ def config_for(tiny_model_dir, data, out, **train_changes):
     return ExperimentConfig(
         output_dir=str(out), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
         model=str(tiny_model_dir), canary_manifest=str(data["canary"]), canary_margin=10.0,
-        extra_manifests=(str(data["canary"]),), bootstrap_resamples=200,
+        extra_manifests=(str(data["canary"]),), bootstrap_resamples=200, min_val_clips=1,
         train=TrainConfig(**train), lora=LoraSettings(r=2, alpha=4, dropout=0.1),
         decode=DecodeConfig(batch_size=8, device="cpu"),
     )
@@ -123,7 +123,8 @@ def test_plan_command_runs_through_the_cli(tiny_model_dir, data, tmp_path, capsy
     line = PLAN_COMMANDS[1].replace("--max-steps 2000", "--max-steps 2").replace("--eval-interval 200", "--eval-interval 1")
     line = line.replace("outputs/experiment_h2_20260218", str(tmp_path / "h2"))
     line = line.replace("data/train_manifest.jsonl", str(data["train"])).replace("data/heldout_manifest.jsonl", str(data["main"]))
-    argv = ["--quiet", "experiment", *shlex.split(line), "--model", str(tiny_model_dir), "--device", "cpu"]
+    argv = ["--quiet", "experiment", *shlex.split(line), "--model", str(tiny_model_dir), "--device", "cpu",
+            "--min-val-clips", "1"]
     assert main(argv) == 0
     assert "baseline WER" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "h2" / "experiment_metrics.json").read_text())
@@ -178,3 +179,37 @@ def test_only_the_main_process_writes_run_files(tiny_model_dir, data, tmp_path, 
     metrics = run_experiment(config_for(tiny_model_dir, data, out, max_steps=2), progress=False)
     assert metrics.status == "success"
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_best_and_last_adapters_are_both_kept_and_scored(tiny_model_dir, data, tmp_path, monkeypatch):
+    import dataclasses
+
+    from moonlora import experiment as experiment_module
+
+    original = experiment_module.evaluate_sets
+    planted = {"step 2": 0.1, "step 4": 0.5}  # best at step 2, mid-run; the last adapter is another one
+
+    def evaluate_sets(loaded, sets, config, out_dir, progress, label):
+        results = original(loaded, sets, config, out_dir, progress, label)
+        if label in planted:
+            results["val"] = dataclasses.replace(results["val"], corpus=dataclasses.replace(results["val"].corpus,
+                                                                                           wer=planted[label]))
+        return results
+
+    monkeypatch.setattr(experiment_module, "evaluate_sets", evaluate_sets)
+    out = tmp_path / "run"
+    config = dataclasses.replace(config_for(tiny_model_dir, data, out), select="last")
+    record = run_experiment(config, progress=False)
+    best, last = record.candidates["best"], record.candidates["last"]
+    assert (best.step, best.val_wer, best.selected) == (2, 0.1, False)
+    assert (last.step, last.val_wer, last.selected) == (4, 0.5, True)
+    assert last.main.wer == record.tuned["main"].wer  # the selected one is the run's tuned score
+    assert last.comparison.delta == pytest.approx(record.comparisons["main"].delta)
+    assert (out / "tuned-best" / "main" / "transcripts.jsonl").is_file()  # the other one was decoded
+    assert best.comparison.ci_low <= best.comparison.delta <= best.comparison.ci_high
+    weights = {name: (out / name / "adapter_model.safetensors").read_bytes()
+               for name in ("adapter", "adapter-best", "adapter-last")}
+    assert weights["adapter"] == weights["adapter-last"] != weights["adapter-best"]
+    saved = json.loads((out / "experiment_metrics.json").read_text())
+    assert saved["candidates"]["best"]["adapter_dir"] == "adapter-best" and saved["config"]["select"] == "last"
+    assert any(note.startswith("adapters: best (step 2) main WER") for note in record.notes)

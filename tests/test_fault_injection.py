@@ -126,7 +126,7 @@ def setup(tmp_path_factory, tiny_model_dir):
                 "--manifest-path", str(data["main"]), "--canary-manifest", str(data["canary"]), "--canary-margin", "10",
                 "--model", str(tiny_model_dir), "--device", "cpu", "--max-steps", "6", "--eval-interval", "2",
                 "--learning-rate", "5e-3", "--batch-size", "2", "--grad-accum", "2", "--seed", "3", "--lora-r", "2",
-                "--lora-alpha", "4", "--lora-dropout", "0.1", "--decode-batch-size", "8"]
+                "--lora-alpha", "4", "--lora-dropout", "0.1", "--decode-batch-size", "8", "--min-val-clips", "1"]
 
     reference = root / "reference"
     with pytest.MonkeyPatch.context() as patch:

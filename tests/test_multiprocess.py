@@ -49,7 +49,7 @@ def test_two_cpu_processes_train_to_the_end(tiny_model_dir, tmp_path, nan_on_ran
                "--quiet", "experiment", "--output-dir", str(out), "--dataset-path", str(data["train"]),
                "--manifest-path", str(data["main"]), "--model", str(tiny_model_dir), "--device", "cpu",
                "--max-steps", "4", "--eval-interval", "2", "--learning-rate", "5e-3", "--train-batch-size", "2",
-               "--grad-accum", "2", "--lora-r", "2", "--decode-batch-size", "8"]
+               "--grad-accum", "2", "--lora-r", "2", "--decode-batch-size", "8", "--min-val-clips", "1"]
     launched = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
     try:

@@ -32,7 +32,7 @@ def config_for(model_dir, data, out, canary_margin=10.0, wer_stop_threshold=None
     return ExperimentConfig(
         output_dir=str(out), dataset_path=str(data["train"]), manifest_path=str(data["main"]), model=str(model_dir),
         canary_manifest=str(data["canary"]), canary_margin=canary_margin, wer_stop_threshold=wer_stop_threshold,
-        bootstrap_resamples=200, train=TrainConfig(**train), lora=LoraSettings(r=2, alpha=4, dropout=0.1),
+        bootstrap_resamples=200, min_val_clips=1, train=TrainConfig(**train), lora=LoraSettings(r=2, alpha=4, dropout=0.1),
         decode=DecodeConfig(batch_size=8, device="cpu"),
     )
 

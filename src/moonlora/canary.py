@@ -10,13 +10,15 @@ from pathlib import Path
 
 from moonlora import bundled
 from moonlora.manifest import write_manifest
-from moonlora.synth.build import build_domain
+from moonlora.synth.build import TEST_VOICES, build_domain
 
 
 def build_canary(out_dir: Path, sentences: int = 24, seed: int = 0, progress: bool = True) -> Path:
     """Write `out_dir/canary.jsonl`: beckett.wav + `sentences` Harvard sentences (test voices)."""
-    # build_domain splits into train/test voices; all of it is canary, so keep both halves.
-    synth = build_domain("general", n=sentences, seed=seed, out_dir=out_dir / "general", progress=progress)
+    # build_domain splits into train/test voices; all of it is canary, so both halves are spoken by
+    # the test voices: no voice a domain adapter trains on (the experiment refuses speaker leakage).
+    synth = build_domain("general", n=sentences, seed=seed, out_dir=out_dir / "general", progress=progress,
+                         train_voices=TEST_VOICES[:1], test_voices=TEST_VOICES[1:])
     rows = [{"audio_filepath": str(bundled.beckett_wav_path()), "text": bundled.BECKETT_TEXT, "speaker": "beckett"}]
     for manifest in (synth.train_manifest, synth.test_manifest):
         for line in manifest.read_text().splitlines():

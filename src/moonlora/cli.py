@@ -164,18 +164,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_experiment(args: argparse.Namespace) -> int:
-    quiet_model_logs(args)
-    from moonlora.experiment import run_experiment
-    from moonlora.report import print_experiment
-
-    config = ExperimentConfig(
+def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The ExperimentConfig of parsed `experiment` flags (also each run of a sweep)."""
+    return ExperimentConfig(
         output_dir=args.output_dir, dataset_path=args.dataset_path, manifest_path=args.manifest_path,
         model=args.model, max_seconds=args.max_seconds, val_fraction=args.val_fraction,
         wer_stop_threshold=args.wer_stop_threshold, extra_manifests=tuple(args.extra_manifest),
         canary_manifest=args.canary_manifest, canary_margin=args.canary_margin,
         replay_manifest=args.replay_manifest, log_manifest_interval_wer=args.log_manifest_interval_wer,
-        export=args.export, export_margin=args.export_margin,
+        export=args.export, export_margin=args.export_margin, select=args.select,
+        min_val_clips=args.min_val_clips, allow_leakage=args.allow_leakage,
         train=TrainConfig(
             max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.train_batch_size,
             grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, eval_interval=args.eval_interval,
@@ -187,6 +185,14 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         decode=DecodeConfig(batch_size=args.decode_batch_size, num_beams=args.num_beams, device=args.device),
         resume=args.resume, overwrite=args.overwrite,
     )
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    config = experiment_config(args)
+    quiet_model_logs(args)
+    from moonlora.experiment import run_experiment
+    from moonlora.report import print_experiment
+
     try:
         metrics = run_experiment(config, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -485,6 +491,14 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
                                  "them on the main manifest and canary, and record export parity; none: no export")
     experiment.add_argument("--export-margin", type=float, default=default("export_margin"),
                             help="export parity holds when the CI high end of WER(export) - WER(torch) is at most this")
+    experiment.add_argument("--select", default=default("select"), choices=["best", "last"],
+                            help="which adapter becomes adapter/ and the tuned scores: best (lowest val WER) or last "
+                                 "(after the final update); both are kept and scored on the main manifest")
+    experiment.add_argument("--min-val-clips", type=int, default=default("min_val_clips"),
+                            help="refuse a val split smaller than this (it drives the best step and early stops)")
+    experiment.add_argument("--allow-leakage", action="store_true",
+                            help="accept training audio, transcripts or speakers that an evaluated manifest shares "
+                                 "(refused otherwise, naming the rows)")
     experiment.add_argument("--decode-batch-size", type=int, default=decode.batch_size,
                             help="clips per decode batch (baseline, interval and tuned WER)")
     experiment.add_argument("--num-beams", type=int, default=decode.num_beams, help="1 = greedy search")

@@ -16,6 +16,7 @@ from moonlora.audio import AudioConfig
 
 DEFAULT_MODEL = "bundled:base-en"
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # moonlora.device.DTYPES maps them to torch dtypes
+ENCODER_MODES = ("auto", "per-clip", "batched")  # DecodeConfig.encoder
 # The experiment plan's targets: attention projections and MLPs of every encoder/decoder layer.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
 
@@ -33,6 +34,10 @@ class DecodeConfig:
     batch_size: int = 32  # eval_speed.py --sweep on 2 CPU cores: 30.5x real time vs 8.8x at batch 1
     sort_by_length: bool = True  # batch clips of similar length: less padding, same output
     device: str = "auto"  # auto | cpu | cuda | mps
+    # How clips are encoded: "per-clip" (one encoder pass per clip) or "batched" (one pass per
+    # padded batch, exact: the same states within 1e-4, the same transcripts). "auto" is
+    # per-clip on CPU, where eval_speed.py measures it faster, and batched on accelerators.
+    encoder: str = "auto"
 
     result_fields = ("num_beams", "tokens_per_second", "extra_tokens", "dtype")
 
@@ -47,6 +52,8 @@ class DecodeConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+        if self.encoder not in ENCODER_MODES:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODER_MODES)}, got {self.encoder!r}")
 
     def token_cap(self, seconds: float) -> int:
         return math.ceil(self.tokens_per_second * seconds) + self.extra_tokens
@@ -132,6 +139,9 @@ class ExperimentConfig:
     log_manifest_interval_wer: bool = False  # main-manifest WER at intervals, for plots only
     export: str | None = None  # "ort": export the chosen adapter and score it (export parity)
     export_margin: float = 0.005  # export parity holds when WER(export) - WER(torch) has its CI high end below this
+    select: str = "best"  # which adapter becomes adapter/: best (lowest val WER) or last; both are scored and kept
+    min_val_clips: int = 10  # a smaller val split would drive every choice on noise: refused
+    allow_leakage: bool = False  # accept training audio, transcripts or speakers shared with an evaluated set
     bootstrap_resamples: int = 10_000
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -151,6 +161,10 @@ class ExperimentConfig:
             raise ValueError("--resume and --overwrite exclude each other")
         if self.export not in (None, "ort"):
             raise ValueError(f"--export must be ort, got {self.export!r}")
+        if self.select not in ("best", "last"):
+            raise ValueError(f"--select must be best or last, got {self.select!r}")
+        if self.min_val_clips < 1:
+            raise ValueError(f"--min-val-clips must be >= 1, got {self.min_val_clips}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -28,6 +28,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from peft import set_peft_model_state_dict
+
+from moonlora import checklist
 from moonlora.configs import ExperimentConfig
 from moonlora.contract import EvalContract, require_comparable
 from moonlora.decide import parity_outcome
@@ -37,7 +41,8 @@ from moonlora.manifest import Manifest, Utterance, load_manifest
 from moonlora.model import LoadedModel, load_model, require_torch
 from moonlora.outputs import OutputError, OutputExists, check_output_dir, claim_output_dir
 from moonlora.provenance import provenance
-from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, EXPORT_DIR, LOCK_FILE, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND,
+from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, CANDIDATE_ADAPTER_DIRS, CANDIDATE_SCORE_DIRS, CANDIDATES,
+                                Candidate, EXPORT_DIR, LOCK_FILE, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND,
                                 TENSORBOARD_DIR, TUNED_DIR, Comparison, EvalSummary, Leg, RunLock, RunRecord,
                                 RunRecordError, TrainingSummary, find_resume_checkpoint, is_main_process, latest_checkpoint_step,
                                 now_iso, read_config_dict, read_record, remove_path, run_state, write_config_dict,
@@ -82,6 +87,21 @@ class RunData:
     replay: list[Utterance]
     eval_sets: dict[str, Manifest]  # "val", "main", "extra-<stem>", "canary"
     report: dict
+    checklist: dict  # the plan's checklist items known before the model loads (val split, leakage)
+
+
+def check_leakage(config: ExperimentConfig, train: list[Utterance], replay: list[Utterance],
+                  eval_sets: dict[str, Manifest]) -> dict:
+    """Refuse training data that an evaluated manifest shares (unless --allow-leakage); the record."""
+    training = {"train": Manifest(path=Path(config.dataset_path), utterances=train)}
+    if replay:
+        training["replay"] = Manifest(path=Path(config.replay_manifest), utterances=replay)
+    evaluated = {name: m for name, m in eval_sets.items() if name != "val"}
+    leaks = checklist.training_leaks(training, evaluated)
+    if leaks and not config.allow_leakage:
+        paths = {name: str(m.path) for name, m in {**training, **evaluated}.items()}
+        raise checklist.LeakageError(checklist.leakage_message(leaks, paths))
+    return checklist.leakage_record(leaks, config.allow_leakage, [f"{a} x {b}" for a in training for b in evaluated])
 
 
 def load_run_data(config: ExperimentConfig) -> RunData:
@@ -91,6 +111,7 @@ def load_run_data(config: ExperimentConfig) -> RunData:
         raise ValueError(f"{config.dataset_path}: {len(kept)} clip(s) left after --max-seconds {config.max_seconds}; "
                          "need at least 2 (train and val)")
     split = split_train_val(kept, config.val_fraction, config.train.seed)
+    checklist.check_val_split(len(split.val), config.min_val_clips, config.dataset_path)
     eval_sets = {"val": Manifest(path=Path(f"{config.dataset_path}#val"), utterances=split.val),
                  "main": load_manifest(config.manifest_path)}
     for path in config.extra_manifests:
@@ -98,6 +119,8 @@ def load_run_data(config: ExperimentConfig) -> RunData:
     if config.canary_manifest:
         eval_sets["canary"] = load_manifest(config.canary_manifest)
     replay = load_manifest(config.replay_manifest).utterances if config.replay_manifest else []
+    checks = {"val_split": {"clips": len(split.val), "minimum": config.min_val_clips},
+              "leakage": check_leakage(config, split.train, replay, eval_sets)}
     report = {
         "dataset": {"path": config.dataset_path, "clips": len(dataset.utterances), "skipped": len(dataset.skipped),
                     "skipped_by_kind": dataset.skipped_by_kind(), "sha256": dataset.content_hash},
@@ -107,7 +130,7 @@ def load_run_data(config: ExperimentConfig) -> RunData:
                              "sha256": m.content_hash} for name, m in eval_sets.items()},
         "replay": {"path": config.replay_manifest, "clips": len(replay)},
     }
-    return RunData(split.train, replay, eval_sets, report)
+    return RunData(split.train, replay, eval_sets, report, checks)
 
 
 def data_notes(report: dict) -> list[str]:
@@ -235,21 +258,60 @@ def evaluate_sets(loaded: LoadedModel, sets: dict[str, Manifest], config: Experi
     return results
 
 
+class BaselineStore:
+    """Baseline scores shared by the runs of a sweep: one decode per (manifest, eval contract).
+
+    A stored result is reused only when its contract equals the one the run would measure under
+    (manifest hash, audio pipeline, normalizer, decode settings, model hash, runtime): checked,
+    not assumed. `decoded` and `reused` count what happened (the sweep records them).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder, self.decoded, self.reused = Path(folder), 0, 0
+
+    def path(self, manifest: Manifest, contract: EvalContract) -> Path:
+        stem = "".join(c if c.isalnum() else "-" for c in manifest.path.name)
+        return self.folder / f"{stem}-{contract.fingerprint()[:16]}"
+
+    def get(self, manifest: Manifest, contract: EvalContract) -> EvalResult | None:
+        stored = read_eval(self.path(manifest, contract), manifest)
+        if stored is None or stored.contract != contract:
+            return None
+        self.reused += 1
+        return stored
+
+    def put(self, manifest: Manifest, result: EvalResult) -> None:
+        self.decoded += 1
+        if is_main_process():
+            write_eval(result, self.path(manifest, result.contract))
+
+
 def baseline_results(loaded: LoadedModel, data: RunData, config: ExperimentConfig, run_dir: Path,
-                     progress: bool) -> dict[str, EvalResult]:
+                     progress: bool, store: BaselineStore | None = None) -> dict[str, EvalResult]:
     """The baseline of every set: read back from the run folder when a first leg scored it under
-    this very contract (resume), decoded otherwise."""
-    results, missing = {}, {}
+    this very contract (resume), or from the sweep's shared store; decoded otherwise."""
+    results, missing, shared = {}, {}, []
     for name, manifest in data.eval_sets.items():
-        stored = read_eval(run_dir / BASELINE_DIR / name, manifest) if config.resume else None
         expected = EvalContract.build(manifest.content_hash, config.audio, config.decode, loaded.weights_sha256, None)
+        stored = read_eval(run_dir / BASELINE_DIR / name, manifest) if config.resume else None
         if stored is not None and stored.contract == expected:
             results[name] = stored
+        elif store is not None and (from_store := store.get(manifest, expected)) is not None:
+            results[name] = from_store
+            shared.append(name)
+            if is_main_process():
+                write_eval(from_store, run_dir / BASELINE_DIR / name)  # every run folder stays complete
         else:
             missing[name] = manifest
-    if config.resume and results:
-        say(f"baseline reused from the run folder for {', '.join(results)}")
-    results.update(evaluate_sets(loaded, missing, config, run_dir / BASELINE_DIR, progress, "baseline"))
+    if config.resume and len(results) > len(shared):
+        say(f"baseline reused from the run folder for {', '.join(n for n in results if n not in shared)}")
+    if shared:
+        say(f"baseline reused from the sweep's shared baselines for {', '.join(shared)} (same eval contract)")
+    decoded = evaluate_sets(loaded, missing, config, run_dir / BASELINE_DIR, progress, "baseline")
+    if store is not None:
+        for name, result in decoded.items():
+            store.put(data.eval_sets[name], result)
+    results.update(decoded)
     return {name: results[name] for name in data.eval_sets}
 
 
@@ -335,11 +397,11 @@ def tensorboard_logger(run_dir: Path, purge_step: int | None):
     return writer, log
 
 
-def save_adapter(model, run_dir: Path) -> None:
-    """The chosen adapter, written beside its final place and renamed in."""
+def save_adapter(model, run_dir: Path, folder: str = ADAPTER_DIR) -> None:
+    """The model's current adapter, written beside its final place and renamed in."""
     if not is_main_process():
         return
-    target, staging = run_dir / ADAPTER_DIR, run_dir / f".{ADAPTER_DIR}.tmp"
+    target, staging = run_dir / folder, run_dir / f".{folder}.tmp"
     remove_path(staging)
     try:
         model.save_pretrained(str(staging))
@@ -348,6 +410,60 @@ def save_adapter(model, run_dir: Path) -> None:
         raise OutputError(f"{run_dir}: cannot write the adapter ({error.strerror or error})") from None
     remove_path(target)
     staging.rename(target)
+
+
+def candidate_steps(trained: TrainResult) -> dict[str, tuple[int, float | None]]:
+    """(step, val WER) of the best and the last adapter."""
+    state = trained.state
+    last_val = next((row["val_wer"] for row in reversed(state.intervals) if row["step"] == state.step), None)
+    return {"best": (state.best_step, state.best_wer), "last": (state.step, last_val)}
+
+
+def save_candidates(model, trained: TrainResult, run_dir: Path, select: str) -> None:
+    """Keep both adapters (adapter-best/, adapter-last/) and the selected one as adapter/; leave
+    the selected one loaded."""
+    adapters = {"best": trained.best_adapter, "last": trained.last_adapter}
+    for name, adapter in adapters.items():
+        set_peft_model_state_dict(model, adapter)
+        save_adapter(model, run_dir, CANDIDATE_ADAPTER_DIRS[name])
+    set_peft_model_state_dict(model, adapters[select])
+    save_adapter(model, run_dir)
+
+
+def score_candidates(loaded: LoadedModel, data: RunData, trained: TrainResult, baseline: dict[str, EvalResult],
+                     tuned: dict[str, EvalResult], config: ExperimentConfig, run_dir: Path,
+                     progress: bool) -> dict[str, Candidate]:
+    """Both adapters on the main manifest with CIs: the selected one is the tuned score; the other
+    is decoded (or reused when its tensors equal the selected one's, or it is the identity)."""
+    other = "last" if config.select == "best" else "best"
+    adapters = {"best": trained.best_adapter, "last": trained.last_adapter}
+    steps = candidate_steps(trained)
+    results = {config.select: tuned["main"]}
+    same = all(torch.equal(adapters["best"][k], adapters["last"][k]) for k in adapters["best"])
+    set_peft_model_state_dict(loaded.model, adapters[other])
+    if same:
+        results[other] = tuned["main"]
+    elif lora_is_identity(loaded.model):
+        results[other] = baseline["main"]
+    else:
+        results[other] = evaluate_sets(loaded, {"main": data.eval_sets["main"]}, config,
+                                       run_dir / CANDIDATE_SCORE_DIRS[other], progress, f"{other} adapter")["main"]
+    set_peft_model_state_dict(loaded.model, adapters[config.select])
+    candidates = {}
+    for name in CANDIDATES:
+        comparison = compare({"main": baseline["main"]}, {"main": results[name]}, config.bootstrap_resamples,
+                             config.train.seed)["main"]
+        candidates[name] = Candidate(step=steps[name][0], val_wer=steps[name][1],
+                                     adapter_dir=CANDIDATE_ADAPTER_DIRS[name], main=eval_summary(results[name]),
+                                     comparison=comparison, selected=name == config.select)
+    return candidates
+
+
+def candidates_note(candidates: dict[str, Candidate]) -> str:
+    parts = [f"{name} (step {c.step}{', selected' if c.selected else ''}) main WER {c.main.wer:.4f}, delta "
+             f"{c.comparison.delta:+.4f} [{c.comparison.ci_low:+.4f}, {c.comparison.ci_high:+.4f}]"
+             for name, c in candidates.items()]
+    return "adapters: " + "; ".join(parts)
 
 
 # --- export parity -------------------------------------------------------------------------------------------
@@ -417,6 +533,12 @@ class RunSession:
         say(line)
         self.record.notes.append(line)
 
+    def note_checklist(self, items: dict) -> None:
+        """Record checklist items; warnings become notes."""
+        self.record.checklist.update(items)
+        for line in checklist.warnings(items):
+            self.note(line)
+
     def finish(self) -> None:
         leg = self.record.legs[-1] if self.record.legs else None
         seconds = time.perf_counter() - self.started
@@ -432,8 +554,12 @@ class RunSession:
                 self.start.lock.release()
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True) -> RunRecord:
-    """Run the whole protocol; returns the run record also written to experiment_metrics.json."""
+def run_experiment(config: ExperimentConfig, progress: bool = True,
+                   baseline_store: BaselineStore | None = None) -> RunRecord:
+    """Run the whole protocol; returns the run record also written to experiment_metrics.json.
+
+    `baseline_store` (sweeps) shares baseline scores between runs measured under one contract.
+    """
     earlier = validate_run_dir(config) if is_main_process() else None
     data = load_run_data(config)  # bad manifests fail here, before the folder is touched
     session = RunSession(start_run(config, earlier))
@@ -443,11 +569,14 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> RunRecord
         record.data = data.report
         for line in data_notes(data.report):
             session.note(line)
+        session.note_checklist(data.checklist)
         loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype)
         require_torch(loaded, "training")
         record.provenance = {**provenance(), "model_sha256": loaded.weights_sha256}
         session.save(phase="baseline")
-        baseline = baseline_results(loaded, data, config, run_dir, progress)
+        baseline = baseline_results(loaded, data, config, run_dir, progress, baseline_store)
+        session.note_checklist({"headroom": checklist.headroom(baseline["main"].corpus.wer),
+                                "sufficiency": checklist.sufficiency(len(data.train))})
         loaded.model = attach_lora(loaded.model, config.lora, config.train.seed)
         session.save(baseline={name: eval_summary(r) for name, r in baseline.items()},
                      lora=trainable_summary(loaded.model), phase="training")
@@ -464,12 +593,14 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> RunRecord
                         make_evaluator(loaded, data, baseline, config, progress), run_dir, checkpoint=checkpoint,
                         progress=progress, log=log, on_checkpoint=on_checkpoint, device=config.decode.device)
         state = trained.state
-        save_adapter(loaded.model, run_dir)
+        save_candidates(loaded.model, trained, run_dir, config.select)
         training = training_summary(state, loaded.model, len(data.train), processes)
         session.save(training=training, phase="tuned")
         tuned = evaluate_sets(loaded, data.eval_sets, config, run_dir / TUNED_DIR, progress, "tuned")
         record.tuned = {name: eval_summary(r) for name, r in tuned.items()}
         record.comparisons = compare(baseline, tuned, config.bootstrap_resamples, config.train.seed)
+        record.candidates = score_candidates(loaded, data, trained, baseline, tuned, config, run_dir, progress)
+        session.note(candidates_note(record.candidates))
         note = best_step_zero_note(training)
         if note:
             session.note(note)

@@ -35,7 +35,10 @@ from moonlora.outputs import write_json
 SCHEMA_VERSION = 2
 CONFIG_FILE = "experiment_config.json"
 METRICS_FILE = "experiment_metrics.json"
-ADAPTER_DIR = "adapter"
+ADAPTER_DIR = "adapter"  # the selected adapter (--select best|last)
+CANDIDATES = ("best", "last")
+CANDIDATE_ADAPTER_DIRS = {"best": "adapter-best", "last": "adapter-last"}  # both are always kept
+CANDIDATE_SCORE_DIRS = {"best": "tuned-best", "last": "tuned-last"}  # the other candidate's main-manifest score
 BASELINE_DIR = "baseline"
 TUNED_DIR = "tuned"
 TENSORBOARD_DIR = "tensorboard"
@@ -45,7 +48,7 @@ LOCK_FILE = ".moonlora.lock"
 RUN_KIND = "run"
 # What --overwrite may remove (the lock file stays: another process may be waiting on it).
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, ADAPTER_DIR, BASELINE_DIR, TUNED_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR,
-               EXPORT_DIR)
+               EXPORT_DIR, *CANDIDATE_ADAPTER_DIRS.values(), *CANDIDATE_SCORE_DIRS.values())
 RUN_CONTROL_FIELDS = ("resume", "overwrite")  # how to run, not what: may differ on resume
 FINISHED = ("success", "stopped_early")
 # Phases in order; a run that failed in one of the first two never trained.
@@ -137,6 +140,19 @@ class TrainingSummary:
 
 
 @dataclass
+class Candidate:
+    """One of the two adapters every run keeps and scores on the main manifest (the plan's H2:
+    the best-val adapter hides an overfitting trend that the last one shows)."""
+
+    step: int
+    val_wer: float | None
+    adapter_dir: str  # relative to the run folder
+    main: EvalSummary
+    comparison: Comparison  # against the baseline, paired bootstrap
+    selected: bool  # this one is adapter/ and the run's tuned scores
+
+
+@dataclass
 class Leg:
     """One process's part of a run (a resumed run has several)."""
 
@@ -171,6 +187,8 @@ class RunRecord:
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     training: TrainingSummary | None = None
     export_parity: dict | None = None  # experiment --export: the shipped model scored against the torch one
+    candidates: dict[str, Candidate] = field(default_factory=dict)  # "best" and "last"
+    checklist: dict = field(default_factory=dict)  # the plan's checklist: val split, leakage, headroom, sufficiency
     notes: list[str] = field(default_factory=list)  # one-line findings for the console and the reports
     wall_seconds: float = 0.0
     traceback: str | None = None
@@ -203,6 +221,9 @@ class RunRecord:
                 values[side] = {name: EvalSummary(**s) for name, s in (data.get(side) or {}).items()}
             values["comparisons"] = {name: Comparison(**c) for name, c in (data.get("comparisons") or {}).items()}
             values["training"] = TrainingSummary(**data["training"]) if data.get("training") else None
+            values["candidates"] = {name: Candidate(**{**c, "main": EvalSummary(**c["main"]),
+                                                       "comparison": Comparison(**c["comparison"])})
+                                    for name, c in (data.get("candidates") or {}).items()}
             return cls(**values)
         except (TypeError, KeyError, AttributeError) as error:
             raise RunRecordError(f"{source}: does not match the run record schema ({error})") from None
