@@ -19,7 +19,7 @@ from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderMod
 
 from moonlora.configs import DecodeConfig
 from moonlora.device import DTYPES
-from moonlora.encoder import encode_exact
+from moonlora.encoder import encode_batched_exact, encode_exact
 
 
 class PerClipTokenCap(LogitsProcessor):
@@ -65,6 +65,23 @@ def _strip_special(ids: list[int], special: set[int]) -> list[int]:
     return [token for token in ids if token not in special]
 
 
+def encoder_mode(config: DecodeConfig, model) -> str:
+    """"per-clip" or "batched": DecodeConfig.encoder, with "auto" resolved by the model's device.
+
+    Both give the same states (<= 1e-4) and transcripts; only speed differs. On 2 CPU cores
+    per-clip encoding is faster (docs/benchmarks.md, eval speed); on an accelerator one pass
+    per batch keeps the device busy (benchmarks/gpu_check.py measures both).
+    """
+    if config.encoder != "auto":
+        return config.encoder
+    return "per-clip" if next(model.parameters()).device.type == "cpu" else "batched"
+
+
+def encode_for_decoding(model, feature_extractor, waveforms: list[np.ndarray], config: DecodeConfig):
+    encode = encode_batched_exact if encoder_mode(config, model) == "batched" else encode_exact
+    return encode(model, feature_extractor, waveforms, DTYPES[config.dtype])
+
+
 def decode_batch(model, feature_extractor, tokenizer, waveforms: list[np.ndarray], config: DecodeConfig) -> list[DecodedClip]:
     """Transcribe one batch of 16 kHz waveforms with `model.generate` (adapter-aware)."""
     caps = [config.token_cap(len(w) / feature_extractor.sampling_rate) for w in waveforms]
@@ -73,7 +90,7 @@ def decode_batch(model, feature_extractor, tokenizer, waveforms: list[np.ndarray
     eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
     cap = PerClipTokenCap(caps, eos_id, prompt_length=1, num_beams=config.num_beams)
     with torch.inference_mode():
-        states, mask = encode_exact(model, feature_extractor, waveforms, DTYPES[config.dtype])
+        states, mask = encode_for_decoding(model, feature_extractor, waveforms, config)
         sequences = model.generate(
             encoder_outputs=MoonshineEncoderModelOutput(last_hidden_state=states, attention_mask=mask),
             attention_mask=mask,  # only tells generate the batch is padded; the encoder is not rerun
