@@ -66,3 +66,27 @@ def interleaved(paths: dict[str, Callable[[], dict]], repeats: int) -> dict[str,
 def median_spread(values: list[float]) -> dict:
     """Median, min and max of repeated measurements."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": list(values)}
+
+
+def current_rss_mib() -> float:
+    """Resident memory of this process now (MiB); 0 where /proc is unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc), so the next section's peak RSS
+    starts from what is really still in use, not from what an earlier section left cached."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -1,14 +1,25 @@
-"""Training speed: moonlora's LoRA loop vs the Hugging Face Seq2SeqTrainer + PEFT recipe, one run.
+"""Training speed: moonlora's LoRA loop vs the Hugging Face Seq2SeqTrainer + PEFT recipe.
 
-Same model (bundled:base-en), same LoRA config (r 8, alpha 16, dropout 0.05 on
-q/k/v/o/fc1/fc2), same batch size, learning rate and clips (synthetic ATC train voices), same
-number of optimizer steps; no evaluation or checkpoint inside the timed part of either.
+Same model (bundled:base-en), same LoRA settings (r 8, alpha 16, dropout 0.05), same batch size,
+learning rate and clips (synthetic ATC train voices), same number of optimizer steps; no
+evaluation or checkpoint inside the timed part of any path.
 
-  peer   Seq2SeqTrainer over a Dataset of (input_values, labels), the feature extractor padding
-         each batch (the recipe of the Hugging Face speech fine-tuning guides)
-  ours   moonlora.train.train (per-clip exact encoding, data stream, Accelerate)
+  peer          Seq2SeqTrainer over a list of (input_values, text), the feature extractor padding
+                each batch (the recipe of the Hugging Face speech fine-tuning guides)
+  peer grouped  the same with train_sampling_strategy="group_by_length" (`group_by_length=True`
+                before transformers 5): batches of similar lengths, HF's standard padding fix
+  ours          moonlora.train.train (per-clip exact encoding, stem cache, data stream, Accelerate)
 
-    uv run python benchmarks/train_speed.py [--steps 12] [--batch-size 8] [--threads 2] [--length-spread] [--repeats 2]
+All-stack paths adapt q/k/v/o/fc1/fc2 everywhere (`--target-modules all`, the default) and run
+--steps steps. The decoder-only paths (`--target-modules decoder`: ours with its encoder-output
+cache, and the better peer with the same targets) run --decoder-steps steps, a whole run's worth
+(the demo: 30 steps of batch 8 over ~80 clips), because the cache pays from a clip's second draw.
+
+Each path runs --repeats times, interleaved (a, b, c, a, b, c, ...); medians and min-max are
+reported, with each run's peak RSS (in-process: freed memory is handed back and the peak reset
+before each run) and the machine load (runs taken while it exceeded the core count are marked).
+
+    uv run python benchmarks/train_speed.py [--steps 6] [--decoder-steps 30] [--repeats 3] [--length-spread]
 
 --length-spread joins 1-4 utterances per clip (about 3-25 s, like the experiment plan's
 manifests, mean 7-13 s) instead of single utterances (3-8 s).
@@ -17,11 +28,13 @@ manifests, mean 7-13 s) instead of single utterances (3-8 s).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
-import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,18 +47,34 @@ from moonlora.model import load_model
 from moonlora.synth.build import build_domain
 from moonlora.train import IntervalEval, TrainStream, label_ids, train
 
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import current_rss_mib, interleaved, median_spread, peak_rss_mib, print_load, release_memory, reset_peak_rss  # noqa: E402
 
-def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path) -> float:
+ALL, DECODER = LoraSettings(), LoraSettings(target_modules=("decoder",))
+
+
+def grouped_sampling() -> dict:
+    """The group-by-length switch under this transformers version's name for it."""
+    from transformers import Seq2SeqTrainingArguments
+
+    names = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
+    return {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names else {"group_by_length": True}
+
+
+def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path, lora: LoraSettings,
+                 group_by_length: bool) -> float:
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     loaded = load_model(device="cpu")
-    model = attach_lora(loaded.model, LoraSettings(), seed)
+    model = attach_lora(loaded.model, lora, seed)
     fe, tok = loaded.feature_extractor, loaded.tokenizer
     eos = model.config.eos_token_id
-    rows = [{"audio": load_audio(u.audio_filepath), "text": u.text} for u in clips]
+    # The length-grouped sampler reads each row's length as len(row[processing_class.model_input_names[0]]),
+    # i.e. the audio samples of "input_values" (no length column needed for a plain list).
+    rows = [{"input_values": load_audio(u.audio_filepath), "text": u.text} for u in clips]
 
     def collate(batch):
-        inputs = fe([b["audio"] for b in batch], sampling_rate=16000, return_tensors="pt", padding=True,
+        inputs = fe([b["input_values"] for b in batch], sampling_rate=16000, return_tensors="pt", padding=True,
                     return_attention_mask=True)
         return {"input_values": inputs["input_values"], "attention_mask": inputs["attention_mask"],
                 "labels": label_ids(tok, [b["text"] for b in batch], eos)}
@@ -55,21 +84,36 @@ def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work:
         max_steps=steps, learning_rate=lr, warmup_steps=0, lr_scheduler_type="linear", max_grad_norm=1.0,
         logging_steps=10_000, save_strategy="no", report_to=[], seed=seed, dataloader_num_workers=0,
         remove_unused_columns=False, use_cpu=True, disable_tqdm=True,
+        **(grouped_sampling() if group_by_length else {}),
     )
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, data_collator=collate, processing_class=fe)
     started = time.perf_counter()
     trainer.train()
     return time.perf_counter() - started
 
 
-def ours(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path) -> float:
+def ours(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path, lora: LoraSettings) -> float:
     loaded = load_model(device="cpu")
-    loaded.model = attach_lora(loaded.model, LoraSettings(), seed)
+    loaded.model = attach_lora(loaded.model, lora, seed)
     config = TrainConfig(max_steps=steps, learning_rate=lr, batch_size=batch_size, grad_accum=1,
                          eval_interval=steps, seed=seed, mixed_precision="no")
     state = train(loaded, TrainStream(clips, [], config), config, AudioConfig(),
                   evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "ours", progress=False).state
     return state.train_seconds  # training steps only: no evaluation, no checkpoint save
+
+
+def measured(run: Callable[[], float], samples: int) -> Callable[[], dict]:
+    """A path that reports its seconds, samples/s and peak RSS (MiB, reset just before it)."""
+
+    def path() -> dict:
+        release_memory()
+        start_rss = current_rss_mib()
+        reset_peak_rss()
+        seconds = run()
+        return {"seconds": seconds, "samples_per_second": samples / seconds, "peak_rss_mib": peak_rss_mib(),
+                "start_rss_mib": start_rss}
+
+    return path
 
 
 def spread_lengths(clips, work: Path, seed: int = 0):
@@ -94,16 +138,82 @@ def spread_lengths(clips, work: Path, seed: int = 0):
     return load_manifest(write_manifest(rows, work / "spread.jsonl")).utterances
 
 
+def build_paths(clips, args, work: Path) -> dict[str, tuple[Callable[[], dict], str]]:
+    """name -> (measured path, group); a group's paths run the same steps and are compared together."""
+    common = (args.batch_size, args.learning_rate, 0)
+    all_samples, decoder_samples = args.steps * args.batch_size, args.decoder_steps * args.batch_size
+    counter = iter(range(10**6))
+
+    def folder() -> Path:
+        return work / f"run{next(counter)}"
+
+    def peer(steps, lora, grouped):
+        return lambda: peer_trainer(clips, steps, *common, folder(), lora, grouped)
+
+    def our(steps, lora):
+        return lambda: ours(clips, steps, *common, folder(), lora)
+
+    paths = {
+        "peer: Seq2SeqTrainer + PEFT": (measured(peer(args.steps, ALL, False), all_samples), "all"),
+        "peer: Seq2SeqTrainer + PEFT, group_by_length": (measured(peer(args.steps, ALL, True), all_samples), "all"),
+        "ours: moonlora.train": (measured(our(args.steps, ALL), all_samples), "all"),
+    }
+    if args.decoder_steps > 0:
+        paths["peer: Seq2SeqTrainer + PEFT, group_by_length, decoder targets"] = (
+            measured(peer(args.decoder_steps, DECODER, True), decoder_samples), "decoder")
+        paths["ours: moonlora.train --target-modules decoder"] = (
+            measured(our(args.decoder_steps, DECODER), decoder_samples), "decoder")
+    return paths
+
+
+def summarize(runs: dict[str, list[dict]], groups: dict[str, str]) -> dict:
+    """Medians and spreads per path, each path's speed against the best all-stack peer and against
+    the best peer of its own group (same targets, same steps)."""
+    table = {}
+    for name, rows in runs.items():
+        table[name] = {"group": groups[name],
+                       "seconds": median_spread([r["seconds"] for r in rows]),
+                       "samples_per_second": median_spread([r["samples_per_second"] for r in rows]),
+                       "peak_rss_mib": median_spread([r["peak_rss_mib"] for r in rows]),
+                       "start_rss_mib": [r["start_rss_mib"] for r in rows],
+                       "load1": [r["load1"] for r in rows], "busy": any(r["busy"] for r in rows)}
+
+    def best_peer(group: str) -> float:
+        return max(row["samples_per_second"]["median"] for name, row in table.items()
+                   if name.startswith("peer") and row["group"] == group)
+
+    for row in table.values():
+        rate = row["samples_per_second"]["median"]
+        row["speed_vs_best_all_stack_peer"] = rate / best_peer("all")
+        row["speed_vs_best_peer_same_targets"] = rate / best_peer(row["group"])
+    return table
+
+
+def print_table(table: dict) -> None:
+    print("| trainer | steps group | median seconds (min-max) | samples/s | vs best all-stack peer | "
+          "vs best peer, same targets | peak RSS MiB (min-max) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, row in table.items():
+        seconds, rss = row["seconds"], row["peak_rss_mib"]
+        busy = " (BUSY)" if row["busy"] else ""
+        print(f"| {name}{busy} | {row['group']} | {seconds['median']:.1f} ({seconds['min']:.1f}-{seconds['max']:.1f}) | "
+              f"{row['samples_per_second']['median']:.2f} | {row['speed_vs_best_all_stack_peer']:.2f}x | "
+              f"{row['speed_vs_best_peer_same_targets']:.2f}x | {rss['median']:.0f} ({rss['min']:.0f}-{rss['max']:.0f}) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps of the all-stack paths")
+    parser.add_argument("--decoder-steps", type=int, default=30, help="steps of the decoder-only paths (0: skip them)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--length-spread", action="store_true", help="clips of 1-4 joined utterances")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per trainer; medians reported")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per path; medians reported")
+    parser.add_argument("--only", nargs="*", default=None, help="run only paths whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON results (default: next to this script)")
     args = parser.parse_args()
+    load_at_start = print_load("start")
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="moonlora-train-bench-"))
     synth = build_domain("atc", n=120 if not args.length_spread else 300, seed=1, out_dir=work / "atc", progress=False)
@@ -112,28 +222,23 @@ def main() -> None:
         clips = spread_lengths(clips, work)
     durations = sorted(u.duration for u in clips)
     out = args.out or str(Path(__file__).with_name("train_speed_spread.json" if args.length_spread else "train_speed.json"))
-    samples = args.steps * args.batch_size
-    trainers = {"peer: Seq2SeqTrainer + PEFT": peer_trainer, "ours: moonlora.train": ours}
-    runs: dict[str, list[float]] = {name: [] for name in trainers}
-    for repeat in range(args.repeats):  # interleaved, so a slow spell of the machine hits both
-        for name, trainer in trainers.items():
-            runs[name].append(trainer(clips, args.steps, args.batch_size, args.learning_rate, 0, work / str(repeat)))
-    timings = {name: statistics.median(seconds) for name, seconds in runs.items()}
-    peer_seconds = timings["peer: Seq2SeqTrainer + PEFT"]
-    table = {name: {"seconds": s, "all_seconds": runs[name], "samples_per_second": samples / s,
-                    "speedup_vs_peer": peer_seconds / s} for name, s in timings.items()}
-    report = {"steps": args.steps, "batch_size": args.batch_size, "clips": len(clips), "threads": args.threads,
+    paths = build_paths(clips, args, work)
+    if args.only:
+        paths = {name: path for name, path in paths.items() if any(part in name for part in args.only)}
+    runs = interleaved({name: path for name, (path, _) in paths.items()}, args.repeats)
+    table = summarize(runs, {name: group for name, (_, group) in paths.items()})
+    load_at_end = print_load("end")
+    report = {"steps": args.steps, "decoder_steps": args.decoder_steps, "batch_size": args.batch_size,
+              "repeats": args.repeats, "clips": len(clips), "threads": args.threads,
               "clip_seconds_min_mean_max": [durations[0], sum(durations) / len(durations), durations[-1]],
-              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "results": table}
+              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "load_at_start": load_at_start, "load_at_end": load_at_end, "results": table}
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{args.steps} steps x batch {args.batch_size}, {len(clips)} clips "
-          f"({durations[0]:.1f}-{durations[-1]:.1f} s, mean {sum(durations) / len(durations):.1f} s), "
-          f"{args.threads} threads, bundled:base-en\n")
-    print("| trainer | median seconds (runs) | samples/s | speed vs peer |")
-    print("| --- | --- | --- | --- |")
-    for name, row in table.items():
-        each = ", ".join(f"{x:.1f}" for x in row["all_seconds"])
-        print(f"| {name} | {row['seconds']:.1f} ({each}) | {row['samples_per_second']:.2f} | {row['speedup_vs_peer']:.2f}x |")
+    print(f"\nall-stack paths {args.steps} steps, decoder-only paths {args.decoder_steps} steps, x batch "
+          f"{args.batch_size}; {len(clips)} clips ({durations[0]:.1f}-{durations[-1]:.1f} s, mean "
+          f"{sum(durations) / len(durations):.1f} s), {args.threads} threads, bundled:base-en, "
+          f"{args.repeats} interleaved repeats\n")
+    print_table(table)
 
 
 if __name__ == "__main__":
