@@ -87,11 +87,12 @@ def test_every_flag_has_help_and_shows_its_default():
     for name, sub in {"": parser, **subparsers(parser)}.items():
         text = sub.format_help()
         for action in sub._actions:
-            if action.default is argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                 continue
             assert action.help, f"moonlora {name} {action.option_strings or action.dest}: no help line"
         shown = len(re.findall(r"\((default: [^)]*|required)\)", " ".join(text.split())))
-        flags = [a for a in sub._actions if a.option_strings and a.default is not argparse.SUPPRESS]
+        # sweep's shared flags (default SUPPRESS) say in their help that the experiment's default applies
+        flags = [a for a in sub._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
         assert shown == len(flags), f"moonlora {name} --help: {shown} defaults shown for {len(flags)} flags"
 
 

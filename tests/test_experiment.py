@@ -1,7 +1,9 @@
 """The experiment runner end to end on the tiny model: artifacts, refusal, exact resume."""
 
 import json
+import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, Train
 from moonlora.experiment import run_experiment
 from moonlora.outputs import OutputExists
 
-# The seed plan's Test Matrix, verbatim (program name aside).
+# Every experiment command line of the seed plan (its Test Matrix and headroom runs), verbatim (program name aside).
 PLAN_COMMANDS = [
     "--output-dir outputs/experiment_h1_20260218 --max-steps 200 --learning-rate 1e-5 --eval-interval 50 --dataset-path data/train_manifest.jsonl --manifest-path data/heldout_manifest.jsonl --seed 42",
     "--output-dir outputs/experiment_h2_20260218 --max-steps 2000 --learning-rate 1e-4 --eval-interval 200 --dataset-path data/train_manifest.jsonl --manifest-path data/heldout_manifest.jsonl --seed 42 --wer-stop-threshold 1.1",
@@ -21,6 +23,10 @@ PLAN_COMMANDS = [
     "--output-dir outputs/experiment_h4_20260218 --max-steps 200 --learning-rate 1e-4 --eval-interval 50 --dataset-path data/train_manifest.jsonl --manifest-path data/test_manifest.jsonl --seed 42",
     "--output-dir outputs/experiment_h1_expanded_20260218 --max-steps 200 --learning-rate 1e-5 --eval-interval 50 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/heldout_manifest.jsonl --max-seconds 20 --seed 42",
     "--output-dir outputs/experiment_h2_expanded_20260218 --max-steps 2000 --learning-rate 1e-4 --eval-interval 200 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/heldout_manifest.jsonl --max-seconds 20 --seed 42 --wer-stop-threshold 1.1",
+    "--output-dir outputs/experiment_h3_lr1e4_expanded_20260218 --max-steps 200 --learning-rate 1e-4 --eval-interval 50 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/heldout_manifest.jsonl --max-seconds 20 --seed 42",
+    "--output-dir outputs/experiment_h3_lr3e4_expanded_20260218 --max-steps 200 --learning-rate 3e-4 --eval-interval 50 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/heldout_manifest.jsonl --max-seconds 20 --seed 42",
+    "--output-dir outputs/experiment_h4_domain_expanded_20260218 --max-steps 200 --learning-rate 1e-4 --eval-interval 50 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/domain_manifest.jsonl --max-seconds 20 --seed 42",
+    "--output-dir outputs/experiment_headroom_heldout_20260218 --max-steps 100 --learning-rate 1e-4 --eval-interval 50 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/heldout_manifest.jsonl --max-seconds 20 --seed 42",
     "--output-dir outputs/experiment_headroom_domain_20260218 --max-steps 100 --learning-rate 1e-4 --eval-interval 50 --dataset-path data/train_manifest_expanded.jsonl --manifest-path data/domain_manifest.jsonl --max-seconds 20 --seed 42",
 ]
 
@@ -107,6 +113,14 @@ def test_resume_refuses_changed_settings(tiny_model_dir, data, tmp_path):
     changed = dataclasses.replace(config, resume=True, train=dataclasses.replace(config.train, learning_rate=1e-3))
     with pytest.raises(ValueError, match="learning_rate"):
         run_experiment(changed, progress=False)
+
+
+def test_the_list_holds_every_command_line_of_the_plan():
+    plan = Path(__file__).resolve().parents[2] / "shared" / "seed" / "experiment_plan.md"
+    if not plan.is_file():
+        pytest.skip("the seed plan lives beside the repository on the development machines only")
+    found = re.findall(r"uv run python src/lora/runners/experiment\.py ([^|`]+?)\s*[|`]", plan.read_text())
+    assert len(PLAN_COMMANDS) == 12 and set(PLAN_COMMANDS) == {line.strip() for line in found}
 
 
 def test_plan_command_lines_parse_unchanged():

@@ -103,7 +103,7 @@ def test_bad_export_sources_are_one_line_errors(tiny_model_dir, tmp_path, capsys
         export(tmp_path, tmp_path / "out")
     data = {"train": tone_set(tmp_path / "d", "train", 12), "main": tone_set(tmp_path / "d", "main", 4, seed0=50)}
     broken = ExperimentConfig(output_dir=str(tmp_path / "failed"), dataset_path=str(data["train"]),
-                              manifest_path=str(data["main"]), model=str(tmp_path / "no-model"))
+                              manifest_path=str(data["main"]), model=str(tmp_path / "no-model"), min_val_clips=1)
     with pytest.raises(Exception):
         run_experiment(dataclasses.replace(broken), progress=False)
     assert main(["export", str(tmp_path / "failed"), "--out", str(tmp_path / "o")]) == 2

@@ -41,8 +41,9 @@ def test_demo_command_runs_as_a_user_would(tmp_path):
     assert next(r for r in canary_rows if r["speaker"] == "beckett")["wer"] <= 0.10
     assert [row["step"] for row in metrics["training"]["losses"]] == [1, 2]
     decision = json.loads((out / "decision.json").read_text())
-    assert {v["criterion"] for v in decision["verdicts"]} == {"primary", "secondary", "sanity", "reproducibility",
-                                                              "export parity"}
+    assert {v["criterion"] for v in decision["verdicts"]} == {"primary", "secondary", "H3 (within band)", "sanity",
+                                                              "reproducibility", "export parity"}
+    assert set(metrics["candidates"]) == {"best", "last"} and metrics["checklist"]["leakage"]["found"] == []
     parity = metrics["export_parity"]  # the shipped int8 graphs, scored against the torch model
     assert parity["runtime"] == {"name": "onnxruntime", "precision": "int8"}
     assert set(parity["sets"]) == {"main", "canary"}

@@ -82,7 +82,8 @@ def test_step_zero_reuses_the_baseline_and_timing_excludes_evaluations(tiny_mode
     monkeypatch.setattr(experiment_module, "evaluate_sets", slow_evaluate_sets)
     record = run_experiment(config_for(tiny_model_dir, data, tmp_path / "t", max_steps=4, eval_interval=2),
                             progress=False)
-    assert labels == ["baseline", "step 2", "step 4", "tuned"]  # no decoding at step 0
+    assert labels[:4] == ["baseline", "step 2", "step 4", "tuned"]  # no decoding at step 0
+    assert labels[4:] == ([] if record.training.best_step == 4 else ["last adapter"])  # the other candidate
     zero = record.training.intervals[0]
     assert zero["step"] == 0 and zero["val_wer"] == record.baseline["val"].wer and zero["lora_delta_norm"] == 0
     assert record.training.interval_eval_seconds >= 2.0

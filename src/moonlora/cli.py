@@ -18,8 +18,8 @@ from pathlib import Path
 
 from moonlora.audio import AudioConfig, AudioError
 from moonlora.augment import BANDS, NOISE_COLORS, AugmentConfig
-from moonlora.configs import (DTYPE_NAMES, DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings, TrainConfig,
-                              TranscribeConfig, default_of)
+from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings,
+                              TrainConfig, TranscribeConfig, default_of)
 from moonlora.compare import DEFAULT_MARGIN, DEFAULT_TOP, CompareError
 from moonlora.contract import ContractMismatch
 from moonlora.decide import DecideConfig
@@ -37,7 +37,7 @@ USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, Ou
 
 EXIT_CODES = (
     (0, "success"),
-    (1, "`decide`: the verdict is FAIL; `compare`: B is not non-inferior to A within --margin; "
+    (1, "`decide`: the verdict is FAIL; `sweep`: a group's verdict is FAIL or a run did not finish; `compare`: B is not non-inferior to A within --margin; "
         "`diagnose`: a manifest could not be loaded"),
     (2, "a user error (bad value, missing or unreadable input, an output that would replace earlier results): "
         "one line on stderr"),
@@ -80,8 +80,9 @@ class TopHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 def add_command(commands, name: str, summary: str, details: str, handler) -> argparse.ArgumentParser:
     """A subcommand: `summary` in `moonlora --help`, summary and details in `moonlora NAME --help`."""
+    # No abbreviated flags: commands compare the flags a user gave with a run's settings by name.
     parser = commands.add_parser(name, help=summary, description=f"{summary[:1].upper()}{summary[1:]}. {details}",
-                                 formatter_class=HelpFormatter)
+                                 formatter_class=HelpFormatter, allow_abbrev=False)
     parser.set_defaults(handler=handler)
     return parser
 
@@ -99,7 +100,14 @@ def add_decode_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="1 = greedy search")
     parser.add_argument("--device", default=defaults.device, help=DEVICE_HELP)
     parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPE_NAMES, help="model weights and inputs")
+    add_encoder_arg(parser)
     add_rms_arg(parser)
+
+
+def add_encoder_arg(parser) -> None:
+    parser.add_argument("--encoder", default=DecodeConfig().encoder, choices=ENCODER_MODES,
+                        help="how clips are encoded: each on its own, or one exact padded pass per batch (same "
+                             "transcripts, a speed setting); auto = per-clip on CPU, batched on a GPU")
 
 
 def add_rms_arg(parser: argparse.ArgumentParser) -> None:
@@ -130,14 +138,15 @@ def quiet_model_logs(args: argparse.Namespace) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from moonlora.transcribe import check_output, print_summary, run_transcribe
+    from moonlora.transcribe import check_output, print_summary, run_transcribe, with_run_settings
 
     config = TranscribeConfig(
         manifest=args.manifest, model=args.model, adapter=args.adapter, output_dir=args.output_dir,
         overwrite=args.overwrite, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
         decode=DecodeConfig(num_beams=args.num_beams, batch_size=args.batch_size, device=args.device,
-                            dtype=args.dtype),
+                            dtype=args.dtype, encoder=args.encoder),
     )
+    config = with_run_settings(config, args.given_flags)  # a run's adapter: the run's audio and decode settings
     config = replace(config, output_dir=str(check_output(config)))  # refused before torch loads
     quiet_model_logs(args)
     result, out_dir = run_transcribe(config, progress=not args.quiet)
@@ -182,7 +191,8 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                           target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())),
         audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
-        decode=DecodeConfig(batch_size=args.decode_batch_size, num_beams=args.num_beams, device=args.device),
+        decode=DecodeConfig(batch_size=args.decode_batch_size, num_beams=args.num_beams, device=args.device,
+                            encoder=args.encoder),
         resume=args.resume, overwrite=args.overwrite,
     )
 
@@ -201,6 +211,80 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if is_main_process():  # other ranks of a multi-process run stay quiet
         print_experiment(metrics)
     return 0
+
+
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    return dict((n, p) for n, _, p in _subcommands(build_parser()))[name]
+
+
+def shared_experiment_args(settings: dict, source: str) -> argparse.Namespace:
+    """Experiment flags as parsed arguments: the experiment's defaults, then `settings` (flag dest ->
+    value from a grid file or the command line), each converted by its flag's own type."""
+    parser = subcommand_parser("experiment")
+    args = parser.parse_args(["--output-dir", "-", "--dataset-path", "-", "--manifest-path", "-"])
+    args.dataset_path = args.manifest_path = None
+    actions = {action.dest: action for action in parser._actions}
+    aliases = {option.lstrip("-").replace("-", "_"): action.dest for action in parser._actions
+               for option in action.option_strings}  # batch_size -> train_batch_size
+    for key, value in settings.items():
+        dest = aliases.get(key, key)
+        action = actions.get(dest)
+        if action is None or dest in RUN_CONTROL or dest == "help":
+            raise ValueError(f"{source}: {key.replace('_', '-')}: not an experiment setting")
+        try:
+            if dest == "target_modules" and isinstance(value, list):
+                value = ",".join(value)
+            elif dest == "extra_manifest":
+                value = [str(v) for v in (value if isinstance(value, list) else [value])]
+            elif action.nargs == 0:
+                if not isinstance(value, bool):
+                    raise ValueError("give true or false")
+            elif action.type is not None and value is not None:
+                value = action.type(value)
+            if action.choices and value is not None and value not in action.choices:
+                raise ValueError(f"one of {', '.join(map(str, action.choices))}")
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: {dest.replace('_', '-')} = {value!r}: {error}") from None
+        setattr(args, dest, value)
+    return args
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from moonlora.sweep import GridFile, SweepConfig, load_grid, run_sweep, typed_axes
+
+    grid = load_grid(args.grid) if args.grid else GridFile(None, {}, {})
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("handler", "command", "quiet", "grid", "given_flags", *RUN_CONTROL)}
+    source = str(grid.path or "the command line")
+    shared = {**grid.experiment, **{k: v for k, v in given.items() if k not in SWEEP_AXES}}
+    axes = typed_axes({**grid.grid, **{k: v for k, v in given.items() if k in SWEEP_AXES}}, source)
+    base_args = shared_experiment_args(shared, source)
+    base_args.output_dir, base_args.resume, base_args.overwrite = args.output_dir, False, False
+    for required in ("dataset_path", "manifest_path"):
+        if getattr(base_args, required) is None and required not in axes:
+            raise ValueError(f"sweep needs --{required.replace('_', '-')} (a flag, or {required.replace('_', '-')} "
+                             "in the grid file's [experiment] table)")
+    if base_args.manifest_path is None:
+        base_args.manifest_path = str(axes["manifest_path"][0])
+    config = SweepConfig(output_dir=args.output_dir, base=experiment_config(base_args), axes=axes,
+                         grid_file=str(grid.path) if grid.path else None, resume=args.resume, overwrite=args.overwrite)
+    quiet_model_logs(args)
+    from moonlora.sweep import verdict_table
+
+    try:
+        result = run_sweep(config, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"moonlora: interrupted; continue the sweep with: moonlora sweep ... --output-dir {args.output_dir} "
+              "--resume", file=sys.stderr)
+        return 130
+    print(verdict_table(result))
+    failed = [row["name"] for row in result.state.runs if row["status"] not in ("success", "stopped_early")]
+    print(f"\nruns: {len(result.state.runs) - len(failed)}/{len(result.state.runs)} finished"
+          + (f" (not finished: {', '.join(failed)})" if failed else "")
+          + f"; baselines decoded {result.state.baselines['decoded']}, reused {result.state.baselines['reused']}; "
+          f"wall time {result.state.wall_seconds / 60:.1f} min\nsweep record: {result.out_dir / 'sweep.json'}"
+          + (f"\nTest Matrix: {result.report_markdown}\nHTML report: {result.report_html}" if result.report_markdown else ""))
+    return 0 if not failed and all(d.passed for d in result.decisions.values()) else 1
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
@@ -307,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--manifest", required=True, help="JSONL manifest (audio_filepath, text, ...)")
     add_model_args(transcribe, default_of(TranscribeConfig, "model"))
     transcribe.add_argument("--adapter", default=default_of(TranscribeConfig, "adapter"),
-                            help="a PEFT LoRA adapter folder to apply")
+                            help="a PEFT LoRA adapter folder to apply; a run's adapter (RUN/adapter, RUN/adapter-best, "
+                                 "RUN/adapter-last, or RUN itself) is scored under the run's model, audio and decode "
+                                 "settings, and a flag contradicting them is refused")
     transcribe.add_argument("--output-dir", default=default_of(TranscribeConfig, "output_dir"),
                             help="folder for transcripts.jsonl, summary.json, transcribe_config.json; "
                                  "none: outputs/transcribe/<manifest>-<time>")
@@ -331,6 +417,23 @@ def build_parser() -> argparse.ArgumentParser:
         "The experiment plan's runner: baseline, LoRA training with interval WER on a speaker-disjoint val split, "
         "WER- and canary-guarded early stop, best adapter restored, tuned WER with paired-bootstrap 95% CIs; "
         "exact resume from checkpoints.", cmd_experiment))
+
+    sweep = add_command(
+        commands, "sweep", "the plan's run matrix: a grid of experiments, shared baselines, verdicts per seed group",
+        "A grid over learning rates, steps, seeds, LoRA targets and ranks, and main manifests (a TOML file with "
+        "[experiment] and [grid] tables, or repeated axis flags) runs as one experiment per combination in "
+        "OUTPUT_DIR/runs/<what varies>. Finished runs are skipped, interrupted ones resumed, a failed one recorded "
+        "while the sweep goes on; each baseline is decoded once per (manifest, eval contract) and shared. At the "
+        "end: decide per group of runs that differ only by seed, and the report; sweep.json records it all.",
+        cmd_sweep)
+    sweep.add_argument("grid", nargs="?", default=None, metavar="GRID",
+                       help="TOML grid file; flags given on the command line override its values")
+    sweep.add_argument("--output-dir", required=True, help="the sweep folder (runs/, baselines/, sweep.json, reports)")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the sweep in --output-dir: finished runs skipped, unfinished ones resumed")
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="replace the sweep in --output-dir (only moonlora's files)")
+    add_experiment_args(SweepArguments(sweep))
 
     decide_cmd = add_command(commands, "decide", "the plan's decision criteria over run folders",
                              "Primary (CI excludes 0), secondary as non-inferiority per extra manifest and canary, "
@@ -440,6 +543,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SWEEP_AXES = ("learning_rate", "max_steps", "seed", "target_modules", "lora_r", "manifest_path")  # moonlora.sweep.AXES
+RUN_CONTROL = ("output_dir", "resume", "overwrite")
+
+
+class SweepArguments:
+    """`sweep` takes every experiment flag: an axis flag is repeatable (one run per value); any other
+    flag is a setting all runs share and shows no default of its own (the experiment's applies)."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+
+    def add_argument(self, *flags, **options):
+        dest = options.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        if dest in RUN_CONTROL:
+            return None
+        options.update(default=argparse.SUPPRESS, required=False)
+        if dest in SWEEP_AXES:
+            options.update(action="append", help=f"{options['help']}; an axis, repeatable: one run per value "
+                                                 "(default: the experiment's, one run)")
+        else:
+            options["help"] = f"{options['help']}; shared by every run (default: as in experiment)"
+        return self.parser.add_argument(*flags, **options)
+
+
 def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
     """The experiment plan's flags keep their names; the rest follow the config dataclasses."""
     train, lora, decode = TrainConfig(), LoraSettings(), DecodeConfig()
@@ -464,7 +591,10 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
     experiment.add_argument("--lora-alpha", type=float, default=lora.alpha, help="LoRA scaling numerator")
     experiment.add_argument("--lora-dropout", type=float, default=lora.dropout, help="dropout on the LoRA input")
     experiment.add_argument("--target-modules", default=",".join(lora.target_modules),
-                            help="comma-separated module names that get LoRA")
+                            help="comma-separated module names that get LoRA, or one preset: all (q/k/v/o_proj, fc1, "
+                                 "fc2 in encoder and decoder) or decoder (the same in the decoder only: the frozen "
+                                 "encoder's output is computed once per clip and cached; about 3x faster training and "
+                                 "less memory, but a higher WER on new voices, see docs/benchmarks.md)")
     experiment.add_argument("--train-batch-size", "--batch-size", dest="train_batch_size", type=int,
                             default=train.batch_size, help="training clips per micro-batch")
     experiment.add_argument("--grad-accum", type=int, default=train.grad_accum, help="micro-batches per update")
@@ -503,6 +633,7 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
                             help="clips per decode batch (baseline, interval and tuned WER)")
     experiment.add_argument("--num-beams", type=int, default=decode.num_beams, help="1 = greedy search")
     experiment.add_argument("--device", default=decode.device, help=DEVICE_HELP)
+    add_encoder_arg(experiment)
     add_rms_arg(experiment)
     experiment.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     experiment.add_argument("--overwrite", action="store_true",
@@ -530,9 +661,10 @@ def _flag_cell(action: argparse.Action) -> str:
 def _flag_table(parser: argparse.ArgumentParser) -> list[str]:
     rows = ["| flag | default | what it does |", "| --- | --- | --- |"]
     for action in parser._actions:
-        if action.default is argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
             continue  # -h/--help and the command slot
-        rows.append(f"| {_flag_cell(action)} | {_cell(default_text(action))} | {_cell(action.help)} |")
+        shown = "as in experiment" if action.default is argparse.SUPPRESS else default_text(action)
+        rows.append(f"| {_flag_cell(action)} | {_cell(shown)} | {_cell(action.help)} |")
     return rows
 
 
@@ -580,7 +712,9 @@ def _interrupt_on_sigterm():
 def main(argv: list[str] | None = None) -> int:
     previous = _interrupt_on_sigterm()
     try:
+        argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)
+        args.given_flags = {token.split("=")[0] for token in argv if token.startswith("--")}
         return args.handler(args)
     except USER_ERRORS as error:
         print(f"moonlora: error: {' '.join(str(error).splitlines())}", file=sys.stderr)

@@ -268,10 +268,11 @@ class BaselineStore:
 
     def __init__(self, folder: Path):
         self.folder, self.decoded, self.reused = Path(folder), 0, 0
+        self.decoded_by_manifest: dict[str, int] = {}
 
     def path(self, manifest: Manifest, contract: EvalContract) -> Path:
         stem = "".join(c if c.isalnum() else "-" for c in manifest.path.name)
-        return self.folder / f"{stem}-{contract.fingerprint()[:16]}"
+        return self.folder / f"{stem}-{contract.fingerprint[:16]}"
 
     def get(self, manifest: Manifest, contract: EvalContract) -> EvalResult | None:
         stored = read_eval(self.path(manifest, contract), manifest)
@@ -282,6 +283,7 @@ class BaselineStore:
 
     def put(self, manifest: Manifest, result: EvalResult) -> None:
         self.decoded += 1
+        self.decoded_by_manifest[str(manifest.path)] = self.decoded_by_manifest.get(str(manifest.path), 0) + 1
         if is_main_process():
             write_eval(result, self.path(manifest, result.contract))
 

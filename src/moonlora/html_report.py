@@ -16,8 +16,8 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from moonlora.report_tables import (MANIFEST_COLUMNS, MATRIX_COLUMNS, format_wer, manifest_cells, matrix_cells,
-                                    status_text)
+from moonlora.report_tables import (CANDIDATE_COLUMNS, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells, format_wer,
+                                    manifest_cells, matrix_cells, status_text)
 from moonlora.runfolder import BASELINE_DIR, TUNED_DIR, FoundRun, RunRecord, TrainingSummary, UnreadableRun
 
 TOP_CLIPS = 10
@@ -144,6 +144,9 @@ def interval_plot(record: RunRecord) -> Html | None:
         if isinstance(baseline, (int, float)) and (name == "val" or any("canary_wer" in r for r in intervals)):
             axes.axhline(baseline, color=COLORS[name], linestyle=(0, (5, 3)), linewidth=1, alpha=0.7, label=label)
     axes.axvline(record.training.best_step, color="#59636e", linestyle=":", linewidth=1, label="best step")
+    last = record.candidates.get("last")
+    if last is not None and last.step != record.training.best_step:
+        axes.axvline(last.step, color="#59636e", linestyle="-.", linewidth=1, label="last step")
     axes.set_xlabel("step")
     axes.set_ylabel("WER")
     show_zero_lines(axes)
@@ -358,6 +361,11 @@ def run_section(run: FoundRun) -> str:
         table = html_table(MANIFEST_COLUMNS, [[r[c] for c in MANIFEST_COLUMNS] for r in rows],
                            {c: "num" for c in MANIFEST_COLUMNS[1:6]})
         parts.append("<h3>Manifests</h3>" + table)
+    candidates = candidate_cells(record)
+    if candidates:
+        table = html_table(CANDIDATE_COLUMNS, [[r[c] for c in CANDIDATE_COLUMNS] for r in candidates],
+                           {c: "num" for c in CANDIDATE_COLUMNS[1:5]})
+        parts.append("<h3>Best and last adapter (main manifest)</h3>" + table)
     parts.append(plots_block(run))
     parts.append("<h3>Clips that changed most (main manifest)</h3>" + changed_clips_block(run))
     return "\n".join(parts) + "\n</section>"

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from moonlora.outputs import check_output_file, write_signed_text
-from moonlora.report_tables import (MANIFEST_COLUMNS, MATRIX_COLUMNS, delta_cell, manifest_cells, matrix_cells,
-                                    status_text)
+from moonlora.report_tables import (CANDIDATE_COLUMNS, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells, delta_cell,
+                                    manifest_cells, matrix_cells, status_text)
 from moonlora.runfolder import FoundRun, RunRecord, UnreadableRun, discover_runs
 
 MARKDOWN_NAME = "training_report.md"
@@ -98,6 +98,10 @@ def markdown_report(runs: list[FoundRun], skipped: list[UnreadableRun], runs_dir
         rows = manifest_cells(run.record)
         lines += md_table(MANIFEST_COLUMNS, [[md_text(r[c]) for c in MANIFEST_COLUMNS] for r in rows]) if rows \
             else [f"No scored manifests ({md_text(status_text(run))})."]
+        candidates = candidate_cells(run.record)
+        if candidates:
+            lines += ["", "Best and last adapter on the main manifest:", ""]
+            lines += md_table(CANDIDATE_COLUMNS, [[md_text(r[c]) for c in CANDIDATE_COLUMNS] for r in candidates])
         if run.record.notes:
             lines += [""] + [f"- {md_text(note)}" for note in run.record.notes]
     return "\n".join(lines) + "\n"

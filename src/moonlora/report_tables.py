@@ -11,6 +11,7 @@ from moonlora.runfolder import Comparison, FoundRun, RunRecord, describe_state
 
 MATRIX_COLUMNS = ("Run ID", "Date", "Command", "Dataset", "Steps", "LR", "LoRA Targets", "Manifest",
                   "Baseline WER", "Tuned WER", "Notes", "95% CI (tuned - baseline)")
+CANDIDATE_COLUMNS = ("Adapter", "Step", "Val WER", "Main WER", "95% CI (main - baseline)", "Folder")
 MANIFEST_COLUMNS = ("Manifest", "Clips", "Baseline WER", "Tuned WER", "95% CI (tuned - baseline)",
                     "P(tuned better)", "Flags (baseline -> tuned)")
 
@@ -78,6 +79,9 @@ def run_notes(run: FoundRun) -> str:
     if record.training is not None:
         best = record.training.best_val_wer
         notes.append(f"best step {record.training.best_step}" + (f" (val WER {best:.4f})" if best is not None else ""))
+    last = record.candidates.get("last")
+    if last is not None and not last.selected:
+        notes.append(f"last adapter (step {last.step}) main WER {last.main.wer:.4f} {ci_cell(last.comparison)}")
     for name in manifest_names(record):
         if name not in ("val", "main") and name in record.comparisons:
             notes.append(f"{name} {ci_cell(record.comparisons[name])}")
@@ -122,4 +126,14 @@ def manifest_cells(record: RunRecord) -> list[dict[str, str]]:
                      "P(tuned better)": f"{comparison.p_tuned_better:.3f}" if comparison else "-",
                      "Flags (baseline -> tuned)": flag_changes(before.flags if before else None,
                                                                after.flags if after else None)})
+    return rows
+
+
+def candidate_cells(record: RunRecord) -> list[dict[str, str]]:
+    """The best-val and the last adapter on the main manifest (the selected one marked)."""
+    rows = []
+    for name, candidate in record.candidates.items():
+        rows.append({"Adapter": name + (" (selected)" if candidate.selected else ""), "Step": str(candidate.step),
+                     "Val WER": format_wer(candidate.val_wer), "Main WER": format_wer(candidate.main.wer),
+                     "95% CI (main - baseline)": ci_cell(candidate.comparison), "Folder": candidate.adapter_dir})
     return rows

@@ -1,0 +1,383 @@
+"""`moonlora sweep`: the experiment plan's run matrix as one command.
+
+A grid over learning rates, steps, seeds, LoRA targets and ranks, and main manifests (a small
+TOML file, or the same axes as repeatable flags) is expanded into runs named by what varies.
+Each run is a normal run folder under `runs/`, executed in turn:
+- a finished run is skipped, an interrupted or died one resumed from its checkpoint, a failed
+  one recorded while the sweep goes on (and retried by the next `--resume`);
+- the baseline of one (manifest, eval contract) is decoded once per sweep and reused by every
+  run measured under that very contract (`experiment.BaselineStore`, contract equality checked);
+- at the end, `decide` for each group of runs that differ only by seed, and `report` over all.
+`sweep.json` records the grid, each run's status and the verdicts, rewritten atomically after
+every run. This module is torch-free until a run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shlex
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moonlora.configs import ExperimentConfig
+from moonlora.outputs import OutputExists, check_output_dir, claim_output_dir, write_json
+from moonlora.runfolder import RunRecordError, latest_checkpoint_step, read_record, run_state
+
+OUTPUT_KIND = "sweep"
+SWEEP_FILE = "sweep.json"
+RUNS_DIR = "runs"
+BASELINES_DIR = "baselines"
+OUTPUT_ENTRIES = (SWEEP_FILE, RUNS_DIR, BASELINES_DIR, "training_report.md", "report.html")
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One dimension a sweep may vary: where it lives in ExperimentConfig and how runs are named."""
+
+    name: str  # the experiment flag without dashes, underscored (TOML keys may use either spelling)
+    section: str | None  # nested config holding it (train, lora) or None for ExperimentConfig itself
+    attribute: str
+    convert: object  # str/TOML value -> typed value
+    label: object  # typed value -> part of a run name
+
+
+def _float_label(prefix: str):
+    return lambda value: prefix + f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in text).strip("-")
+
+
+def _targets(value) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return tuple(item.strip() for item in items if str(item).strip())
+
+
+AXES = {axis.name: axis for axis in (
+    Axis("learning_rate", "train", "learning_rate", float, _float_label("lr")),
+    Axis("max_steps", "train", "max_steps", int, lambda v: f"steps{v}"),
+    Axis("seed", "train", "seed", int, lambda v: f"seed{v}"),
+    Axis("target_modules", "lora", "target_modules", _targets, lambda v: "targets-" + "+".join(v)),
+    Axis("lora_r", "lora", "r", int, lambda v: f"r{v}"),
+    Axis("manifest_path", None, "manifest_path", str, lambda v: "manifest-" + _slug(Path(v).stem)),
+)}
+
+
+class SweepError(ValueError):
+    """A grid file or sweep folder that cannot be used (one line, naming the file)."""
+
+
+@dataclass(frozen=True)
+class GridFile:
+    """A sweep grid file: shared experiment settings and the axes' values."""
+
+    path: Path | None
+    experiment: dict  # experiment flag (underscored) -> value
+    grid: dict  # axis name -> list of values
+
+
+def flag_key(key: str) -> str:
+    return key.strip().lstrip("-").replace("-", "_")
+
+
+def load_grid(path: str | Path) -> GridFile:
+    """Read a TOML grid: `[experiment]` (shared flags) and `[grid]` (axis -> list of values)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SweepError(f"{path}: no such grid file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise SweepError(f"{path}: not a readable TOML grid ({error})") from None
+    unknown = sorted(set(data) - {"experiment", "grid"})
+    if unknown:
+        raise SweepError(f"{path}: unknown table(s) {', '.join(unknown)}; a grid has [experiment] and [grid]")
+    experiment = {flag_key(k): v for k, v in (data.get("experiment") or {}).items()}
+    grid = {}
+    for key, values in (data.get("grid") or {}).items():
+        name = flag_key(key)
+        if name not in AXES:
+            raise SweepError(f"{path}: [grid] {key}: not an axis; axes are {', '.join(AXES)}")
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{path}: [grid] {key}: give a non-empty list of values")
+        grid[name] = values
+    both = sorted(set(grid) & set(experiment))
+    if both:
+        raise SweepError(f"{path}: {', '.join(both)} is both in [experiment] and [grid]; keep one")
+    return GridFile(path, experiment, grid)
+
+
+def typed_axes(raw: dict[str, list], source: str) -> dict[str, tuple]:
+    """Axis values converted to their config types; duplicates refused."""
+    axes = {}
+    for name, values in raw.items():
+        try:
+            typed = tuple(AXES[name].convert(value) for value in values)
+        except (TypeError, ValueError) as error:
+            raise SweepError(f"{source}: {name}: {error}") from None
+        if len(set(typed)) != len(typed):
+            raise SweepError(f"{source}: {name}: a value is listed twice")
+        axes[name] = typed
+    return axes
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    output_dir: str
+    base: ExperimentConfig  # every shared setting; output_dir and the axes are set per run
+    axes: dict[str, tuple]  # axis name -> values (one run per combination)
+    grid_file: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> dict:
+        base = self.base.to_dict()
+        for key in ("output_dir", "resume", "overwrite"):
+            base.pop(key, None)
+        return {"output_dir": self.output_dir, "grid_file": self.grid_file, "base": base,
+                "axes": {name: list(values) for name, values in self.axes.items()}}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str
+    settings: dict  # axis -> value, for every axis of the grid
+    config: ExperimentConfig
+
+
+def apply_settings(base: ExperimentConfig, settings: dict, output_dir: Path) -> ExperimentConfig:
+    """The base config with the axes' values put in place (validated by the config classes)."""
+    sections: dict[str, dict] = {"train": {}, "lora": {}}
+    top = {"output_dir": str(output_dir), "resume": False, "overwrite": False}
+    for name, value in settings.items():
+        axis = AXES[name]
+        (sections[axis.section] if axis.section else top)[axis.attribute] = value
+    return dataclasses.replace(base, **top, train=dataclasses.replace(base.train, **sections["train"]),
+                               lora=dataclasses.replace(base.lora, **sections["lora"]))
+
+
+def plan_runs(config: SweepConfig) -> list[PlannedRun]:
+    """Every combination of the axes, named by the axes that have more than one value."""
+    names = list(config.axes)
+    varying = [n for n in names if len(config.axes[n]) > 1]
+    runs = []
+    for values in itertools.product(*(config.axes[n] for n in names)):
+        settings = dict(zip(names, values))
+        name = "_".join(AXES[n].label(settings[n]) for n in varying) or "run"
+        runs.append(PlannedRun(name, settings, apply_settings(config.base, settings,
+                                                              Path(config.output_dir) / RUNS_DIR / name)))
+    if len({run.name for run in runs}) != len(runs):
+        raise SweepError("two runs of the grid get the same name; make the axis values differ more")
+    return runs
+
+
+# --- the sweep folder ------------------------------------------------------------------------------------------
+
+
+def check_output(config: SweepConfig) -> Path:
+    """Every check on the sweep folder before any work (nothing is written)."""
+    folder = Path(config.output_dir)
+    sweep_file = folder / SWEEP_FILE
+    if config.resume:
+        if not sweep_file.is_file():
+            raise FileNotFoundError(f"--output-dir {folder}: holds no {SWEEP_FILE}; drop --resume to start a sweep")
+        saved = read_sweep(folder)
+        current = config.to_dict()
+        differing = [key for key in ("base", "axes") if json.loads(json.dumps(saved.get(key))) !=
+                     json.loads(json.dumps(current[key]))]
+        if differing:
+            raise SweepError(f"{sweep_file}: --resume needs the same grid and settings; differing: "
+                             f"{', '.join(differing)} — start a new sweep in another --output-dir")
+        return folder
+    if sweep_file.is_file() and not config.overwrite:
+        raise OutputExists(f"--output-dir {folder}: holds a sweep; continue it with --resume, or pass --overwrite "
+                           "to replace it (only moonlora's files)")
+    return check_output_dir(folder, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite, require_empty=True)
+
+
+def read_sweep(folder: Path) -> dict:
+    path = Path(folder) / SWEEP_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SweepError(f"{path}: cannot be read ({error}); start a new sweep in another --output-dir") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        raise SweepError(f"{path}: not a sweep record of this moonlora version")
+    return data
+
+
+@dataclass
+class SweepState:
+    """What sweep.json holds; rewritten after every run."""
+
+    config: dict
+    command: str
+    runs: list[dict]  # name, settings, run_dir, status, reason, wall_seconds, main WERs
+    baselines: dict = field(default_factory=lambda: {"decoded": 0, "reused": 0, "decoded_by_manifest": {}})
+    groups: list[dict] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **self.config, "command": self.command, "runs": self.runs,
+                "baselines": self.baselines, "groups": self.groups, "wall_seconds": self.wall_seconds}
+
+
+def run_status(run_dir: Path) -> tuple[str, bool]:
+    """(status, resume) of a planned run's folder: what the sweep does with it."""
+    if not (run_dir / "experiment_metrics.json").exists():
+        return "pending", False
+    try:
+        record = read_record(run_dir)
+    except RunRecordError:
+        return "pending", False  # moonlora's pre-training failure rule or the output policy decide
+    state = run_state(record, run_dir)
+    if record.finished:
+        return state, False
+    return state, latest_checkpoint_step(run_dir) is not None
+
+
+def say(line: str) -> None:
+    print(f"moonlora sweep: {line}", file=sys.stderr, flush=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def _run_row(run: PlannedRun, status: str) -> dict:
+    return {"name": run.name, "settings": run.settings, "run_dir": run.config.output_dir, "status": status,
+            "reason": None, "wall_seconds": None, "baseline_main_wer": None, "tuned_main_wer": None}
+
+
+def _finish_row(row: dict, record) -> None:
+    row["status"], row["reason"] = record.status, record.reason
+    main_base, main_tuned = record.baseline.get("main"), record.tuned.get("main")
+    row["baseline_main_wer"] = None if main_base is None else main_base.wer
+    row["tuned_main_wer"] = None if main_tuned is None else main_tuned.wer
+
+
+def seed_groups(runs: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
+    """Runs that differ only by seed, keyed by the rest of their settings."""
+    groups: dict[str, list[PlannedRun]] = {}
+    for run in runs:
+        key = "_".join(AXES[n].label(v) for n, v in run.settings.items() if n != "seed" and
+                       len({r.settings[n] for r in runs}) > 1) or "all"
+        groups.setdefault(key, []).append(run)
+    return groups
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    state: SweepState
+    decisions: dict  # group -> Decision
+    report_markdown: Path | None
+    report_html: Path | None
+
+
+def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
+    """Run (or continue) the whole grid; the sweep's record is `sweep.json` in the folder."""
+    out_dir = check_output(config)
+    planned = plan_runs(config)
+    started = time.perf_counter()
+    if not config.resume:
+        claim_output_dir(out_dir, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite, require_empty=True)
+    from moonlora.experiment import BaselineStore, run_experiment
+
+    previous = read_sweep(out_dir) if config.resume else {}
+    state = SweepState(config=config.to_dict(), command=shlex.join(["moonlora", *sys.argv[1:]]),
+                       runs=[_run_row(run, "pending") for run in planned],
+                       wall_seconds=float(previous.get("wall_seconds") or 0.0))
+    if previous.get("baselines"):
+        state.baselines = previous["baselines"]
+    store = BaselineStore(out_dir / BASELINES_DIR)
+    store.decoded, store.reused = state.baselines["decoded"], state.baselines["reused"]
+    store.decoded_by_manifest = dict(state.baselines.get("decoded_by_manifest") or {})
+
+    def save() -> None:
+        state.baselines.update(decoded=store.decoded, reused=store.reused,
+                               decoded_by_manifest=store.decoded_by_manifest)
+        state.wall_seconds = float(previous.get("wall_seconds") or 0.0) + time.perf_counter() - started
+        write_json(out_dir / SWEEP_FILE, state.to_dict(), command=OUTPUT_KIND)
+
+    save()
+    executed: list[float] = []
+    for index, (run, row) in enumerate(zip(planned, state.runs)):
+        status, resume = run_status(Path(run.config.output_dir))
+        if status in ("success", "stopped_early"):
+            _finish_row(row, read_record(run.config.output_dir))
+            say(f"[{index + 1}/{len(planned)}] {run.name}: already {status}, skipped")
+            save()
+            continue
+        verb = "resuming" if resume else "starting"
+        say(f"[{index + 1}/{len(planned)}] {verb} {run.name} ({', '.join(f'{k}={v}' for k, v in run.settings.items())})")
+        run_started = time.perf_counter()
+        try:
+            record = run_experiment(dataclasses.replace(run.config, resume=resume), progress=progress,
+                                    baseline_store=store)
+            _finish_row(row, record)
+        except KeyboardInterrupt:
+            row["status"], row["reason"] = "interrupted", "continue the sweep with --resume"
+            save()
+            raise
+        except Exception as error:  # recorded, and the sweep goes on (its run folder says more)
+            row["status"], row["reason"] = "failed", f"{type(error).__name__}: {' '.join(str(error).splitlines())}"
+            say(f"{run.name} failed: {row['reason']}")
+        row["wall_seconds"] = time.perf_counter() - run_started
+        executed.append(row["wall_seconds"])
+        remaining = sum(1 for r in state.runs[index + 1:] if r["status"] == "pending")
+        eta = sum(executed) / len(executed) * remaining
+        say(f"{index + 1}/{len(planned)} runs done; {run.name} took {_minutes(row['wall_seconds'])}; "
+            f"ETA {_minutes(eta)} for {remaining} more")
+        save()
+    decisions = decide_groups(planned, state)
+    save()
+    markdown, html = write_report(out_dir)
+    save()
+    return SweepResult(out_dir, state, decisions, markdown, html)
+
+
+def decide_groups(planned: list[PlannedRun], state: SweepState) -> dict:
+    """`decide` over each group of finished runs that differ only by seed."""
+    from moonlora.decide import decide
+
+    statuses = {row["name"]: row["status"] for row in state.runs}
+    decisions, state.groups = {}, []
+    for key, runs in seed_groups(planned).items():
+        finished = [run for run in runs if statuses[run.name] in ("success", "stopped_early")]
+        if not finished:
+            continue
+        decision = decide([run.config.output_dir for run in finished])
+        decisions[key] = decision
+        state.groups.append({"group": key, "runs": [run.name for run in finished], **decision.to_dict()})
+    return decisions
+
+
+def write_report(out_dir: Path) -> tuple[Path | None, Path | None]:
+    from moonlora.report import build_report
+
+    runs_dir = out_dir / RUNS_DIR
+    if not runs_dir.is_dir():
+        return None, None
+    markdown, html = out_dir / "training_report.md", out_dir / "report.html"
+    build_report(runs_dir, out_markdown=markdown, out_html=html, overwrite=True)  # the sweep's own files
+    return markdown, html
+
+
+def verdict_table(result: SweepResult) -> str:
+    """One line per group: its runs and the overall verdict, then each group's verdict table."""
+    from moonlora.decide import render
+
+    lines = ["| group | runs | verdict |", "| --- | --- | --- |"]
+    for key, decision in result.decisions.items():
+        lines.append(f"| {key} | {', '.join(decision.runs)} | {'PASS' if decision.passed else 'FAIL'} |")
+    for key, decision in result.decisions.items():
+        lines += ["", f"### {key}", "", render(decision)]
+    return "\n".join(lines)
