@@ -137,3 +137,16 @@ def test_the_example_grids_expand_into_the_plans_runs(name, runs, tmp_path):
     assert all(run.config.dataset_path == "data/atc/train.jsonl" for run in planned)
     readme = (path.parent / "README.md").read_text()
     assert f"| `{name}.toml` |" in readme and readme.split(f"| `{name}.toml` |")[1].split("\n")[0].endswith(f"| {runs} |")
+
+
+def test_a_foreign_folder_is_never_used_or_deleted_even_with_overwrite(grid, tmp_path, capsys):
+    path, _ = grid
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not moonlora's")
+    for extra in ([], ["--overwrite"]):
+        assert main(["--quiet", "sweep", str(path), "--output-dir", str(out), *extra]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert (out / "notes.txt").read_text() == "not moonlora's" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(["--quiet", "sweep", str(path), "--output-dir", str(tmp_path / "none"), "--resume"]) == 2
+    assert "drop --resume" in capsys.readouterr().err
