@@ -80,7 +80,9 @@ def test_a_two_by_two_sweep_shares_its_baseline_resumes_and_decides_per_seed_gro
     for group in record["groups"]:
         reproducibility = [v for v in group["verdicts"] if v["criterion"] == "reproducibility"]
         assert len(group["runs"]) == 2 and reproducibility[0]["outcome"] != "not assessed"
-    assert (out / "training_report.md").is_file() and (out / "report.html").is_file()
+    report = (out / "training_report.md").read_text()
+    assert "The runs come from: `moonlora --quiet sweep" in report and (out / "report.html").is_file()
+    assert "Best and last adapter on the main manifest" in report
     assert "| lr5e-3 | lr5e-3_seed1, lr5e-3_seed2 |" in captured.out
 
 

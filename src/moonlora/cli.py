@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import shlex
 import signal
 import sys
 import threading
@@ -254,7 +255,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid) if args.grid else GridFile(None, {}, {})
     given = {k: v for k, v in vars(args).items()
-             if k not in ("handler", "command", "quiet", "grid", "given_flags", *RUN_CONTROL)}
+             if k not in ("handler", "command", "quiet", "grid", "given_flags", "argv", *RUN_CONTROL)}
     source = str(grid.path or "the command line")
     shared = {**grid.experiment, **{k: v for k, v in given.items() if k not in SWEEP_AXES}}
     axes = typed_axes({**grid.grid, **{k: v for k, v in given.items() if k in SWEEP_AXES}}, source)
@@ -272,7 +273,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from moonlora.sweep import verdict_table
 
     try:
-        result = run_sweep(config, progress=not args.quiet)
+        result = run_sweep(config, progress=not args.quiet, command=shlex.join(["moonlora", *args.argv]))
     except KeyboardInterrupt:
         print(f"moonlora: interrupted; continue the sweep with: moonlora sweep ... --output-dir {args.output_dir} "
               "--resume", file=sys.stderr)
@@ -715,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)
         args.given_flags = {token.split("=")[0] for token in argv if token.startswith("--")}
+        args.argv = list(argv)
         return args.handler(args)
     except USER_ERRORS as error:
         print(f"moonlora: error: {' '.join(str(error).splitlines())}", file=sys.stderr)

@@ -282,8 +282,11 @@ class SweepResult:
     report_html: Path | None
 
 
-def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
-    """Run (or continue) the whole grid; the sweep's record is `sweep.json` in the folder."""
+def run_sweep(config: SweepConfig, progress: bool = True, command: str | None = None) -> SweepResult:
+    """Run (or continue) the whole grid; the sweep's record is `sweep.json` in the folder.
+
+    `command` is the command line to record (default: this process's arguments).
+    """
     out_dir = check_output(config)
     planned = plan_runs(config)
     started = time.perf_counter()
@@ -292,7 +295,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
     from moonlora.experiment import BaselineStore, run_experiment
 
     previous = read_sweep(out_dir) if config.resume else {}
-    state = SweepState(config=config.to_dict(), command=shlex.join(["moonlora", *sys.argv[1:]]),
+    state = SweepState(config=config.to_dict(), command=command or shlex.join(["moonlora", *sys.argv[1:]]),
                        runs=[_run_row(run, "pending") for run in planned],
                        wall_seconds=float(previous.get("wall_seconds") or 0.0))
     if previous.get("baselines"):
@@ -339,7 +342,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
         save()
     decisions = decide_groups(planned, state)
     save()
-    markdown, html = write_report(out_dir)
+    markdown, html = write_report(out_dir, state.command)
     save()
     return SweepResult(out_dir, state, decisions, markdown, html)
 
@@ -360,14 +363,15 @@ def decide_groups(planned: list[PlannedRun], state: SweepState) -> dict:
     return decisions
 
 
-def write_report(out_dir: Path) -> tuple[Path | None, Path | None]:
+def write_report(out_dir: Path, command: str) -> tuple[Path | None, Path | None]:
     from moonlora.report import build_report
 
     runs_dir = out_dir / RUNS_DIR
     if not runs_dir.is_dir():
         return None, None
     markdown, html = out_dir / "training_report.md", out_dir / "report.html"
-    build_report(runs_dir, out_markdown=markdown, out_html=html, overwrite=True)  # the sweep's own files
+    build_report(runs_dir, out_markdown=markdown, out_html=html, overwrite=True,  # the sweep's own files
+                 recreate=f"{command} (grid and settings: sweep.json)")
     return markdown, html
 
 
