@@ -8,7 +8,8 @@ evaluation or checkpoint inside the timed part of any path.
                 each batch (the recipe of the Hugging Face speech fine-tuning guides)
   peer grouped  the same with train_sampling_strategy="group_by_length" (`group_by_length=True`
                 before transformers 5): batches of similar lengths, HF's standard padding fix
-  ours          moonlora.train.train (per-clip exact encoding, stem cache, data stream, Accelerate)
+  ours          moonlora.train.train (per-clip exact encoding, stem cache, data stream, Accelerate;
+                encoder gradient checkpointing as `auto` sets it: on for all-stack runs on the CPU)
 
 All-stack paths adapt q/k/v/o/fc1/fc2 everywhere (`--target-modules all`, the default) and run
 --steps steps. The decoder-only paths (`--target-modules decoder`: ours with its encoder-output
@@ -23,6 +24,12 @@ before each run) and the machine load (runs taken while it exceeded the core cou
 
 --length-spread joins 1-4 utterances per clip (about 3-25 s, like the experiment plan's
 manifests, mean 7-13 s) instead of single utterances (3-8 s).
+
+--memory runs only ours, all-stack, with the encoder's gradient checkpointing off and on (`auto`
+turns it on for this CPU run): peak RSS and the speed that recomputing the encoder costs.
+--longest N keeps the N longest clips only (with N = batch size every step is the worst batch).
+
+    uv run python benchmarks/train_speed.py --memory --length-spread --steps 3 [--longest 8]
 """
 
 from __future__ import annotations
@@ -92,11 +99,12 @@ def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work:
     return time.perf_counter() - started
 
 
-def ours(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path, lora: LoraSettings) -> float:
+def ours(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path, lora: LoraSettings,
+         checkpointing: str = "auto") -> float:
     loaded = load_model(device="cpu")
     loaded.model = attach_lora(loaded.model, lora, seed)
     config = TrainConfig(max_steps=steps, learning_rate=lr, batch_size=batch_size, grad_accum=1,
-                         eval_interval=steps, seed=seed, mixed_precision="no")
+                         eval_interval=steps, seed=seed, mixed_precision="no", gradient_checkpointing=checkpointing)
     state = train(loaded, TrainStream(clips, [], config), config, AudioConfig(),
                   evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "ours", progress=False).state
     return state.train_seconds  # training steps only: no evaluation, no checkpoint save
@@ -150,9 +158,12 @@ def build_paths(clips, args, work: Path) -> dict[str, tuple[Callable[[], dict], 
     def peer(steps, lora, grouped):
         return lambda: peer_trainer(clips, steps, *common, folder(), lora, grouped)
 
-    def our(steps, lora):
-        return lambda: ours(clips, steps, *common, folder(), lora)
+    def our(steps, lora, checkpointing="auto"):
+        return lambda: ours(clips, steps, *common, folder(), lora, checkpointing)
 
+    if args.memory:
+        return {f"ours: moonlora.train, gradient checkpointing {setting}": (
+            measured(our(args.steps, ALL, setting), all_samples), "all") for setting in ("off", "on")}
     paths = {
         "peer: Seq2SeqTrainer + PEFT": (measured(peer(args.steps, ALL, False), all_samples), "all"),
         "peer: Seq2SeqTrainer + PEFT, group_by_length": (measured(peer(args.steps, ALL, True), all_samples), "all"),
@@ -178,15 +189,19 @@ def summarize(runs: dict[str, list[dict]], groups: dict[str, str]) -> dict:
                        "start_rss_mib": [r["start_rss_mib"] for r in rows],
                        "load1": [r["load1"] for r in rows], "busy": any(r["busy"] for r in rows)}
 
-    def best_peer(group: str) -> float:
-        return max(row["samples_per_second"]["median"] for name, row in table.items()
-                   if name.startswith("peer") and row["group"] == group)
+    def best_peer(group: str) -> float | None:
+        return max((row["samples_per_second"]["median"] for name, row in table.items()
+                    if name.startswith("peer") and row["group"] == group), default=None)
 
-    for row in table.values():
+    for row in table.values():  # no ratio where no peer ran (--memory, --only)
         rate = row["samples_per_second"]["median"]
-        row["speed_vs_best_all_stack_peer"] = rate / best_peer("all")
-        row["speed_vs_best_peer_same_targets"] = rate / best_peer(row["group"])
+        row["speed_vs_best_all_stack_peer"] = rate / best_peer("all") if best_peer("all") else None
+        row["speed_vs_best_peer_same_targets"] = rate / best_peer(row["group"]) if best_peer(row["group"]) else None
     return table
+
+
+def ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def print_table(table: dict) -> None:
@@ -197,8 +212,8 @@ def print_table(table: dict) -> None:
         seconds, rss = row["seconds"], row["peak_rss_mib"]
         busy = " (BUSY)" if row["busy"] else ""
         print(f"| {name}{busy} | {row['group']} | {seconds['median']:.1f} ({seconds['min']:.1f}-{seconds['max']:.1f}) | "
-              f"{row['samples_per_second']['median']:.2f} | {row['speed_vs_best_all_stack_peer']:.2f}x | "
-              f"{row['speed_vs_best_peer_same_targets']:.2f}x | {rss['median']:.0f} ({rss['min']:.0f}-{rss['max']:.0f}) |")
+              f"{row['samples_per_second']['median']:.2f} | {ratio(row['speed_vs_best_all_stack_peer'])} | "
+              f"{ratio(row['speed_vs_best_peer_same_targets'])} | {rss['median']:.0f} ({rss['min']:.0f}-{rss['max']:.0f}) |")
 
 
 def main() -> None:
@@ -210,6 +225,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--length-spread", action="store_true", help="clips of 1-4 joined utterances")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per path; medians reported")
+    parser.add_argument("--memory", action="store_true",
+                        help="only ours, all-stack, encoder gradient checkpointing off and on")
+    parser.add_argument("--longest", type=int, default=0, help="keep only the N longest clips (0: all)")
     parser.add_argument("--only", nargs="*", default=None, help="run only paths whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON results (default: next to this script)")
     args = parser.parse_args()
@@ -220,15 +238,18 @@ def main() -> None:
     clips = load_manifest(synth.train_manifest).utterances
     if args.length_spread:
         clips = spread_lengths(clips, work)
+    if args.longest:
+        clips = sorted(clips, key=lambda u: u.duration, reverse=True)[: args.longest]
     durations = sorted(u.duration for u in clips)
-    out = args.out or str(Path(__file__).with_name("train_speed_spread.json" if args.length_spread else "train_speed.json"))
+    name = "train_speed" + ("_memory" if args.memory else "") + ("_spread" if args.length_spread else "")
+    out = args.out or str(Path(__file__).with_name(name + (f"_longest{args.longest}" if args.longest else "") + ".json"))
     paths = build_paths(clips, args, work)
     if args.only:
         paths = {name: path for name, path in paths.items() if any(part in name for part in args.only)}
     runs = interleaved({name: path for name, (path, _) in paths.items()}, args.repeats)
     table = summarize(runs, {name: group for name, (_, group) in paths.items()})
     load_at_end = print_load("end")
-    report = {"steps": args.steps, "decoder_steps": args.decoder_steps, "batch_size": args.batch_size,
+    report = {"memory_mode": args.memory, "longest": args.longest, "steps": args.steps, "decoder_steps": args.decoder_steps, "batch_size": args.batch_size,
               "repeats": args.repeats, "clips": len(clips), "threads": args.threads,
               "clip_seconds_min_mean_max": [durations[0], sum(durations) / len(durations), durations[-1]],
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -79,6 +79,9 @@ class TrainConfig:
     seed: int = 42
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | no | bf16
     replay_ratio: float = 0.0  # share of training clips drawn from the replay manifest
+    # auto: recompute the encoder's transformer layers in backward (instead of keeping their
+    # activations) when they train on the CPU | on | off; no effect on the numbers
+    gradient_checkpointing: str = "auto"
 
     def __post_init__(self) -> None:
         checks = {
@@ -90,6 +93,7 @@ class TrainConfig:
             "--eval-interval must be >= 1": self.eval_interval >= 1,
             "--replay-ratio must be in [0, 1)": 0.0 <= self.replay_ratio < 1.0,
             "mixed_precision must be auto, no or bf16": self.mixed_precision in ("auto", "no", "bf16"),
+            "gradient_checkpointing must be auto, on or off": self.gradient_checkpointing in ("auto", "on", "off"),
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:

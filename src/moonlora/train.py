@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import get_linear_schedule_with_warmup
@@ -117,6 +119,41 @@ def eval_mode(module: torch.nn.Module):
     finally:
         for submodule, training in modes:
             submodule.training = training
+
+
+def resolve_gradient_checkpointing(setting: str, model, device_type: str) -> bool:
+    """Whether the encoder's transformer layers are recomputed in backward instead of keeping their activations.
+
+    auto: on when encoder weights train on the CPU, where those activations (about 14 MB per second
+    of audio for base) set the peak memory of a batch of long clips; GPUs have room to keep them.
+    """
+    if setting != "auto":
+        return setting == "on"
+    return device_type == "cpu" and not encoder_is_frozen(model)
+
+
+@contextmanager
+def checkpointed_layers(layers, enabled: bool = True):
+    """Gradient checkpointing for a section: each layer keeps only its inputs and reruns its forward in
+    backward. Transformers' layers do this themselves in training mode with gradients on, once flagged.
+
+    Non-reentrant checkpointing restores the RNG state for the rerun, so dropout draws the same masks
+    and the loss, gradients and RNG stream equal an unflagged run's.
+    """
+    saved = [(layer, layer.gradient_checkpointing, layer.__dict__.get("_gradient_checkpointing_func")) for layer in layers]
+    if enabled:
+        for layer in layers:
+            layer.gradient_checkpointing = True
+            layer._gradient_checkpointing_func = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for layer, flag, function in saved:
+            layer.gradient_checkpointing = flag
+            if function is None:
+                layer.__dict__.pop("_gradient_checkpointing_func", None)
+            else:
+                layer._gradient_checkpointing_func = function
 
 
 class EncoderCache:
@@ -386,30 +423,32 @@ def train(
         if on_checkpoint is not None:
             on_checkpoint(state)
 
+    checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing, peft_model, accelerator.device.type)
     bar = progress_bar(config.max_steps, "training", unit="step", enabled=progress, initial=state.step)
-    try:
-        if is_eval_step(state.step, config) and all(row["step"] != state.step for row in state.intervals):
-            run_eval()  # step 0, or the evaluation an interruption cut off
-            if state.step > 0:
-                checkpoint_now()
-        peft_model.train()
-        while state.step < config.max_steps and state.stop_reason is None:
-            step_started = time.perf_counter()
-            loss = train_step(model, accelerator, optimizer, scheduler, stream, config, audio, trainee, autocast_bf16)
-            state.train_seconds += time.perf_counter() - step_started
-            if log:
-                log("train/loss", loss, state.step)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.losses[-1]['lr']:.2e}")
-            bar.update(1)
-            if is_eval_step(state.step, config):
-                run_eval()
-                checkpoint_now()
-            _after_update(state)
-    except KeyboardInterrupt:
-        checkpoint_now()  # the state of the last completed update; a cut-off evaluation is redone on resume
-        raise
-    finally:
-        bar.close()
+    with checkpointed_layers(peft_model.get_encoder().layers, checkpointing):
+        try:
+            if is_eval_step(state.step, config) and all(row["step"] != state.step for row in state.intervals):
+                run_eval()  # step 0, or the evaluation an interruption cut off
+                if state.step > 0:
+                    checkpoint_now()
+            peft_model.train()
+            while state.step < config.max_steps and state.stop_reason is None:
+                step_started = time.perf_counter()
+                loss = train_step(model, accelerator, optimizer, scheduler, stream, config, audio, trainee, autocast_bf16)
+                state.train_seconds += time.perf_counter() - step_started
+                if log:
+                    log("train/loss", loss, state.step)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.losses[-1]['lr']:.2e}")
+                bar.update(1)
+                if is_eval_step(state.step, config):
+                    run_eval()
+                    checkpoint_now()
+                _after_update(state)
+        except KeyboardInterrupt:
+            checkpoint_now()  # the state of the last completed update; a cut-off evaluation is redone on resume
+            raise
+        finally:
+            bar.close()
     last_adapter = copy_adapter(peft_model)
     set_peft_model_state_dict(peft_model, trainee.best_adapter)
     peft_model.eval()
