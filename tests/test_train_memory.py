@@ -91,3 +91,13 @@ def test_training_with_checkpointing_matches_training_without(tiny_model_dir, to
     assert losses[-1] != losses[0]
     for name, tensor in adapter.items():
         assert torch.allclose(tensor, plain_adapter[name], atol=1e-5), name
+
+
+def test_auto_checkpoints_only_micro_batches_with_long_audio(tiny_model_dir, tone_manifest, tmp_path, monkeypatch):
+    from moonlora import train as train_module
+
+    *_, short_calls = train_all_stack(tiny_model_dir, tone_manifest, tmp_path / "short", "auto")
+    assert short_calls == 6  # the tone clips are ~1 s: far under the limit, nothing recomputed
+    monkeypatch.setattr(train_module, "LONG_BATCH_SECONDS", 0.5)
+    *_, long_calls = train_all_stack(tiny_model_dir, tone_manifest, tmp_path / "long", "auto")
+    assert long_calls == 12  # every batch over the (lowered) limit: each layer rerun in backward

@@ -180,7 +180,12 @@ def _check_resumable(run_dir: Path, config: ExperimentConfig) -> RunRecord:
         record = read_record(run_dir)
     except RunRecordError as error:
         raise RunRecordError(f"--resume: {error}") from None
-    differing = _config_differences(read_config_dict(run_dir), config.to_dict())
+    saved = read_config_dict(run_dir)
+    try:  # a setting added since the run was saved compares as its default
+        saved = ExperimentConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError):
+        pass
+    differing = _config_differences(saved, config.to_dict())
     if differing:
         raise ValueError(f"{run_dir}: --resume needs the same settings; differing: {', '.join(differing)}")
     if record.finished:

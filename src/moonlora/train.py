@@ -121,11 +121,19 @@ def eval_mode(module: torch.nn.Module):
             submodule.training = training
 
 
-def resolve_gradient_checkpointing(setting: str, model, device_type: str) -> bool:
-    """Whether the encoder's transformer layers are recomputed in backward instead of keeping their activations.
+# auto checkpoints a micro-batch only above this much audio: base all-stack peaks near
+# 0.9 GB + 30 MB per second of batch audio on the CPU (benchmarks/train_speed.py --memory: 7.0 GB
+# for 8 clips of ~25 s), so 60 s stays under 3 GB unchecked, while short batches (the demo's 8 x
+# 5.5 s) keep full speed; checkpointing costs 10-20 % of samples/s.
+LONG_BATCH_SECONDS = 60.0
 
-    auto: on when encoder weights train on the CPU, where those activations (about 14 MB per second
-    of audio for base) set the peak memory of a batch of long clips; GPUs have room to keep them.
+
+def resolve_gradient_checkpointing(setting: str, model, device_type: str) -> bool:
+    """Whether the encoder's transformer layers may be recomputed in backward instead of keeping their
+    activations (auto: for micro-batches over LONG_BATCH_SECONDS of audio; on: always).
+
+    auto: allowed when encoder weights train on the CPU, where those activations set the peak
+    memory of a batch of long clips; GPUs have room to keep them.
     """
     if setting != "auto":
         return setting == "on"
@@ -425,7 +433,9 @@ def train(
 
     checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing, peft_model, accelerator.device.type)
     bar = progress_bar(config.max_steps, "training", unit="step", enabled=progress, initial=state.step)
-    with checkpointed_layers(peft_model.get_encoder().layers, checkpointing):
+    encoder_layer_list = peft_model.get_encoder().layers
+    checkpoint_long = checkpointing and config.gradient_checkpointing == "auto"  # decided per micro-batch
+    with checkpointed_layers(encoder_layer_list, checkpointing and config.gradient_checkpointing == "on"):
         try:
             if is_eval_step(state.step, config) and all(row["step"] != state.step for row in state.intervals):
                 run_eval()  # step 0, or the evaluation an interruption cut off
@@ -434,7 +444,8 @@ def train(
             peft_model.train()
             while state.step < config.max_steps and state.stop_reason is None:
                 step_started = time.perf_counter()
-                loss = train_step(model, accelerator, optimizer, scheduler, stream, config, audio, trainee, autocast_bf16)
+                loss = train_step(model, accelerator, optimizer, scheduler, stream, config, audio, trainee, autocast_bf16,
+                                  encoder_layer_list if checkpoint_long else ())
                 state.train_seconds += time.perf_counter() - step_started
                 if log:
                     log("train/loss", loss, state.step)
@@ -466,8 +477,11 @@ def processes_agree_finite(accelerator, finite: bool) -> bool:
 
 
 def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, trainee: Trainee,
-               autocast_bf16: bool) -> float:
+               autocast_bf16: bool, checkpoint_long_batches=()) -> float:
     """One optimizer update over grad_accum micro-batches; returns the mean micro-batch loss.
+
+    `checkpoint_long_batches`: encoder layers to checkpoint in micro-batches longer than
+    LONG_BATCH_SECONDS of audio (gradient_checkpointing auto); empty: no per-batch choice.
 
     Nothing in the trainee changes until the commit at the end, which signals cannot cut, so an
     interruption anywhere leaves the state of the previous update.
@@ -478,7 +492,9 @@ def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, 
         batch = stream.micro_batch(state.step * config.grad_accum + micro,
                                    accelerator.process_index, accelerator.num_processes)
         waveforms = [load_audio(u.audio_filepath, audio) for u in batch]
-        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+        long_batch = sum(len(w) for w in waveforms) / audio.sample_rate > LONG_BATCH_SECONDS
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=autocast_bf16), \
+                checkpointed_layers(checkpoint_long_batches, bool(checkpoint_long_batches) and long_batch):
             loss = model(waveforms, [u.text for u in batch], [f"{u.audio_sha256}:{u.audio_filepath}" for u in batch])
         if not processes_agree_finite(accelerator, bool(torch.isfinite(loss))):
             finite = False
