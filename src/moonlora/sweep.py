@@ -26,7 +26,7 @@ from pathlib import Path
 
 from moonlora.configs import ExperimentConfig
 from moonlora.outputs import OutputExists, check_output_dir, claim_output_dir, write_json
-from moonlora.runfolder import RunRecordError, latest_checkpoint_step, read_record, run_state
+from moonlora.runfolder import RunRecordError, read_record, run_state
 
 OUTPUT_KIND = "sweep"
 SWEEP_FILE = "sweep.json"
@@ -237,10 +237,9 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
         record = read_record(run_dir)
     except RunRecordError:
         return "pending", False  # moonlora's pre-training failure rule or the output policy decide
-    state = run_state(record, run_dir)
-    if record.finished:
-        return state, False
-    return state, latest_checkpoint_step(run_dir) is not None
+    # An unfinished run continues with --resume: from its newest checkpoint, or from step 0 with its
+    # baseline reused when it ended before the first one (the grid fixes its settings).
+    return run_state(record, run_dir), not record.finished
 
 
 def say(line: str) -> None:
