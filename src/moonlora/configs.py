@@ -206,7 +206,7 @@ class DemoConfig:
     output_dir: str | None = None  # default: outputs/demo-<time>
     model: str = DEFAULT_MODEL
     domain_clips: int = 150  # synthetic ATC utterances; a third on the held-out test voices
-    canary_sentences: int = 36  # with beckett.wav ~330 words: one word is 0.3 WER points, not 2
+    canary_sentences: int = 36  # with beckett.wav 295 words: one word is 0.34 WER points, not 2
     max_steps: int = 30
     # Measured, not guessed: on this domain lr 1e-3 reached held-out WER 0.03 in 100 steps where
     # 1e-4 needed 300 for 0.05 (docs/benchmarks.md, FACTS).
