@@ -32,13 +32,15 @@ def encoder_stem(encoder, input_values: torch.Tensor) -> torch.Tensor:
     return hidden.permute(0, 2, 1)
 
 
-def encoder_layers(encoder, stem: torch.Tensor) -> torch.Tensor:
-    """The encoder's transformer layers on one clip's stem output: (1, frames, hidden)."""
+def encoder_layers(encoder, stem: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The encoder's transformer layers on stem outputs: (batch, frames, hidden); one unpadded clip
+    needs no mask, a padded batch the one `masked_encoder_layers` builds."""
     position_ids = torch.arange(stem.shape[1], device=stem.device).unsqueeze(0)
     position_embeddings = encoder.rotary_emb(stem, position_ids=position_ids)
     hidden = stem
     for layer in encoder.layers:
-        hidden = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=position_embeddings)
+        hidden = layer(hidden, attention_mask=attention_mask, position_ids=position_ids,
+                       position_embeddings=position_embeddings)
     return encoder.layer_norm(hidden)
 
 
@@ -128,12 +130,7 @@ def masked_encoder_layers(encoder, stem: torch.Tensor, frame_mask: torch.Tensor)
     """
     mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=stem, attention_mask=frame_mask,
                                      encoder_hidden_states=stem)
-    position_ids = torch.arange(stem.shape[1], device=stem.device).unsqueeze(0)
-    position_embeddings = encoder.rotary_emb(stem, position_ids=position_ids)
-    hidden = stem
-    for layer in encoder.layers:
-        hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings)
-    return encoder.layer_norm(hidden)
+    return encoder_layers(encoder, stem, mask)
 
 
 def encode_batched_exact(model, feature_extractor, waveforms: list[np.ndarray], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
