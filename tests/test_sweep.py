@@ -75,6 +75,8 @@ def test_a_two_by_two_sweep_shares_its_baseline_resumes_and_decides_per_seed_gro
     contracts = {json.dumps(json.loads((out / "runs" / n / "experiment_metrics.json").read_text())
                             ["baseline"]["main"]["contract"], sort_keys=True) for n in RUNS}
     assert len(contracts) == 1
+    for name in RUNS:  # each run folder still holds its baseline transcripts (a copy of the shared ones)
+        assert (out / "runs" / name / "baseline" / "main" / "transcripts.jsonl").is_file()
     # decide per group of runs that differ only by seed
     assert [g["group"] for g in record["groups"]] == ["lr5e-3", "lr1e-3"]
     for group in record["groups"]:
