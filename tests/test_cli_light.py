@@ -140,7 +140,9 @@ def test_readme_commands_section_is_generated_from_the_parser():
 
 
 SLOW_COMMAND = """
-import sys, time
+import signal, sys, time
+# Started from a background job, this process may inherit SIGINT ignored; the test is about delivery.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import moonlora.cli as cli
 
 def slow(args):

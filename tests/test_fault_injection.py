@@ -44,6 +44,9 @@ def plant_val_wer(module) -> None:
 # The driver runs `moonlora experiment` in a fresh process with one fault planted.
 DRIVER = textwrap.dedent('''
     import os, pathlib, signal, sys, time
+    # A process a non-interactive shell starts in the background inherits SIGINT ignored, and Python
+    # then keeps it ignored; these tests are about what moonlora does when SIGINT does reach it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from moonlora import cli, experiment, runfolder, train
     sys.path.insert(0, os.environ["TESTS_DIR"])
     from test_fault_injection import plant_val_wer
