@@ -16,9 +16,12 @@ All-stack paths adapt q/k/v/o/fc1/fc2 everywhere (`--target-modules all`, the de
 cache, and the better peer with the same targets) run --decoder-steps steps, a whole run's worth
 (the demo: 30 steps of batch 8 over ~80 clips), because the cache pays from a clip's second draw.
 
-Each path runs --repeats times, interleaved (a, b, c, a, b, c, ...); medians and min-max are
-reported, with each run's peak RSS (in-process: freed memory is handed back and the peak reset
-before each run) and the machine load (runs taken while it exceeded the core count are marked).
+Each path runs --repeats times, interleaved (a, b, c, a, b, c, ...), every run in a fresh Python
+process (as a user's `moonlora experiment` is): medians and min-max are reported, with each run's
+peak RSS (that process's VmHWM from just before the model loads to the end of training) and the
+machine load (runs taken while it exceeded the core count are marked). A fresh process matters for
+memory: run after run in one process, the heap left fragmented by an earlier path inflated a
+later path's peak (4.9 GB in-process vs 3.7 GB fresh for the same checkpointed spread run).
 
     uv run python benchmarks/train_speed.py [--steps 6] [--decoder-steps 30] [--repeats 3] [--length-spread]
 
@@ -38,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +53,7 @@ import torch
 from moonlora.audio import AudioConfig, load_audio
 from moonlora.configs import LoraSettings, TrainConfig
 from moonlora.lora import attach_lora
-from moonlora.manifest import load_manifest
+from moonlora.manifest import load_manifest, write_manifest
 from moonlora.model import load_model
 from moonlora.synth.build import build_domain
 from moonlora.train import IntervalEval, TrainStream, label_ids, train
@@ -69,7 +73,7 @@ def grouped_sampling() -> dict:
 
 
 def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path, lora: LoraSettings,
-                 group_by_length: bool) -> float:
+                 group_by_length: bool, bf16: bool = False) -> float:
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     loaded = load_model(device="cpu")
@@ -90,7 +94,7 @@ def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work:
         output_dir=str(work / "peer"), per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
         max_steps=steps, learning_rate=lr, warmup_steps=0, lr_scheduler_type="linear", max_grad_norm=1.0,
         logging_steps=10_000, save_strategy="no", report_to=[], seed=seed, dataloader_num_workers=0,
-        remove_unused_columns=False, use_cpu=True, disable_tqdm=True,
+        remove_unused_columns=False, use_cpu=True, disable_tqdm=True, bf16=bf16,
         **(grouped_sampling() if group_by_length else {}),
     )
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, data_collator=collate, processing_class=fe)
@@ -100,11 +104,11 @@ def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work:
 
 
 def ours(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path, lora: LoraSettings,
-         checkpointing: str = "auto") -> float:
+         checkpointing: str = "auto", precision: str = "no") -> float:
     loaded = load_model(device="cpu")
     loaded.model = attach_lora(loaded.model, lora, seed)
     config = TrainConfig(max_steps=steps, learning_rate=lr, batch_size=batch_size, grad_accum=1,
-                         eval_interval=steps, seed=seed, mixed_precision="no", gradient_checkpointing=checkpointing)
+                         eval_interval=steps, seed=seed, mixed_precision=precision, gradient_checkpointing=checkpointing)
     state = train(loaded, TrainStream(clips, [], config), config, AudioConfig(),
                   evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "ours", progress=False).state
     return state.train_seconds  # training steps only: no evaluation, no checkpoint save
@@ -124,14 +128,29 @@ def measured(run: Callable[[], float], samples: int) -> Callable[[], dict]:
     return path
 
 
+CHILD_MARK = "TRAIN-SPEED-CHILD-RESULT "
+
+
+def in_fresh_process(name: str, clips_manifest: Path) -> Callable[[], dict]:
+    """The path `name` as a run of this script in a new process on the clips of `clips_manifest`."""
+
+    def path() -> dict:
+        command = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--clips-manifest", str(clips_manifest)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        for line in done.stdout.splitlines():
+            if line.startswith(CHILD_MARK):
+                return json.loads(line[len(CHILD_MARK):])
+        raise RuntimeError(f"{name}: the child run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+    return path
+
+
 def spread_lengths(clips, work: Path, seed: int = 0):
     """Clips of 1-4 joined utterances (0.3 s apart), written as new wavs with their manifest."""
     import random
 
     import numpy as np
     import soundfile as sf
-
-    from moonlora.manifest import write_manifest
 
     rng, rows, start = random.Random(seed), [], 0
     (work / "spread").mkdir(parents=True, exist_ok=True)
@@ -155,11 +174,11 @@ def build_paths(clips, args, work: Path) -> dict[str, tuple[Callable[[], dict], 
     def folder() -> Path:
         return work / f"run{next(counter)}"
 
-    def peer(steps, lora, grouped):
-        return lambda: peer_trainer(clips, steps, *common, folder(), lora, grouped)
+    def peer(steps, lora, grouped, bf16=False):
+        return lambda: peer_trainer(clips, steps, *common, folder(), lora, grouped, bf16)
 
-    def our(steps, lora, checkpointing="auto"):
-        return lambda: ours(clips, steps, *common, folder(), lora, checkpointing)
+    def our(steps, lora, checkpointing="auto", precision="no"):
+        return lambda: ours(clips, steps, *common, folder(), lora, checkpointing, precision)
 
     if args.memory:
         return {f"ours: moonlora.train, gradient checkpointing {setting}": (
@@ -169,11 +188,21 @@ def build_paths(clips, args, work: Path) -> dict[str, tuple[Callable[[], dict], 
         "peer: Seq2SeqTrainer + PEFT, group_by_length": (measured(peer(args.steps, ALL, True), all_samples), "all"),
         "ours: moonlora.train": (measured(our(args.steps, ALL), all_samples), "all"),
     }
+    if args.bf16:  # bf16 autocast on both sides: the peer's `bf16=True`, ours `--mixed-precision bf16`
+        paths["peer: Seq2SeqTrainer + PEFT, group_by_length, bf16"] = (
+            measured(peer(args.steps, ALL, True, bf16=True), all_samples), "all")
+        paths["ours: moonlora.train --mixed-precision bf16"] = (
+            measured(our(args.steps, ALL, precision="bf16"), all_samples), "all")
     if args.decoder_steps > 0:
         paths["peer: Seq2SeqTrainer + PEFT, group_by_length, decoder targets"] = (
             measured(peer(args.decoder_steps, DECODER, True), decoder_samples), "decoder")
         paths["ours: moonlora.train --target-modules decoder"] = (
             measured(our(args.decoder_steps, DECODER), decoder_samples), "decoder")
+        if args.bf16:
+            paths["peer: Seq2SeqTrainer + PEFT, group_by_length, decoder targets, bf16"] = (
+                measured(peer(args.decoder_steps, DECODER, True, bf16=True), decoder_samples), "decoder")
+            paths["ours: moonlora.train --target-modules decoder --mixed-precision bf16"] = (
+                measured(our(args.decoder_steps, DECODER, precision="bf16"), decoder_samples), "decoder")
     return paths
 
 
@@ -227,29 +256,41 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per path; medians reported")
     parser.add_argument("--memory", action="store_true",
                         help="only ours, all-stack, encoder gradient checkpointing off and on")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add bf16-autocast paths: ours (--mixed-precision bf16) and the peers (bf16=True)")
     parser.add_argument("--longest", type=int, default=0, help="keep only the N longest clips (0: all)")
     parser.add_argument("--only", nargs="*", default=None, help="run only paths whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON results (default: next to this script)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run one path here, print its result
+    parser.add_argument("--clips-manifest", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    load_at_start = print_load("start")
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="moonlora-train-bench-"))
+    if args.child:
+        clips = load_manifest(args.clips_manifest).utterances
+        run_one = build_paths(clips, args, work)[args.child][0]
+        print(CHILD_MARK + json.dumps(run_one()), flush=True)
+        return
+    load_at_start = print_load("start")
     synth = build_domain("atc", n=120 if not args.length_spread else 300, seed=1, out_dir=work / "atc", progress=False)
     clips = load_manifest(synth.train_manifest).utterances
     if args.length_spread:
         clips = spread_lengths(clips, work)
     if args.longest:
         clips = sorted(clips, key=lambda u: u.duration, reverse=True)[: args.longest]
+    clips_manifest = write_manifest([u.to_dict() for u in clips],
+                                    work / "clips.jsonl")
     durations = sorted(u.duration for u in clips)
     name = "train_speed" + ("_memory" if args.memory else "") + ("_spread" if args.length_spread else "")
     out = args.out or str(Path(__file__).with_name(name + (f"_longest{args.longest}" if args.longest else "") + ".json"))
     paths = build_paths(clips, args, work)
     if args.only:
         paths = {name: path for name, path in paths.items() if any(part in name for part in args.only)}
+    paths = {name: (in_fresh_process(name, clips_manifest), group) for name, (_, group) in paths.items()}
     runs = interleaved({name: path for name, (path, _) in paths.items()}, args.repeats)
     table = summarize(runs, {name: group for name, (_, group) in paths.items()})
     load_at_end = print_load("end")
-    report = {"memory_mode": args.memory, "longest": args.longest, "steps": args.steps, "decoder_steps": args.decoder_steps, "batch_size": args.batch_size,
+    report = {"memory_mode": args.memory, "bf16_paths": args.bf16, "longest": args.longest, "steps": args.steps, "decoder_steps": args.decoder_steps, "batch_size": args.batch_size,
               "repeats": args.repeats, "clips": len(clips), "threads": args.threads,
               "clip_seconds_min_mean_max": [durations[0], sum(durations) / len(durations), durations[-1]],
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
