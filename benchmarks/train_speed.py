@@ -73,8 +73,8 @@ def grouped_sampling() -> dict:
 
 
 def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path, lora: LoraSettings,
-                 group_by_length: bool, bf16: bool = False) -> float:
-    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+                 group_by_length: bool, bf16: bool = False) -> tuple[float, list[float]]:
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
     loaded = load_model(device="cpu")
     model = attach_lora(loaded.model, lora, seed)
@@ -97,32 +97,68 @@ def peer_trainer(clips, steps: int, batch_size: int, lr: float, seed: int, work:
         remove_unused_columns=False, use_cpu=True, disable_tqdm=True, bf16=bf16,
         **(grouped_sampling() if group_by_length else {}),
     )
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, data_collator=collate, processing_class=fe)
+    step_ends: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            step_ends.append(time.perf_counter())
+
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, data_collator=collate, processing_class=fe,
+                             callbacks=[StepClock()])
     started = time.perf_counter()
     trainer.train()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, step_ends
 
 
 def ours(clips, steps: int, batch_size: int, lr: float, seed: int, work: Path, lora: LoraSettings,
-         checkpointing: str = "auto", precision: str = "no") -> float:
+         checkpointing: str = "auto", precision: str = "no") -> tuple[float, list[float]]:
     loaded = load_model(device="cpu")
     loaded.model = attach_lora(loaded.model, lora, seed)
     config = TrainConfig(max_steps=steps, learning_rate=lr, batch_size=batch_size, grad_accum=1,
                          eval_interval=steps, seed=seed, mixed_precision=precision, gradient_checkpointing=checkpointing)
+    step_ends: list[float] = []
+
+    def clock(name: str, value: float, step: int) -> None:  # called right after each update, before any eval
+        if name == "train/loss":
+            step_ends.append(time.perf_counter())
+
     state = train(loaded, TrainStream(clips, [], config), config, AudioConfig(),
-                  evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "ours", progress=False).state
-    return state.train_seconds  # training steps only: no evaluation, no checkpoint save
+                  evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "ours", progress=False,
+                  log=clock).state
+    return state.train_seconds, step_ends  # training steps only: no evaluation, no checkpoint save
 
 
-def measured(run: Callable[[], float], samples: int) -> Callable[[], dict]:
-    """A path that reports its seconds, samples/s and peak RSS (MiB, reset just before it)."""
+def steady_rate(step_ends: list[float], clips: int, batch_size: int) -> dict | None:
+    """Samples/s over the steps after every clip had been drawn once (step k, 1-based, draws positions
+    (k-1)*batch .. k*batch-1), i.e. once moonlora's caches hold every clip; None if the run ends first.
+    A peer has no cache: its rate over those same steps is its flat per-step rate."""
+    first = -(-clips // batch_size) + 1  # the first step wholly in the second pass over the clips
+    if first < 2 or len(step_ends) < first:
+        return None
+    steps = len(step_ends) - first + 1
+    return {"from_step": first, "steps": steps,
+            "samples_per_second": steps * batch_size / (step_ends[-1] - step_ends[first - 2])}
+
+
+def after_first_step(step_ends: list[float], batch_size: int) -> float | None:
+    """Samples/s over steps 2..end: the flat per-step rate of a path without caches, warm-up excluded."""
+    if len(step_ends) < 2:
+        return None
+    return (len(step_ends) - 1) * batch_size / (step_ends[-1] - step_ends[0])
+
+
+def measured_path(run: Callable[[], tuple[float, list[float]]], samples: int, clips: int, batch_size: int) -> Callable[[], dict]:
+    """A path that reports its seconds, samples/s (whole run and steady state) and peak RSS (MiB,
+    reset just before it)."""
 
     def path() -> dict:
         release_memory()
         start_rss = current_rss_mib()
         reset_peak_rss()
-        seconds = run()
+        seconds, step_ends = run()
         return {"seconds": seconds, "samples_per_second": samples / seconds, "peak_rss_mib": peak_rss_mib(),
+                "after_first_step": after_first_step(step_ends, batch_size),
+                "steady": steady_rate(step_ends, clips, batch_size),
                 "start_rss_mib": start_rss}
 
     return path
@@ -174,6 +210,9 @@ def build_paths(clips, args, work: Path) -> dict[str, tuple[Callable[[], dict], 
     def folder() -> Path:
         return work / f"run{next(counter)}"
 
+    def measured(run, samples):
+        return measured_path(run, samples, len(clips), args.batch_size)
+
     def peer(steps, lora, grouped, bf16=False):
         return lambda: peer_trainer(clips, steps, *common, folder(), lora, grouped, bf16)
 
@@ -198,11 +237,6 @@ def build_paths(clips, args, work: Path) -> dict[str, tuple[Callable[[], dict], 
             measured(peer(args.decoder_steps, DECODER, True), decoder_samples), "decoder")
         paths["ours: moonlora.train --target-modules decoder"] = (
             measured(our(args.decoder_steps, DECODER), decoder_samples), "decoder")
-        if args.bf16:
-            paths["peer: Seq2SeqTrainer + PEFT, group_by_length, decoder targets, bf16"] = (
-                measured(peer(args.decoder_steps, DECODER, True, bf16=True), decoder_samples), "decoder")
-            paths["ours: moonlora.train --target-modules decoder --mixed-precision bf16"] = (
-                measured(our(args.decoder_steps, DECODER, precision="bf16"), decoder_samples), "decoder")
     return paths
 
 
@@ -216,7 +250,10 @@ def summarize(runs: dict[str, list[dict]], groups: dict[str, str]) -> dict:
                        "samples_per_second": median_spread([r["samples_per_second"] for r in rows]),
                        "peak_rss_mib": median_spread([r["peak_rss_mib"] for r in rows]),
                        "start_rss_mib": [r["start_rss_mib"] for r in rows],
-                       "load1": [r["load1"] for r in rows], "busy": any(r["busy"] for r in rows)}
+                       "load1": [r["load1"] for r in rows], "busy": any(r["busy"] for r in rows),
+                       "after_first_step": median_or_none([r["after_first_step"] for r in rows]),
+                       "steady": median_or_none([r["steady"] and r["steady"]["samples_per_second"] for r in rows]),
+                       "steady_window": rows[0]["steady"] and {k: rows[0]["steady"][k] for k in ("from_step", "steps")}}
 
     def best_peer(group: str) -> float | None:
         return max((row["samples_per_second"]["median"] for name, row in table.items()
@@ -226,7 +263,17 @@ def summarize(runs: dict[str, list[dict]], groups: dict[str, str]) -> dict:
         rate = row["samples_per_second"]["median"]
         row["speed_vs_best_all_stack_peer"] = rate / best_peer("all") if best_peer("all") else None
         row["speed_vs_best_peer_same_targets"] = rate / best_peer(row["group"]) if best_peer(row["group"]) else None
+    # Steady state (every clip cached) against the best all-stack peer's own flat rate, its first step excluded.
+    reference = max((row["after_first_step"]["median"] for name, row in table.items()
+                     if name.startswith("peer") and row["group"] == "all" and row["after_first_step"]), default=None)
+    for row in table.values():
+        row["steady_vs_best_all_stack_peer"] = (row["steady"]["median"] / reference
+                                                if row["steady"] and reference else None)
     return table
+
+
+def median_or_none(values: list[float | None]) -> dict | None:
+    return median_spread(values) if values and all(v is not None for v in values) else None
 
 
 def ratio(value: float | None) -> str:
@@ -243,6 +290,15 @@ def print_table(table: dict) -> None:
         print(f"| {name}{busy} | {row['group']} | {seconds['median']:.1f} ({seconds['min']:.1f}-{seconds['max']:.1f}) | "
               f"{row['samples_per_second']['median']:.2f} | {ratio(row['speed_vs_best_all_stack_peer'])} | "
               f"{ratio(row['speed_vs_best_peer_same_targets'])} | {rss['median']:.0f} ({rss['min']:.0f}-{rss['max']:.0f}) |")
+    print("\n| trainer | samples/s after its first step | steady state: steps | steady samples/s (min-max) | "
+          "steady vs best all-stack peer (after its first step) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, row in table.items():
+        warm, steady, window = row["after_first_step"], row["steady"], row["steady_window"]
+        steady_text = "-" if not steady else f"{steady['median']:.2f} ({steady['min']:.2f}-{steady['max']:.2f})"
+        window_text = "-" if not window else f"{window['from_step']}-{window['from_step'] + window['steps'] - 1}"
+        print(f"| {name} | {'-' if not warm else format(warm['median'], '.2f')} | {window_text} | {steady_text} | "
+              f"{ratio(row['steady_vs_best_all_stack_peer'])} |")
 
 
 def main() -> None:
