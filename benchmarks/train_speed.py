@@ -288,6 +288,8 @@ def print_table(table: dict) -> None:
         print(f"| {name}{busy} | {row['group']} | {seconds['median']:.1f} ({seconds['min']:.1f}-{seconds['max']:.1f}) | "
               f"{row['samples_per_second']['median']:.2f} | {ratio(row['speed_vs_best_all_stack_peer'])} | "
               f"{ratio(row['speed_vs_best_peer_same_targets'])} | {rss['median']:.0f} ({rss['min']:.0f}-{rss['max']:.0f}) |")
+    if not any(row["steady"] for row in table.values()):
+        return
     print("\n| trainer (steps after every clip was drawn once) | steps | samples/s (min-max) | "
           "vs best all-stack peer (its epoch) | vs best peer, same targets, same steps |")
     print("| --- | --- | --- | --- | --- |")
