@@ -122,7 +122,7 @@ def eval_mode(module: torch.nn.Module):
 
 
 # auto checkpoints a micro-batch only above this much audio: base all-stack peaks near
-# 0.9 GB + 30 MB per second of batch audio on the CPU (benchmarks/train_speed.py --memory: 7.0 GB
+# 0.9 GB + 30 MB per second of batch audio on the CPU (benchmarks/train_speed.py --memory: 6.9 GB
 # for 8 clips of ~25 s), so 60 s stays under 3 GB unchecked, while short batches (the demo's 8 x
 # 5.5 s) keep full speed; checkpointing costs 10-20 % of samples/s.
 LONG_BATCH_SECONDS = 60.0
