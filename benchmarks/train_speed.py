@@ -9,12 +9,16 @@ evaluation or checkpoint inside the timed part of any path.
   peer grouped  the same with train_sampling_strategy="group_by_length" (`group_by_length=True`
                 before transformers 5): batches of similar lengths, HF's standard padding fix
   ours          moonlora.train.train (per-clip exact encoding, stem cache, data stream, Accelerate;
-                encoder gradient checkpointing as `auto` sets it: on for all-stack runs on the CPU)
+                encoder gradient checkpointing as `auto` sets it: on for micro-batches over 60 s of audio)
 
 All-stack paths adapt q/k/v/o/fc1/fc2 everywhere (`--target-modules all`, the default) and run
---steps steps. The decoder-only paths (`--target-modules decoder`: ours with its encoder-output
-cache, and the better peer with the same targets) run --decoder-steps steps, a whole run's worth
-(the demo: 30 steps of batch 8 over ~80 clips), because the cache pays from a clip's second draw.
+--steps steps (default: one epoch, every clip once; the clip list is trimmed to whole batches, so
+both sides see the same clips). The peer is timed from its first step's start to its last step's
+end, moonlora by its train_seconds: neither side's setup is timed. The decoder-only paths
+(`--target-modules decoder`: ours with its encoder-output cache, and the better peer with the same
+targets) run --decoder-steps steps (whole epochs), because the cache pays from a clip's second
+draw; their rate over the steps after every clip was drawn once is reported as "steady state".
+--bf16 adds bf16-autocast paths (ours `--mixed-precision bf16`, the grouped peer `bf16=True`).
 
 Each path runs --repeats times, interleaved (a, b, c, a, b, c, ...), every run in a fresh Python
 process (as a user's `moonlora experiment` is): medians and min-max are reported, with each run's
@@ -23,16 +27,18 @@ machine load (runs taken while it exceeded the core count are marked). A fresh p
 memory: run after run in one process, the heap left fragmented by an earlier path inflated a
 later path's peak (4.9 GB in-process vs 3.7 GB fresh for the same checkpointed spread run).
 
-    uv run python benchmarks/train_speed.py [--steps 6] [--decoder-steps 30] [--repeats 3] [--length-spread]
+    uv run python benchmarks/train_speed.py [--steps N] [--decoder-steps 30] [--repeats 3] [--length-spread] [--bf16]
 
 --length-spread joins 1-4 utterances per clip (about 3-25 s, like the experiment plan's
 manifests, mean 7-13 s) instead of single utterances (3-8 s).
 
---memory runs only ours, all-stack, with the encoder's gradient checkpointing off and on (`auto`
-turns it on for this CPU run): peak RSS and the speed that recomputing the encoder costs.
+--memory runs only ours, all-stack, with the encoder's gradient checkpointing off and on (forced
+for every batch; `auto` checkpoints batches over 60 s of audio): peak RSS and the speed that
+recomputing the encoder costs.
 --longest N keeps the N longest clips only (with N = batch size every step is the worst batch).
 
-    uv run python benchmarks/train_speed.py --memory --length-spread --steps 3 [--longest 8]
+    uv run python benchmarks/train_speed.py --memory --length-spread --steps 5
+    uv run python benchmarks/train_speed.py --memory --length-spread --steps 3 --longest 8 --repeats 1
 """
 
 from __future__ import annotations
