@@ -47,6 +47,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -335,7 +336,9 @@ def main() -> None:
         clips = load_manifest(args.clips_manifest).utterances
         args.steps = args.steps or len(clips) // args.batch_size
         run_one = build_paths(clips, args, work)[args.child][0]
-        print(CHILD_MARK + json.dumps(run_one()), flush=True)
+        result = run_one()
+        shutil.rmtree(work, ignore_errors=True)  # this run's folders; the clips belong to the parent
+        print(CHILD_MARK + json.dumps(result), flush=True)
         return
     load_at_start = print_load("start")
     synth = build_domain("atc", n=120 if not args.length_spread else 300, seed=1, out_dir=work / "atc", progress=False)
@@ -357,6 +360,7 @@ def main() -> None:
     paths = {name: (in_fresh_process(name, clips_manifest), group) for name, (_, group) in paths.items()}
     runs = interleaved({name: path for name, (path, _) in paths.items()}, args.repeats)
     table = summarize(runs, {name: group for name, (_, group) in paths.items()})
+    shutil.rmtree(work, ignore_errors=True)  # the synthesized clips and the children's manifest
     load_at_end = print_load("end")
     report = {"memory_mode": args.memory, "bf16_paths": args.bf16, "longest": args.longest, "steps": args.steps, "decoder_steps": args.decoder_steps, "batch_size": args.batch_size,
               "repeats": args.repeats, "clips": len(clips), "threads": args.threads,
