@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
-from moonlora import bundled
-from moonlora.audio import load_audio
+from moonlora.model import bundled
+from moonlora.data.audio import load_audio
 from moonlora.configs import DecodeConfig
-from moonlora.decode import decode_clips
-from moonlora.manifest import load_manifest, write_manifest
-from moonlora.metrics import corpus_score, score_utterance
-from moonlora.model import load_model
-from moonlora.synth.build import build_domain
+from moonlora.eval.decode import decode_clips
+from moonlora.data.manifest import load_manifest, write_manifest
+from moonlora.eval.metrics import corpus_score, score_utterance
+from moonlora.model.loading import load_model
+from moonlora.data.synth.build import build_domain
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import interleaved, median_spread, print_load  # noqa: E402

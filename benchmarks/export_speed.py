@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from moonlora.audio import AudioConfig
+from moonlora.data.audio import AudioConfig
 from moonlora.configs import DecodeConfig
-from moonlora.evaluate import evaluate_manifest
-from moonlora.export import export
-from moonlora.manifest import Manifest, load_manifest
-from moonlora.model import load_model
+from moonlora.eval.evaluate import evaluate_manifest
+from moonlora.ship.export import export
+from moonlora.data.manifest import Manifest, load_manifest
+from moonlora.model.loading import load_model
 
 OUT = Path(__file__).with_name("export_speed.json")
 

@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from moonlora.audio import AudioConfig, load_audio
+from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import DecodeConfig, LoraSettings, TrainConfig
-from moonlora.decode import decode_clips
-from moonlora.lora import attach_lora
-from moonlora.manifest import load_manifest
-from moonlora.metrics import corpus_score, score_utterance
-from moonlora.model import load_model
-from moonlora.synth.build import build_domain
-from moonlora.train import IntervalEval, TrainStream, train
+from moonlora.eval.decode import decode_clips
+from moonlora.model.lora import attach_lora
+from moonlora.data.manifest import load_manifest
+from moonlora.eval.metrics import corpus_score, score_utterance
+from moonlora.model.loading import load_model
+from moonlora.data.synth.build import build_domain
+from moonlora.train.loop import IntervalEval, TrainStream, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import interleaved, median_spread, print_load  # noqa: E402

@@ -10,7 +10,7 @@ a time (2 threads by default).
     uv run python benchmarks/train_probes.py audio     # reading a training clip from disk
 
 encoder: base + all-stack LoRA, 4 batches of 8 synthetic ATC clips (random, then length-sorted),
-stems cached as moonlora.train does; each step is forward + backward of the teacher-forced loss;
+stems cached as moonlora.train.loop does; each step is forward + backward of the teacher-forced loss;
 3 interleaved rounds, medians. "packed" concatenates the clips' stems into one unpadded sequence
 (per-clip rotary positions), runs the linear layers once and attention clip by clip through an
 attention function registered with transformers' AttentionInterface.
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from moonlora.audio import load_audio
+from moonlora.data.audio import load_audio
 from moonlora.configs import LoraSettings
-from moonlora.encoder import encoder_layers, masked_encoder_layers, pad_states
-from moonlora.lora import attach_lora
-from moonlora.manifest import load_manifest
-from moonlora.model import load_model
-from moonlora.synth.build import build_domain
-from moonlora.train import StemCache, clip_inputs, label_ids
+from moonlora.model.encoder import encoder_layers, masked_encoder_layers, pad_states
+from moonlora.model.lora import attach_lora
+from moonlora.data.manifest import load_manifest
+from moonlora.model.loading import load_model
+from moonlora.data.synth.build import build_domain
+from moonlora.train.loop import StemCache, clip_inputs, label_ids
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import print_load  # noqa: E402
@@ -146,7 +146,7 @@ def decoder_probe(work: Path) -> None:
     share of the ops that the dropout and K/V notes are about."""
     from torch.profiler import ProfilerActivity, profile
 
-    from moonlora.train import EncoderCache, batch_loss
+    from moonlora.train.loop import EncoderCache, batch_loss
 
     synth = build_domain("atc", n=40, seed=1, out_dir=work / "atc", progress=False)
     clips = load_manifest(synth.train_manifest).utterances[:8]

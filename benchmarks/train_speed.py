@@ -8,7 +8,7 @@ evaluation or checkpoint inside the timed part of any path.
                 each batch (the recipe of the Hugging Face speech fine-tuning guides)
   peer grouped  the same with train_sampling_strategy="group_by_length" (`group_by_length=True`
                 before transformers 5): batches of similar lengths, HF's standard padding fix
-  ours          moonlora.train.train (per-clip exact encoding, stem cache, data stream, Accelerate;
+  ours          moonlora.train.loop.train (per-clip exact encoding, stem cache, data stream, Accelerate;
                 encoder gradient checkpointing as `auto` sets it: on for micro-batches over 60 s of audio)
 
 All-stack paths adapt q/k/v/o/fc1/fc2 everywhere (`--target-modules all`, the default) and run
@@ -57,13 +57,13 @@ from pathlib import Path
 
 import torch
 
-from moonlora.audio import AudioConfig, load_audio
+from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import LoraSettings, TrainConfig
-from moonlora.lora import attach_lora
-from moonlora.manifest import load_manifest, write_manifest
-from moonlora.model import load_model
-from moonlora.synth.build import build_domain
-from moonlora.train import IntervalEval, TrainStream, label_ids, train
+from moonlora.model.lora import attach_lora
+from moonlora.data.manifest import load_manifest, write_manifest
+from moonlora.model.loading import load_model
+from moonlora.data.synth.build import build_domain
+from moonlora.train.loop import IntervalEval, TrainStream, label_ids, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import current_rss_mib, interleaved, median_spread, peak_rss_mib, print_load, release_memory, reset_peak_rss  # noqa: E402
@@ -224,22 +224,22 @@ def build_paths(clips, args, work: Path) -> dict[str, tuple[Callable[[], dict], 
         return lambda: ours(clips, steps, *common, folder(), lora, checkpointing, precision)
 
     if args.memory:
-        return {f"ours: moonlora.train, gradient checkpointing {setting}": (
+        return {f"ours: moonlora.train.loop, gradient checkpointing {setting}": (
             measured(our(args.steps, ALL, setting), all_samples), "all") for setting in ("off", "on")}
     paths = {
         "peer: Seq2SeqTrainer + PEFT": (measured(peer(args.steps, ALL, False), all_samples), "all"),
         "peer: Seq2SeqTrainer + PEFT, group_by_length": (measured(peer(args.steps, ALL, True), all_samples), "all"),
-        "ours: moonlora.train": (measured(our(args.steps, ALL), all_samples), "all"),
+        "ours: moonlora.train.loop": (measured(our(args.steps, ALL), all_samples), "all"),
     }
     if args.bf16:  # bf16 autocast on both sides: the peer's `bf16=True`, ours `--mixed-precision bf16`
         paths["peer: Seq2SeqTrainer + PEFT, group_by_length, bf16"] = (
             measured(peer(args.steps, ALL, True, bf16=True), all_samples), "all")
-        paths["ours: moonlora.train --mixed-precision bf16"] = (
+        paths["ours: moonlora.train.loop --mixed-precision bf16"] = (
             measured(our(args.steps, ALL, precision="bf16"), all_samples), "all")
     if args.decoder_steps > 0:
         paths["peer: Seq2SeqTrainer + PEFT, group_by_length, decoder targets"] = (
             measured(peer(args.decoder_steps, DECODER, True), decoder_samples), "decoder")
-        paths["ours: moonlora.train --target-modules decoder"] = (
+        paths["ours: moonlora.train.loop --target-modules decoder"] = (
             measured(our(args.decoder_steps, DECODER), decoder_samples), "decoder")
     return paths
 

@@ -11,8 +11,8 @@ import soundfile as sf
 import torch
 from transformers import MoonshineConfig, MoonshineForConditionalGeneration
 
-from moonlora import bundled
-from moonlora.model import bundled_feature_extractor
+from moonlora.model import bundled
+from moonlora.model.loading import bundled_feature_extractor
 
 
 def tiny_config() -> MoonshineConfig:
@@ -28,7 +28,7 @@ def tiny_config() -> MoonshineConfig:
 
 @pytest.fixture(scope="session")
 def hf_tokenizer():
-    from moonlora.tokenizer import build_hf_tokenizer
+    from moonlora.model.tokenizer import build_hf_tokenizer
 
     return build_hf_tokenizer(bundled.tokenizer_bin_path())
 
@@ -47,7 +47,7 @@ def tiny_model_dir(tmp_path_factory, hf_tokenizer) -> Path:
 
 @pytest.fixture()
 def tiny_loaded(tiny_model_dir):
-    from moonlora.model import load_model
+    from moonlora.model.loading import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 
@@ -91,7 +91,7 @@ def tone_set(folder, name, count, seed0=0, speakers=4):
 
 def ort_greedy(decoder, encoder_hidden: np.ndarray, start: int, eos: int, max_new_tokens: int) -> list[int]:
     """Greedy decoding with the merged decoder, carrying its KV cache between steps (an oracle written
-    apart from moonlora.ort_backend, for tests of the converted and exported graphs)."""
+    apart from moonlora.eval.ort_decoder, for tests of the converted and exported graphs)."""
     inputs = {i.name: i for i in decoder.get_inputs()}
     past_names = [n for n in inputs if n.startswith("past_key_values.")]
     _, heads, _, head_dim = inputs[past_names[0]].shape

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from moonlora.audio import AudioConfig, AudioError, header_duration, load_audio, normalize_rms, rms_dbfs
+from moonlora.data.audio import AudioConfig, AudioError, header_duration, load_audio, normalize_rms, rms_dbfs
 
 
 def test_downmix_and_resample_to_16k(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import soundfile as sf
 
 from conftest import write_tone
-from moonlora.audio import SAMPLE_RATE, load_audio
-from moonlora.augment import AugmentConfig, augment_manifest, change_speed
-from moonlora.manifest import load_manifest
+from moonlora.data.audio import SAMPLE_RATE, load_audio
+from moonlora.data.augment import AugmentConfig, augment_manifest, change_speed
+from moonlora.data.manifest import load_manifest
 
 
 def run(manifest, out_dir, **effects):

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from moonlora.audio import AudioConfig
-from moonlora.augment import AugmentConfig
+from moonlora.data.audio import AudioConfig
+from moonlora.data.augment import AugmentConfig
 from moonlora.cli import build_parser, commands_markdown
 from moonlora.configs import DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings, TrainConfig
-from moonlora.diagnose import DiagnoseConfig
+from moonlora.data.diagnose import DiagnoseConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 HEAVY = ("torch", "transformers", "peft", "accelerate")
@@ -173,7 +173,6 @@ def test_ctrl_c_while_modules_load_is_one_line(monkeypatch, capsys):
     import builtins
 
     from moonlora import entry
-
     real_import = builtins.__import__
 
     def interrupted_import(name, *args, **kwargs):

@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 from test_cli_light import REPORT_HEAVY, heavy_modules, run_python
 
-from moonlora.audio import AudioConfig
+from moonlora.data.audio import AudioConfig
 from moonlora.cli import main
-from moonlora.compare import DEFAULT_MARGIN, CompareError, compare_folders, contract_fields
+from moonlora.eval.compare import DEFAULT_MARGIN, CompareError, compare_folders, contract_fields
 from moonlora.configs import DecodeConfig
-from moonlora.contract import ContractMismatch, EvalContract
+from moonlora.eval.contract import ContractMismatch, EvalContract
 
 REF = "climb flight level two nine zero"  # six words
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from moonlora.audio import AudioConfig
+from moonlora.data.audio import AudioConfig
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
 
 
@@ -35,7 +35,7 @@ def test_from_dict_validates_and_refuses_unknown_fields():
 
 
 def test_configs_contract_and_report_tables_load_without_the_model_stack():
-    code = ("import sys, moonlora.configs, moonlora.contract, moonlora.report_tables; "
+    code = ("import sys, moonlora.configs, moonlora.eval.contract, moonlora.verdict.tables; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'peft', 'accelerate'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -1,8 +1,8 @@
 import pytest
 
-from moonlora.audio import AudioConfig
+from moonlora.data.audio import AudioConfig
 from moonlora.configs import DecodeConfig
-from moonlora.contract import ContractMismatch, EvalContract, require_comparable
+from moonlora.eval.contract import ContractMismatch, EvalContract, require_comparable
 
 
 def contract(**changes):

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from conftest import ort_greedy
-from moonlora import bundled
-
+from moonlora.model import bundled
 pytestmark = pytest.mark.integration
 
 MAX_NEW_TOKENS = 64
@@ -24,7 +23,7 @@ def paths():
 
 @pytest.fixture(scope="module")
 def model(paths):
-    from moonlora.convert import convert_bundled_base
+    from moonlora.model.convert import convert_bundled_base
 
     return convert_bundled_base(paths[0], paths[1])
 
@@ -60,7 +59,7 @@ def test_strict_load_fills_every_parameter(model):
 
 
 def test_missing_tensor_names_the_file(paths):
-    from moonlora.convert import read_ort_weights
+    from moonlora.model.convert import read_ort_weights
 
     # Both arguments the encoder: the decoder's nodes are then missing.
     with pytest.raises(ValueError, match="encoder_model.ort"):

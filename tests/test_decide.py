@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from moonlora.cli import main
-from moonlora.contract import ContractMismatch
-from moonlora.decide import FAIL, NOT_ASSESSED, PASS, DecideConfig, decide
+from moonlora.eval.contract import ContractMismatch
+from moonlora.verdict.decide import FAIL, NOT_ASSESSED, PASS, DecideConfig, decide
 from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, EvalSummary, RunLock, RunRecord,
                                 RunRecordError, TrainingSummary, checkpoint_staging, process_alive,
                                 publish_checkpoint, write_config_dict, write_record)
@@ -241,7 +241,7 @@ def test_decide_cli_exit_codes(tmp_path):
     ((-0.004, 0.003), (-0.2, 0.01), "fail"),          # not shown better than the baseline
 ])
 def test_export_parity_outcomes(to_torch, to_baseline, expected):
-    from moonlora.decide import parity_outcome
+    from moonlora.verdict.decide import parity_outcome
 
     ci = lambda low, high: {"ci_low": low, "ci_high": high}  # noqa: E731
     assert parity_outcome(ci(*to_torch), ci(*to_baseline), 0.005) == expected

@@ -4,13 +4,13 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from moonlora.audio import load_audio
+from moonlora.data.audio import load_audio
 from moonlora.configs import DecodeConfig
-from moonlora.decode import batch_order, decode_clips
-from moonlora.evaluate import evaluate_manifest
-from moonlora.manifest import load_manifest
-from moonlora.model import adapter_sha256, load_model, weights_sha256
-from moonlora.audio import AudioConfig
+from moonlora.eval.decode import batch_order, decode_clips
+from moonlora.eval.evaluate import evaluate_manifest
+from moonlora.data.manifest import load_manifest
+from moonlora.model.loading import adapter_sha256, load_model, weights_sha256
+from moonlora.data.audio import AudioConfig
 
 
 def decode_manifest(loaded, manifest, config):
@@ -92,7 +92,7 @@ def test_decode_config_validation():
 
 
 def test_stem_plus_layers_equal_the_transformers_encoder(tiny_loaded, tone_manifest):
-    from moonlora.encoder import encoder_layers, encoder_stem
+    from moonlora.model.encoder import encoder_layers, encoder_stem
 
     encoder = tiny_loaded.model.get_encoder()
     for utterance in load_manifest(tone_manifest).utterances:
@@ -105,7 +105,7 @@ def test_stem_plus_layers_equal_the_transformers_encoder(tiny_loaded, tone_manif
 
 
 def test_training_loss_is_the_same_with_the_stem_cache(tiny_loaded, tone_manifest):
-    from moonlora.train import StemCache, batch_loss
+    from moonlora.train.loop import StemCache, batch_loss
 
     model = nonidentity_lora(tiny_loaded.model)
     utterances = load_manifest(tone_manifest).utterances[:3]

@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 
 from conftest import write_tone
-from moonlora.diagnose import DiagnoseConfig, diagnose, render_markdown, run, write_json
+from moonlora.data.diagnose import DiagnoseConfig, diagnose, render_markdown, run, write_json
 
 LENGTHS = [0.6, 2.0, 4.5, 7.0, 12.0]
 THRESHOLDS = (5, 8, 10, 15, 20)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from moonlora.audio import AudioConfig, load_audio
+from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import DecodeConfig
-from moonlora.decode import decode_clips
-from moonlora.manifest import load_manifest
-from moonlora.model import load_model
-from moonlora.ort_export import write_merged_ort
-from moonlora.synth.build import build_domain
+from moonlora.eval.decode import decode_clips
+from moonlora.data.manifest import load_manifest
+from moonlora.model.loading import load_model
+from moonlora.ship.ort_export import write_merged_ort
+from moonlora.data.synth.build import build_domain
 
 pytestmark = pytest.mark.integration
 moonshine_voice = pytest.importorskip("moonshine_voice")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from moonlora import bundled
-from moonlora.audio import load_audio
+from moonlora.model import bundled
+from moonlora.data.audio import load_audio
 from moonlora.configs import DecodeConfig
-from moonlora.decode import decode_clips, encoder_mode
-from moonlora.encoder import conv_output_lengths, encode_batched_exact, encode_exact
+from moonlora.eval.decode import decode_clips, encoder_mode
+from moonlora.model.encoder import conv_output_lengths, encode_batched_exact, encode_exact
 
 TOLERANCE = 1e-4  # issue 11: batched states within 1e-4 of per-clip states
 
@@ -111,8 +111,8 @@ def test_encoder_setting_is_a_speed_setting():
 @pytest.mark.integration
 def test_real_model_real_speech_batched_equals_per_clip():
     """bundled:base-en on espeak speech and beckett.wav: states within 1e-4, identical transcripts."""
-    from moonlora.model import load_model
-    from moonlora.synth import espeak
+    from moonlora.model.loading import load_model
+    from moonlora.data.synth import espeak
 
     loaded = load_model(device="cpu")
     texts = ["speedbird four two seven climb flight level two one zero", "tower", "runway two seven left",

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import tone_set
-from moonlora import train as train_module
+from moonlora.train import loop as train_module
 from moonlora.cli import build_parser, main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
-from moonlora.experiment import run_experiment
+from moonlora.train.experiment import run_experiment
 from moonlora.outputs import OutputExists
 
 # Every experiment command line of the seed plan (its Test Matrix and headroom runs), verbatim (program name aside).
@@ -169,7 +169,7 @@ def test_non_finite_loss_skips_the_update_and_is_counted(tiny_model_dir, data, t
 
 
 def test_train_stream_is_a_pure_function_of_seed_and_step():
-    from moonlora.train import TrainStream
+    from moonlora.train.loop import TrainStream
 
     train = [f"t{i}" for i in range(10)]
     replay = [f"r{i}" for i in range(5)]
@@ -198,8 +198,7 @@ def test_only_the_main_process_writes_run_files(tiny_model_dir, data, tmp_path, 
 def test_best_and_last_adapters_are_both_kept_and_scored(tiny_model_dir, data, tmp_path, monkeypatch):
     import dataclasses
 
-    from moonlora import experiment as experiment_module
-
+    from moonlora.train import experiment as experiment_module
     original = experiment_module.evaluate_sets
     planted = {"step 2": 0.1, "step 4": 0.5}  # best at step 2, mid-run; the last adapter is another one
 

@@ -11,13 +11,13 @@ from transformers import MoonshineForConditionalGeneration
 from conftest import tone_set
 from moonlora.cli import main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
-from moonlora.evaluate import evaluate_manifest
-from moonlora.audio import AudioConfig
-from moonlora.experiment import run_experiment
-from moonlora.export import ExportError, export
-from moonlora.lora import attach_lora
-from moonlora.manifest import load_manifest
-from moonlora.model import load_model, weights_sha256
+from moonlora.eval.evaluate import evaluate_manifest
+from moonlora.data.audio import AudioConfig
+from moonlora.train.experiment import run_experiment
+from moonlora.ship.export import ExportError, export
+from moonlora.model.lora import attach_lora
+from moonlora.data.manifest import load_manifest
+from moonlora.model.loading import load_model, weights_sha256
 from moonlora.outputs import OutputExists
 
 
@@ -113,7 +113,7 @@ def test_bad_export_sources_are_one_line_errors(tiny_model_dir, tmp_path, capsys
 
 
 def test_lost_adapter_warning_only_when_every_change_rounded_away():
-    from moonlora.export import lost_adapter_warning
+    from moonlora.ship.export import lost_adapter_warning
 
     assert "the int8 model is the base model" in lost_adapter_warning({"differing_tensors": 128, "changed_tensors": 0})
     assert lost_adapter_warning({"differing_tensors": 128, "changed_tensors": 111}) is None

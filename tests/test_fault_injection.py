@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from moonlora import experiment as experiment_module
+from moonlora.train import experiment as experiment_module
 from moonlora.cli import main
-from moonlora.decide import decide
-from moonlora.report import build_report
+from moonlora.verdict.decide import decide
+from moonlora.verdict.report import build_report
 from moonlora.runfolder import CHECKPOINT_STATE, read_record
 
 from conftest import tone_set
@@ -47,7 +47,9 @@ DRIVER = textwrap.dedent('''
     # A process a non-interactive shell starts in the background inherits SIGINT ignored, and Python
     # then keeps it ignored; these tests are about what moonlora does when SIGINT does reach it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from moonlora import cli, experiment, runfolder, train
+    from moonlora import cli, runfolder
+    from moonlora.train import experiment
+    from moonlora.train import loop as train
     sys.path.insert(0, os.environ["TESTS_DIR"])
     from test_fault_injection import plant_val_wer
     plant_val_wer(experiment)

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from moonlora import bundled
+from moonlora.model import bundled
 from moonlora.cli import main
-from moonlora.manifest import write_manifest
+from moonlora.data.manifest import write_manifest
 
 pytestmark = pytest.mark.integration
 

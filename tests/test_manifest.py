@@ -3,7 +3,7 @@ import json
 import pytest
 
 from conftest import write_tone
-from moonlora.manifest import ManifestError, load_manifest
+from moonlora.data.manifest import ManifestError, load_manifest
 
 
 def write_rows(path, lines):

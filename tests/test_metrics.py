@@ -1,7 +1,7 @@
 import jiwer
 import pytest
 
-from moonlora.metrics import corpus_score, find_repeat_loop, flag_utterance, score_utterance
+from moonlora.eval.metrics import corpus_score, find_repeat_loop, flag_utterance, score_utterance
 
 
 def test_normalized_scoring_ignores_case_punctuation_and_number_style():

@@ -9,8 +9,8 @@ from transformers import MoonshineForConditionalGeneration
 from conftest import tiny_config
 from moonlora.configs import LoraSettings
 from moonlora.errors import ModelSourceError
-from moonlora.lora import attach_lora
-from moonlora.model import attach_adapter, load_model
+from moonlora.model.lora import attach_lora
+from moonlora.model.loading import attach_adapter, load_model
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from conftest import tone_set
 
 DRIVER = textwrap.dedent('''
     import os, sys
-    from moonlora import cli, train
+    from moonlora import cli
+    from moonlora.train import loop as train
     if os.environ.get("NAN_ON_RANK") == os.environ["RANK"]:
         real_loss, calls = train.batch_loss, {"n": 0}
         def batch_loss(*args):

@@ -1,4 +1,4 @@
-"""Route (b) of the edge export (moonlora.onnx_export): a transformers Moonshine exported to ONNX
+"""Route (b) of the edge export (moonlora.ship.onnx_export): a transformers Moonshine exported to ONNX
 ourselves, optionally int8, converted to ORT, and run unchanged by moonlora's onnxruntime backend."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import torch
 
 pytest.importorskip("onnx")  # onnxruntime.quantization and the TorchScript exporter's checker need it
 
-from moonlora import bundled  # noqa: E402
-from moonlora.audio import AudioConfig  # noqa: E402
+from moonlora.model import bundled  # noqa: E402
+from moonlora.data.audio import AudioConfig  # noqa: E402
 from moonlora.configs import DecodeConfig  # noqa: E402
-from moonlora.model import load_model  # noqa: E402
+from moonlora.model.loading import load_model  # noqa: E402
 
 
 def _session(path):
@@ -26,7 +26,7 @@ def _session(path):
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
     """{quantize: summary} of the tiny random Moonshine exported float32 and int8."""
-    from moonlora.onnx_export import export_onnx
+    from moonlora.ship.onnx_export import export_onnx
 
     model = load_model(str(tiny_model_dir), device="cpu").model
     root = tmp_path_factory.mktemp("onnx-export")
@@ -65,7 +65,7 @@ def test_merged_decoder_matches_torch_step_by_step(exported, tiny_model_dir):
     """Teacher-forced: ORT steps with the KV cache give the logits of one torch forward pass."""
     from pathlib import Path
 
-    from moonlora.ort_backend import load_ort_model
+    from moonlora.eval.ort_decoder import load_ort_model
 
     model = load_model(str(tiny_model_dir), device="cpu").model.eval()
     ort_model, _ = load_ort_model(Path(exported[False]["folder"]), "test")
@@ -95,8 +95,8 @@ def test_merged_decoder_matches_torch_step_by_step(exported, tiny_model_dir):
 
 
 def _token_ids(loaded, manifest_path):
-    from moonlora.evaluate import evaluate_manifest
-    from moonlora.manifest import load_manifest
+    from moonlora.eval.evaluate import evaluate_manifest
+    from moonlora.data.manifest import load_manifest
 
     result = evaluate_manifest(loaded, load_manifest(manifest_path), AudioConfig(), DecodeConfig(device="cpu"),
                                progress=False)

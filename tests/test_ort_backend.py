@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from moonlora import bundled
+from moonlora.model import bundled
 from moonlora.configs import DecodeConfig
-from moonlora.contract import ContractMismatch, require_comparable
+from moonlora.eval.contract import ContractMismatch, require_comparable
 from moonlora.errors import ModelSourceError
-from moonlora.model import load_model
-from moonlora.ort_backend import (
+from moonlora.model.loading import load_model
+from moonlora.eval.ort_decoder import (
     DECODER_FILE,
     ENCODER_FILE,
     EOS_ID,
@@ -161,8 +161,8 @@ def test_adapter_dtype_and_device_are_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def parity_manifest(tmp_path_factory):
-    from moonlora.manifest import load_manifest, write_manifest
-    from moonlora.synth.build import build_domain
+    from moonlora.data.manifest import load_manifest, write_manifest
+    from moonlora.data.synth.build import build_domain
 
     try:
         beckett = bundled.beckett_wav_path()
@@ -182,8 +182,8 @@ def loaded_pair(parity_manifest):
 
 @pytest.fixture(scope="module")
 def evaluated_pair(loaded_pair, parity_manifest):
-    from moonlora.audio import AudioConfig
-    from moonlora.evaluate import evaluate_manifest
+    from moonlora.data.audio import AudioConfig
+    from moonlora.eval.evaluate import evaluate_manifest
 
     config = DecodeConfig(device="cpu")
     return tuple(evaluate_manifest(loaded, parity_manifest, AudioConfig(), config, progress=False)
@@ -219,8 +219,8 @@ def test_contracts_differ_exactly_in_runtime_and_artifact(evaluated_pair):
 
 @pytest.mark.integration
 def test_tiny_cap_cuts_both_runtimes_alike(loaded_pair, parity_manifest):
-    from moonlora.audio import AudioConfig, load_audio
-    from moonlora.decode import decode_clips
+    from moonlora.data.audio import AudioConfig, load_audio
+    from moonlora.eval.decode import decode_clips
 
     beckett = parity_manifest.utterances[0]
     wave = load_audio(beckett.audio_filepath, AudioConfig())

@@ -1,4 +1,4 @@
-"""Route (a): a merged model's weights patched into copies of the bundled .ort graphs (moonlora.ort_export)."""
+"""Route (a): a merged model's weights patched into copies of the bundled .ort graphs (moonlora.ship.ort_export)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from conftest import ort_greedy, tiny_config
 from transformers import MoonshineForConditionalGeneration
 
-from moonlora import bundled
-from moonlora.ort_export import (
+from moonlora.model import bundled
+from moonlora.ship.ort_export import (
     DECODER_FILE,
     ENCODER_FILE,
     TOKENIZER_FILE,
@@ -119,7 +119,7 @@ def source_dir():
 
 @pytest.fixture(scope="module")
 def base_model(source_dir):
-    from moonlora.model import load_model
+    from moonlora.model.loading import load_model
 
     return load_model("bundled:base-en", device="cpu").model
 
@@ -172,7 +172,7 @@ def perturbed(base_model, tmp_path_factory):
 
 @pytest.mark.integration
 def test_perturbed_weights_are_within_half_a_step(perturbed, base_model):
-    from moonlora.convert import read_ort_weights
+    from moonlora.model.convert import read_ort_weights
 
     model, folder, report = perturbed
     assert report["requantized"] == 132 and report["differing_tensors"] == report["changed_tensors"] == 128
@@ -202,7 +202,7 @@ def test_perturbed_graphs_keep_the_bundled_signature(perturbed, source_dir):
 
 @pytest.mark.integration
 def test_perturbed_graphs_run_the_merged_model(perturbed, base_model, waveform):
-    from moonlora.convert import convert_bundled_base
+    from moonlora.model.convert import convert_bundled_base
 
     model, folder, _ = perturbed
     (hidden,) = _session(folder / ENCODER_FILE).run(["last_hidden_state"], {"input_values": waveform.numpy()})

@@ -55,9 +55,9 @@ def json_outputs(tmp_path, command):
 
 @pytest.fixture()
 def no_model(monkeypatch):
-    import moonlora.model
+    import moonlora.model.loading
 
-    monkeypatch.setattr(moonlora.model, "load_model", tripwire)
+    monkeypatch.setattr(moonlora.model.loading, "load_model", tripwire)
 
 
 def test_transcribe(tone_manifest, tmp_path, capsys, no_model):
@@ -75,7 +75,7 @@ def test_transcribe(tone_manifest, tmp_path, capsys, no_model):
 
 
 def test_synth(tmp_path, capsys, monkeypatch):
-    from moonlora.synth import espeak
+    from moonlora.data.synth import espeak
 
     monkeypatch.setattr(espeak, "synthesize", tripwire)
     ours = tmp_path / "ours"
@@ -91,9 +91,9 @@ def test_synth(tmp_path, capsys, monkeypatch):
 
 
 def test_augment(tone_manifest, tmp_path, capsys, monkeypatch):
-    import moonlora.augment
+    import moonlora.data.augment
 
-    monkeypatch.setattr(moonlora.augment, "load_audio", tripwire)
+    monkeypatch.setattr(moonlora.data.augment, "load_audio", tripwire)
     base = ["augment", "--manifest", str(tone_manifest), "--snr-db", "10", "--out"]
     ours = tmp_path / "ours"
     claim_output_dir(ours, "--out", "augment", ["clips", "manifest.jsonl"], overwrite=False)
@@ -117,12 +117,12 @@ def test_augment_overwrite_never_removes_originals_inside_its_clips(tmp_path, ca
 
 
 def test_diagnose(tone_manifest, tmp_path, capsys, monkeypatch):
-    import moonlora.diagnose
+    import moonlora.data.diagnose
 
     base = ["diagnose", "--manifests", str(tone_manifest), "--max-seconds", "8", "--json"]
     ours, theirs = json_outputs(tmp_path, "diagnose")
     with monkeypatch.context() as patch:
-        patch.setattr(moonlora.diagnose, "diagnose", tripwire)
+        patch.setattr(moonlora.data.diagnose, "diagnose", tripwire)
         assert "--overwrite" in assert_refused(main([*base, str(ours)]), capsys, "--json")
         assert "not written by moonlora" in assert_refused(main([*base, str(theirs), "--overwrite"]), capsys, "--json")
     assert theirs.read_text() == FOREIGN
@@ -137,9 +137,9 @@ def dummy_runs(folder):
 
 
 def test_decide(tmp_path, capsys, monkeypatch):
-    import moonlora.decide
+    import moonlora.verdict.decide
 
-    monkeypatch.setattr(moonlora.decide, "decide", tripwire)
+    monkeypatch.setattr(moonlora.verdict.decide, "decide", tripwire)
     run = dummy_runs(tmp_path / "runs") / "run-a"
     ours, theirs = json_outputs(tmp_path, "decide")
     assert_refused(main(["decide", str(run), "--json", str(ours)]), capsys, "--json")
@@ -148,9 +148,9 @@ def test_decide(tmp_path, capsys, monkeypatch):
 
 
 def test_report(tmp_path, capsys, monkeypatch):
-    import moonlora.report
+    import moonlora.verdict.report
 
-    monkeypatch.setattr(moonlora.report, "discover_runs", tripwire)
+    monkeypatch.setattr(moonlora.verdict.report, "discover_runs", tripwire)
     runs = dummy_runs(tmp_path / "runs")
     (runs / "training_report.md").write_text("an earlier report\n")  # the default --out
     line = assert_refused(main(["report", str(runs)]), capsys, "--out")

@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from moonlora.outputs import OutputExists
-from moonlora.report import build_report, print_experiment
-from moonlora.report_tables import MATRIX_COLUMNS, ci_cell, format_lr
+from moonlora.verdict.report import build_report, print_experiment
+from moonlora.verdict.tables import MATRIX_COLUMNS, ci_cell, format_lr
 from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, EvalSummary, Leg, RunRecord,
                                 TrainingSummary, checkpoint_staging, discover_runs, process_alive,
                                 publish_checkpoint, read_record, write_config_dict, write_record)
@@ -360,7 +360,7 @@ def test_report_cli_exit_codes(tmp_path):
 
 
 def test_zero_wer_lines_are_drawn_above_the_x_axis():
-    from moonlora.html_report import new_figure, show_zero_lines
+    from moonlora.verdict.html import new_figure, show_zero_lines
 
     figure, axes = new_figure()
     axes.plot([0, 10], [0.0, 0.0])  # a canary at WER 0 all along

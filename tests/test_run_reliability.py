@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import tone_set
-from moonlora import experiment as experiment_module
+from moonlora.train import experiment as experiment_module
 from moonlora import outputs
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
-from moonlora.decide import decide
-from moonlora.experiment import run_experiment
+from moonlora.verdict.decide import decide
+from moonlora.train.experiment import run_experiment
 from moonlora.outputs import OutputError, OutputExists
 from moonlora.runfolder import RunLock, RunLocked, read_record
 
@@ -183,7 +183,7 @@ def test_every_json_a_run_writes_is_strict(tiny_model_dir, data, tmp_path):
 
 
 def test_skipped_and_filtered_rows_are_printed_and_reported(tiny_model_dir, data, tmp_path, capsys):
-    from moonlora.report import build_report
+    from moonlora.verdict.report import build_report
 
     rows = [json.loads(line) for line in data["train"].read_text().splitlines()]
     rows[0]["audio_filepath"] = str(data["train"].parent / rows[0]["audio_filepath"])

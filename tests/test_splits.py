@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from moonlora.manifest import Utterance
-from moonlora.splits import split_train_val
+from moonlora.data.manifest import Utterance
+from moonlora.data.splits import split_train_val
 
 
 def utts(speakers):

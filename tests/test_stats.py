@@ -1,4 +1,4 @@
-"""Paired bootstrap of the corpus-WER difference (moonlora.stats)."""
+"""Paired bootstrap of the corpus-WER difference (moonlora.eval.stats)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from moonlora.manifest import Utterance
-from moonlora.metrics import UtteranceScore
-from moonlora.stats import BootstrapResult, compare_results, format_delta, paired_bootstrap
+from moonlora.data.manifest import Utterance
+from moonlora.eval.metrics import UtteranceScore
+from moonlora.eval.stats import BootstrapResult, compare_results, format_delta, paired_bootstrap
 
 
 def _case(n: int = 200, seed: int = 1):

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conftest import tone_set
-from moonlora import train as train_module
+from moonlora.train import loop as train_module
 from moonlora.cli import main
 from moonlora.sweep import SweepError, load_grid
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from moonlora.synth import espeak
-from moonlora.synth.build import build_domain
-from moonlora.synth.domains import DOMAINS, atc
+from moonlora.data.synth import espeak
+from moonlora.data.synth.build import build_domain
+from moonlora.data.synth.domains import DOMAINS, atc
 
 
 def _rms(x: np.ndarray) -> float:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from moonlora import bundled
-from moonlora.tokenizer import (
+from moonlora.model import bundled
+from moonlora.model.tokenizer import (
     build_hf_tokenizer,
     build_tokenizer,
     derive_merges,

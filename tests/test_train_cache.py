@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moonlora import train as train_module
-from moonlora.audio import AudioConfig, load_audio
+from moonlora.train import loop as train_module
+from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import DEFAULT_TARGETS, LoraSettings, TrainConfig
-from moonlora.lora import attach_lora
-from moonlora.manifest import load_manifest
-from moonlora.train import EncoderCache, IntervalEval, TrainStream, encoder_is_frozen, train
+from moonlora.model.lora import attach_lora
+from moonlora.data.manifest import load_manifest
+from moonlora.train.loop import EncoderCache, IntervalEval, TrainStream, encoder_is_frozen, train
 
 
 def lora_module_names(model) -> set[str]:
@@ -28,7 +28,7 @@ def test_decoder_preset_adapts_every_decoder_projection_and_no_encoder_weight(ti
 
 
 def test_all_preset_is_the_default_targets(tiny_model_dir):
-    from moonlora.model import load_model
+    from moonlora.model.loading import load_model
 
     preset = attach_lora(load_model(str(tiny_model_dir), device="cpu").model, LoraSettings(target_modules=("all",)), 0)
     default = attach_lora(load_model(str(tiny_model_dir), device="cpu").model, LoraSettings(target_modules=DEFAULT_TARGETS), 0)
@@ -71,7 +71,7 @@ def test_the_cache_keeps_nothing_beyond_its_byte_bound(tiny_loaded, tone_manifes
 
 def train_decoder_only(model_dir, manifest, run_dir, steps: int) -> tuple[list[float], int, dict]:
     """Train a decoder-only adapter; the losses, how often the encoder ran, and the adapter."""
-    from moonlora.model import load_model
+    from moonlora.model.loading import load_model
 
     loaded = load_model(str(model_dir), device="cpu")
     encoder_calls = []

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moonlora.audio import AudioConfig, load_audio
+from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import LoraSettings, TrainConfig
-from moonlora.lora import attach_lora
-from moonlora.manifest import load_manifest
-from moonlora.train import (IntervalEval, StemCache, TrainStream, batch_loss, checkpointed_layers,
+from moonlora.model.lora import attach_lora
+from moonlora.data.manifest import load_manifest
+from moonlora.train.loop import (IntervalEval, StemCache, TrainStream, batch_loss, checkpointed_layers,
                             resolve_gradient_checkpointing, train)
 
 
@@ -53,7 +53,7 @@ def test_checkpointed_encoder_gives_the_same_loss_and_gradients(tiny_loaded, ton
 
 
 def test_auto_checkpoints_only_a_trained_encoder_on_the_cpu(tiny_model_dir):
-    from moonlora.model import load_model
+    from moonlora.model.loading import load_model
 
     all_stack = attach_lora(load_model(str(tiny_model_dir), device="cpu").model, LoraSettings(), 0)
     decoder_only = attach_lora(load_model(str(tiny_model_dir), device="cpu").model,
@@ -69,7 +69,7 @@ def test_auto_checkpoints_only_a_trained_encoder_on_the_cpu(tiny_model_dir):
 
 def train_all_stack(model_dir, manifest, run_dir, checkpointing: str) -> tuple[list[float], dict, int]:
     """A short all-stack run: its losses, last adapter and how often the encoder's first MLP ran."""
-    from moonlora.model import load_model
+    from moonlora.model.loading import load_model
 
     loaded = load_model(str(model_dir), device="cpu")
     mlp_calls = []
@@ -94,8 +94,7 @@ def test_training_with_checkpointing_matches_training_without(tiny_model_dir, to
 
 
 def test_auto_checkpoints_only_micro_batches_with_long_audio(tiny_model_dir, tone_manifest, tmp_path, monkeypatch):
-    from moonlora import train as train_module
-
+    from moonlora.train import loop as train_module
     *_, short_calls = train_all_stack(tiny_model_dir, tone_manifest, tmp_path / "short", "auto")
     assert short_calls == 6  # the tone clips are ~1 s: far under the limit, nothing recomputed
     monkeypatch.setattr(train_module, "LONG_BATCH_SECONDS", 0.5)

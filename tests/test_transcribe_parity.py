@@ -5,10 +5,10 @@ import json
 import pytest
 
 from conftest import tone_set
-from moonlora.audio import AudioConfig
+from moonlora.data.audio import AudioConfig
 from moonlora.cli import main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
-from moonlora.experiment import run_experiment
+from moonlora.train.experiment import run_experiment
 
 
 @pytest.fixture(scope="module")

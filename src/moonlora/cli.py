@@ -17,20 +17,21 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from moonlora.audio import AudioConfig, AudioError
-from moonlora.augment import BANDS, NOISE_COLORS, AugmentConfig
+from moonlora import markdown
+from moonlora.data.audio import AudioConfig, AudioError
+from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
 from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings,
                               TrainConfig, TranscribeConfig, default_of)
-from moonlora.compare import DEFAULT_MARGIN, DEFAULT_TOP, CompareError
-from moonlora.contract import ContractMismatch
-from moonlora.decide import DecideConfig
-from moonlora.diagnose import DiagnoseConfig
+from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP, CompareError
+from moonlora.eval.contract import ContractMismatch
+from moonlora.verdict.decide import DecideConfig
+from moonlora.data.diagnose import DiagnoseConfig
 from moonlora.errors import ModelSourceError
-from moonlora.manifest import ManifestError
+from moonlora.data.manifest import ManifestError
 from moonlora.outputs import OutputError, OutputExists, check_output_file, write_json
 from moonlora.runfolder import RunLocked, RunRecordError, is_main_process
-from moonlora.synth.build import build_domain
-from moonlora.synth.domains import DOMAINS
+from moonlora.data.synth.build import build_domain
+from moonlora.data.synth.domains import DOMAINS
 
 # Errors that come from what the user passed: one line, exit code 2, no traceback.
 USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, OutputExists, OutputError,
@@ -139,7 +140,7 @@ def quiet_model_logs(args: argparse.Namespace) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from moonlora.transcribe import check_output, print_summary, run_transcribe, with_run_settings
+    from moonlora.eval.transcribe import check_output, print_summary, run_transcribe, with_run_settings
 
     config = TranscribeConfig(
         manifest=args.manifest, model=args.model, adapter=args.adapter, output_dir=args.output_dir,
@@ -162,8 +163,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         seeds=tuple(args.seeds), device=args.device, overwrite=args.overwrite)
     config = replace(config, output_dir=str(check_output(config)))  # refused before torch loads
     quiet_model_logs(args)
-    from moonlora.decide import render
-    from moonlora.report import print_experiment
+    from moonlora.verdict.decide import render
+    from moonlora.verdict.report import print_experiment
 
     result = run_demo(config, progress=not args.quiet)
     for metrics in result.runs:
@@ -202,8 +203,8 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
 def cmd_experiment(args: argparse.Namespace) -> int:
     config = experiment_config(args)
     quiet_model_logs(args)
-    from moonlora.experiment import run_experiment
-    from moonlora.report import print_experiment
+    from moonlora.train.experiment import run_experiment
+    from moonlora.verdict.report import print_experiment
 
     try:
         metrics = run_experiment(config, progress=not args.quiet)
@@ -291,7 +292,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     json_path = check_output_file(args.json, "--json", args.overwrite) if args.json else None
-    from moonlora.decide import decide, render
+    from moonlora.verdict.decide import decide, render
 
     decision = decide(args.runs, DecideConfig(margin=args.margin, h3_band=args.h3_band,
                                               regression_factor=args.regression_factor))
@@ -303,7 +304,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     json_path = check_output_file(args.json, "--json", args.overwrite) if args.json else None
-    from moonlora.compare import compare_folders, render
+    from moonlora.eval.compare import compare_folders, render
 
     comparison = compare_folders(args.a, args.b, allow=tuple(args.allow), margin=args.margin, top=args.top)
     print(render(comparison))
@@ -313,7 +314,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from moonlora.report import build_report
+    from moonlora.verdict.report import build_report
 
     # build_report checks both outputs (default: inside RUNS_DIR) before it reads any run.
     result = build_report(Path(args.runs_dir), out_markdown=Path(args.out) if args.out else None,
@@ -327,7 +328,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     quiet_model_logs(args)
-    from moonlora.export import export, lost_adapter_warning
+    from moonlora.ship.export import export, lost_adapter_warning
 
     result = export(args.source, args.out, export_format=args.format, model=args.model, overwrite=args.overwrite,
                     rounding=args.rounding)
@@ -345,7 +346,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json", args.overwrite)
-    from moonlora.diagnose import run
+    from moonlora.data.diagnose import run
 
     config = DiagnoseConfig(manifests=tuple(args.manifests), max_seconds=args.max_seconds,
                             thresholds=tuple(args.thresholds), seed=args.seed,
@@ -364,7 +365,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from moonlora.augment import augment_manifest
+    from moonlora.data.augment import augment_manifest
 
     result = augment_manifest(AugmentConfig(
         manifest=args.manifest, out_dir=args.out, noise_snr_db=args.snr_db, band=args.band, speed=args.speed,
@@ -651,19 +652,13 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
 # --- the README's commands table ------------------------------------------------------------------------------------
 
 
-def _cell(text: str) -> str:
-    """One Markdown table cell (or paragraph): one line, pipes escaped, no stray HTML tags."""
-    text = " ".join(str(text).split())
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _flag_cell(action: argparse.Action) -> str:
     names = " / ".join(action.option_strings) or (action.metavar or action.dest.upper())
     if action.choices:
         names += " {" + ",".join(str(choice) for choice in action.choices) + "}"
     if action.nargs in ("+", "*"):
         names += " ..."
-    return f"`{_cell(names)}`"
+    return f"`{markdown.text(names)}`"
 
 
 def _flag_table(parser: argparse.ArgumentParser) -> list[str]:
@@ -672,7 +667,7 @@ def _flag_table(parser: argparse.ArgumentParser) -> list[str]:
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
             continue  # -h/--help and the command slot
         shown = "as in experiment" if action.default is argparse.SUPPRESS else default_text(action)
-        rows.append(f"| {_flag_cell(action)} | {_cell(shown)} | {_cell(action.help)} |")
+        rows.append(f"| {_flag_cell(action)} | {markdown.text(shown)} | {markdown.text(action.help)} |")
     return rows
 
 
@@ -687,11 +682,11 @@ def commands_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     parser = parser or build_parser()
     commands = _subcommands(parser)
     lines = ["| command | what it does |", "| --- | --- |"]
-    lines += [f"| [`moonlora {name}`](#moonlora-{name}) | {_cell(summary)} |" for name, summary, _ in commands]
+    lines += [f"| [`moonlora {name}`](#moonlora-{name}) | {markdown.text(summary)} |" for name, summary, _ in commands]
     lines += ["", "Options of `moonlora` itself go before the command (`moonlora --quiet synth ...`):", ""]
     lines += _flag_table(parser)
     for name, _, sub in commands:
-        lines += ["", f"### `moonlora {name}`", "", _cell(sub.description), ""]
+        lines += ["", f"### `moonlora {name}`", "", markdown.text(sub.description), ""]
         lines += _flag_table(sub)
     lines += ["", "### Exit codes", ""]
     lines += [f"- `{code}`: {meaning}" for code, meaning in EXIT_CODES]

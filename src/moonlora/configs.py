@@ -1,6 +1,6 @@
 """Run settings as frozen dataclasses: model, decode, training, LoRA, experiment, transcribe and demo configs.
 
-Torch-free on purpose (stdlib only, plus the torch-free `AudioConfig`), so command-line parsing,
+Torch-free on purpose (stdlib only), so command-line parsing,
 eval contracts and reports can build and read configs without loading torch, transformers,
 peft or accelerate.
 """
@@ -12,13 +12,36 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from moonlora.audio import AudioConfig
+SAMPLE_RATE = 16_000  # Moonshine's only input rate
+PIPELINE_VERSION = "1"  # bump when load_audio changes what it returns
+
 
 DEFAULT_MODEL = "bundled:base-en"
-DTYPE_NAMES = ("float32", "bfloat16", "float16")  # moonlora.device.DTYPES maps them to torch dtypes
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # moonlora.model.device.DTYPES maps them to torch dtypes
 ENCODER_MODES = ("auto", "per-clip", "batched")  # DecodeConfig.encoder
 # The experiment plan's targets: attention projections and MLPs of every encoder/decoder layer.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How a file becomes Moonshine input."""
+
+    sample_rate: int = SAMPLE_RATE
+    # RMS level to scale each clip to, in dBFS; None keeps the recorded level.
+    rms_target_dbfs: float | None = None
+    # Clips quieter than this RMS (dBFS) are left as they are: scaling near-silence up only
+    # amplifies noise.
+    silence_floor_dbfs: float = -70.0
+
+    def __post_init__(self) -> None:
+        if self.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"Moonshine needs {SAMPLE_RATE} Hz input, got sample_rate={self.sample_rate}")
+        if self.rms_target_dbfs is not None and not -60.0 <= self.rms_target_dbfs <= 0.0:
+            raise ValueError(f"rms_target_dbfs must lie in [-60, 0] dBFS, got {self.rms_target_dbfs}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "pipeline_version": PIPELINE_VERSION}
 
 
 @dataclass(frozen=True)

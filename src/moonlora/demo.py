@@ -16,13 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moonlora.canary import build_canary
+from moonlora.data.canary import build_canary
+from moonlora.model import bundled
 from moonlora.configs import DEFAULT_MODEL, DecodeConfig, DemoConfig, ExperimentConfig, TrainConfig
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
-from moonlora.synth.build import build_domain
+from moonlora.data.synth.build import build_domain
 
 if TYPE_CHECKING:
-    from moonlora.decide import Decision
+    from moonlora.verdict.decide import Decision
 
 __all__ = ["DemoConfig", "DemoResult", "check_output", "experiment_config", "run_demo"]
 
@@ -61,13 +62,14 @@ def run_demo(config: DemoConfig, progress: bool = True) -> DemoResult:
     started = time.perf_counter()
     out_dir = check_output(config)  # before torch loads
     claim_output_dir(out_dir, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite, require_empty=True)
-    from moonlora.decide import decide
-    from moonlora.experiment import run_experiment
-    from moonlora.report import build_report
+    from moonlora.verdict.decide import decide
+    from moonlora.train.experiment import run_experiment
+    from moonlora.verdict.report import build_report
 
     write_json(out_dir / "demo_config.json", asdict(config), command=OUTPUT_KIND)
     domain = build_domain("atc", n=config.domain_clips, seed=0, out_dir=out_dir / "atc", progress=progress)
-    canary = build_canary(out_dir / "canary", sentences=config.canary_sentences, seed=0, progress=progress)
+    beckett = {"audio_filepath": str(bundled.beckett_wav_path()), "text": bundled.BECKETT_TEXT, "speaker": "beckett"}
+    canary = build_canary(out_dir / "canary", [beckett], sentences=config.canary_sentences, seed=0, progress=progress)
     run_dirs = [out_dir / "runs" / f"atc-seed{seed}" for seed in config.seeds]
     runs = [run_experiment(experiment_config(config, domain.out_dir, canary, run_dir, seed), progress=progress)
             for seed, run_dir in zip(config.seeds, run_dirs)]

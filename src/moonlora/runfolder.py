@@ -29,7 +29,7 @@ import socket
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from moonlora.manifest import file_sha256
+from moonlora.data.manifest import file_sha256
 from moonlora.outputs import write_json
 
 SCHEMA_VERSION = 2
@@ -103,7 +103,7 @@ class EvalSummary:
 
 @dataclass
 class Comparison:
-    """Paired bootstrap of tuned - baseline on one manifest (moonlora.stats.BootstrapResult)."""
+    """Paired bootstrap of tuned - baseline on one manifest (moonlora.eval.stats.BootstrapResult)."""
 
     baseline_wer: float
     tuned_wer: float

@@ -291,7 +291,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, command: str | None = 
     started = time.perf_counter()
     if not config.resume:
         claim_output_dir(out_dir, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite, require_empty=True)
-    from moonlora.experiment import BaselineStore, run_experiment
+    from moonlora.train.experiment import BaselineStore, run_experiment
 
     previous = read_sweep(out_dir) if config.resume else {}
     state = SweepState(config=config.to_dict(), command=command or shlex.join(["moonlora", *sys.argv[1:]]),
@@ -348,7 +348,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, command: str | None = 
 
 def decide_groups(planned: list[PlannedRun], state: SweepState) -> dict:
     """`decide` over each group of finished runs that differ only by seed."""
-    from moonlora.decide import decide
+    from moonlora.verdict.decide import decide
 
     statuses = {row["name"]: row["status"] for row in state.runs}
     decisions, state.groups = {}, []
@@ -363,7 +363,7 @@ def decide_groups(planned: list[PlannedRun], state: SweepState) -> dict:
 
 
 def write_report(out_dir: Path, command: str) -> tuple[Path | None, Path | None]:
-    from moonlora.report import build_report
+    from moonlora.verdict.report import build_report
 
     runs_dir = out_dir / RUNS_DIR
     if not runs_dir.is_dir():
@@ -376,7 +376,7 @@ def write_report(out_dir: Path, command: str) -> tuple[Path | None, Path | None]
 
 def verdict_table(result: SweepResult) -> str:
     """One line per group: its runs and the overall verdict, then each group's verdict table."""
-    from moonlora.decide import render
+    from moonlora.verdict.decide import render
 
     lines = ["| group | runs | verdict |", "| --- | --- | --- |"]
     for key, decision in result.decisions.items():

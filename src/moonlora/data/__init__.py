@@ -1,0 +1,1 @@
+"""The data stage: audio, text, manifests, splits, augmentation, canaries, diagnostics, synthetic speech."""

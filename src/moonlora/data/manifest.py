@@ -1,0 +1,195 @@
+"""Manifests: JSONL rows naming an audio file and its transcript (NeMo field names).
+
+`load_manifest` is the only reader. Rows that cannot be used are skipped, counted and
+listed with their file and line — never silently dropped, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from moonlora.data.audio import AudioError, header_duration
+from moonlora.data.text import has_words, normalize
+
+AUDIO_KEYS = ("audio_filepath", "audio", "path", "wav", "audio_path")
+TEXT_KEYS = ("text", "transcript", "transcription", "sentence")
+DURATION_KEYS = ("duration", "seconds")
+SPEAKER_KEYS = ("speaker", "speaker_id")
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be used (missing file, no usable row)."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One usable manifest row."""
+
+    audio_filepath: Path  # resolved against the manifest's folder
+    text: str
+    duration: float  # seconds: the row's own field, else the file header
+    speaker: str | None
+    line: int  # 1-based line in the manifest
+    file_duration: float  # seconds, from the file header
+    audio_sha256: str
+
+    @property
+    def utt_id(self) -> str:
+        return f"{self.line}:{self.audio_filepath.name}"
+
+    def to_dict(self) -> dict:
+        row = {"audio_filepath": str(self.audio_filepath), "duration": self.duration, "text": self.text}
+        if self.speaker is not None:
+            row["speaker"] = self.speaker
+        return row
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    manifest: str
+    line: int
+    # bad_json | no_audio_field | empty_text | text_normalizes_to_nothing | missing_audio
+    # | unreadable_audio | bad_duration
+    kind: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.manifest}:{self.line}: {self.reason}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Manifest:
+    path: Path
+    utterances: list[Utterance]
+    skipped: list[SkippedRow] = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(u.duration for u in self.utterances)
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of what is measured: each used row's audio bytes and transcript, in order."""
+        digest = hashlib.sha256()
+        for utterance in self.utterances:
+            digest.update(utterance.audio_sha256.encode())
+            digest.update(b"\0" + utterance.text.encode("utf-8") + b"\n")
+        return digest.hexdigest()
+
+    def skipped_by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.skipped:
+            counts[row.kind] = counts.get(row.kind, 0) + 1
+        return counts
+
+
+def _first(row: dict, keys: tuple[str, ...]):
+    for key in keys:
+        if key in row and row[key] is not None:
+            return row[key]
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parse_duration(value) -> float | None:
+    if isinstance(value, bool):
+        raise ValueError
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError
+    return seconds
+
+
+def parse_row(row: object, manifest_dir: Path, name: str, line: int) -> Utterance | SkippedRow:
+    """Turn one decoded JSON row into an Utterance, or say why it cannot be used."""
+
+    def skip(kind: str, reason: str) -> SkippedRow:
+        return SkippedRow(name, line, kind, reason)
+
+    if not isinstance(row, dict):
+        return skip("bad_json", "row is not a JSON object")
+    audio_field = _first(row, AUDIO_KEYS)
+    if not isinstance(audio_field, str) or not audio_field.strip():
+        return skip("no_audio_field", f"no audio path (expected one of {', '.join(AUDIO_KEYS)})")
+    text = _first(row, TEXT_KEYS)
+    if not isinstance(text, str) or not text.strip():
+        return skip("empty_text", f"empty or missing transcript (expected one of {', '.join(TEXT_KEYS)})")
+    if not has_words(normalize(text)):
+        # Scoring compares normalized words; with none in the reference, WER has no denominator.
+        return skip(
+            "text_normalizes_to_nothing",
+            f"transcript {text.strip()!r} has no words once normalized (case, punctuation and fillers "
+            "removed), so it cannot be scored; write the spoken words or drop the row",
+        )
+    audio_path = Path(audio_field).expanduser()
+    if not audio_path.is_absolute():
+        audio_path = manifest_dir / audio_path
+    if not audio_path.is_file():
+        return skip("missing_audio", f"audio file not found: {audio_path}")
+    try:
+        file_seconds = header_duration(audio_path)
+    except AudioError as error:
+        return skip("unreadable_audio", str(error))
+    declared = _first(row, DURATION_KEYS)
+    try:
+        duration = file_seconds if declared is None else _parse_duration(declared)
+    except (TypeError, ValueError):
+        return skip("bad_duration", f"duration is not a positive number: {declared!r}")
+    speaker = _first(row, SPEAKER_KEYS)
+    return Utterance(
+        audio_filepath=audio_path,
+        text=text.strip(),
+        duration=duration,
+        speaker=None if speaker is None else str(speaker),
+        line=line,
+        file_duration=file_seconds,
+        audio_sha256=file_sha256(audio_path),
+    )
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read a JSONL manifest; unusable rows are collected in `Manifest.skipped`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; pass a JSONL file with one row per clip")
+    utterances: list[Utterance] = []
+    skipped: list[SkippedRow] = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as error:
+                skipped.append(SkippedRow(str(path), line_number, "bad_json", f"invalid JSON ({error.msg})"))
+                continue
+            parsed = parse_row(row, path.parent, str(path), line_number)
+            (utterances if isinstance(parsed, Utterance) else skipped).append(parsed)
+    if not utterances:
+        detail = f"; first problem: {skipped[0]}" if skipped else ""
+        raise ManifestError(f"{path}: no usable rows ({len(skipped)} skipped){detail}")
+    return Manifest(path=path, utterances=utterances, skipped=skipped)
+
+
+def write_manifest(rows: list[dict], path: str | Path) -> Path:
+    """Write rows as JSONL (one JSON object per line, UTF-8)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path

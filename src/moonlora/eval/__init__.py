@@ -1,0 +1,1 @@
+"""The evaluation stage: decoding, scoring, the eval contract, statistics, comparison, transcription."""

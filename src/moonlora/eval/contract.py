@@ -1,0 +1,97 @@
+"""The eval contract: everything that decides a WER number, recorded with the number.
+
+Two results are comparable only when their contracts match; `require_comparable` refuses
+otherwise and names each differing field. Baseline-vs-tuned comparisons allow the adapter
+(and only the adapter) to differ.
+
+`runtime` is what ran the model: {"name": "torch", "precision": <the dtype>} or
+{"name": "onnxruntime", "precision": "int8" | "float16" | "float32"} (read from the graphs). For
+onnxruntime, `model_sha256` is the artifact hash (the .ort files and tokenizer.bin, see
+`moonlora.eval.ort_decoder`). A torch and an onnxruntime result compare only when the caller allows it
+knowingly: `require_comparable(a, b, allow=("runtime", "model_sha256"))`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+from moonlora.data.audio import AudioConfig
+from moonlora.configs import DecodeConfig
+from moonlora.data.text import normalizer_id
+
+
+class ContractMismatch(ValueError):
+    """Two results measured under different protocols."""
+
+
+def torch_runtime(dtype: str = "float32") -> dict:
+    return {"name": "torch", "precision": dtype}
+
+
+@dataclass(frozen=True)
+class EvalContract:
+    manifest_sha256: str
+    audio: dict  # AudioConfig.to_dict()
+    normalizer: dict  # name and version
+    decode: dict  # DecodeConfig.result_dict(): the settings that can change a transcript
+    model_sha256: str
+    adapter_sha256: str | None
+    runtime: dict  # {"name": "torch" | "onnxruntime", "precision": ...}
+
+    @classmethod
+    def build(cls, manifest_sha256: str, audio: AudioConfig, decode: DecodeConfig,
+              model_sha256: str, adapter_sha256: str | None, runtime: dict | None = None) -> EvalContract:
+        """`runtime` defaults to torch at the decode dtype (what `load_model(dtype=decode.dtype)` runs)."""
+        return cls(manifest_sha256=manifest_sha256, audio=audio.to_dict(), normalizer=normalizer_id(),
+                   decode=decode.result_dict(), model_sha256=model_sha256, adapter_sha256=adapter_sha256,
+                   runtime=dict(runtime) if runtime is not None else torch_runtime(decode.dtype))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalContract:
+        names = {f.name for f in fields(cls)}
+        if "runtime" not in data and isinstance(data.get("decode"), dict) and "dtype" in data["decode"]:
+            # Contracts from before the runtime field was recorded were all measured by torch.
+            data = {**data, "runtime": {"name": "torch", "precision": data["decode"]["dtype"]}}
+        missing = names - data.keys()
+        if missing:
+            raise ContractMismatch(f"eval contract lacks field(s): {', '.join(sorted(missing))}")
+        return cls(**{name: data[name] for name in names})
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def differences(self, other: EvalContract) -> list[str]:
+        """Names of differing fields; dict fields name the differing key (e.g. decode.num_beams)."""
+        differing = []
+        for field in fields(self):
+            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            if isinstance(mine, dict) and isinstance(theirs, dict):
+                keys = sorted(set(mine) | set(theirs))
+                differing += [f"{field.name}.{k}" for k in keys if mine.get(k) != theirs.get(k)]
+            elif mine != theirs:
+                differing.append(field.name)
+        return differing
+
+
+def require_comparable(first: EvalContract, second: EvalContract, allow: tuple[str, ...] = ()) -> None:
+    """Raise ContractMismatch unless the contracts match on every field not in `allow`."""
+    differing = [name for name in first.differences(second) if name.split(".")[0] not in allow]
+    if differing:
+        details = ", ".join(
+            f"{name} ({_field_value(first, name)!r} vs {_field_value(second, name)!r})" for name in differing
+        )
+        raise ContractMismatch(f"results were measured under different eval contracts: {details}")
+
+
+def _field_value(contract: EvalContract, dotted: str):
+    head, _, key = dotted.partition(".")
+    value = getattr(contract, head)
+    value = value.get(key) if key else value
+    return value[:12] if isinstance(value, str) and len(value) == 64 else value

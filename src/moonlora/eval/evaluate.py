@@ -1,0 +1,157 @@
+"""Evaluate a model on a whole manifest under one eval contract, and write the results."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from moonlora.data.audio import AudioConfig, load_audio
+from moonlora.configs import DecodeConfig
+from moonlora.eval.contract import EvalContract
+from moonlora.eval.decode import DecodedClip, decode_clips
+from moonlora.data.manifest import Manifest, SkippedRow, Utterance
+from moonlora.eval.metrics import CorpusScore, UtteranceFlags, UtteranceScore, corpus_score, flag_utterance, score_utterance
+from moonlora.model.loading import LoadedModel, adapter_sha256
+from moonlora.outputs import write_json, write_text
+from moonlora.progress import progress_bar
+
+FLAG_NAMES = ("empty_hypothesis", "token_cap_hit", "repeat_loop")
+# Clip-length buckets (seconds) for WER by duration: Moonshine hallucinates under ~1 s and over ~30 s.
+DURATION_EDGES = (1.0, 5.0, 10.0, 20.0, 30.0)
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    utterance: Utterance
+    hypothesis: str
+    decoded: DecodedClip
+    score: UtteranceScore
+    flags: UtteranceFlags
+
+    def to_dict(self) -> dict:
+        u = self.utterance
+        return {
+            "utt_id": u.utt_id, "audio_filepath": str(u.audio_filepath), "line": u.line,
+            "duration": u.duration, "speaker": u.speaker, "ref": u.text, "hyp": self.hypothesis,
+            "ref_norm": self.score.ref_norm, "hyp_norm": self.score.hyp_norm,
+            "ref_words": self.score.ref_words, "substitutions": self.score.substitutions,
+            "deletions": self.score.deletions, "insertions": self.score.insertions,
+            "wer": self.score.wer, "num_tokens": len(self.decoded.token_ids), "token_ids": self.decoded.token_ids,
+            "token_cap": self.decoded.token_cap, "flags": self.flags.names(),
+            "repeat_ngram": self.flags.repeat_loop,
+        }
+
+
+@dataclass
+class EvalResult:
+    manifest_path: Path
+    clips: list[ClipResult]
+    skipped: list[SkippedRow]
+    corpus: CorpusScore
+    contract: EvalContract
+    audio_seconds: float
+    decode_seconds: float
+    wall_seconds: float
+
+    def flag_counts(self) -> dict[str, int]:
+        return {name: sum(name in c.flags.names() for c in self.clips) for name in FLAG_NAMES}
+
+    def wer_by_duration(self) -> list[dict]:
+        edges = (0.0, *DURATION_EDGES, float("inf"))
+        buckets = []
+        for low, high in zip(edges, edges[1:]):
+            scores = [c.score for c in self.clips if low <= c.utterance.duration < high]
+            if scores:
+                label = f"{low:g}-{high:g}s" if high != float("inf") else f">={low:g}s"
+                buckets.append({"bucket": label, "clips": len(scores), "wer": corpus_score(scores).wer})
+        return buckets
+
+    def summary_dict(self) -> dict:
+        return {
+            "manifest": str(self.manifest_path),
+            "wer": self.corpus.wer, "cer": self.corpus.cer, "raw_wer": self.corpus.raw_wer,
+            "scores": self.corpus.to_dict(),
+            "clips": len(self.clips), "hours": self.audio_seconds / 3600.0,
+            "audio_seconds": self.audio_seconds,
+            "skipped": len(self.skipped), "skipped_rows": [row.to_dict() for row in self.skipped],
+            "flags": self.flag_counts(), "wer_by_duration": self.wer_by_duration(),
+            "decode_seconds": self.decode_seconds, "wall_seconds": self.wall_seconds,
+            "rtfx": self.audio_seconds / self.decode_seconds if self.decode_seconds > 0 else None,
+            "contract": self.contract.to_dict(),
+        }
+
+
+def evaluate_manifest(
+    loaded: LoadedModel,
+    manifest: Manifest,
+    audio: AudioConfig,
+    decode: DecodeConfig,
+    progress: bool = True,
+    description: str = "transcribing",
+) -> EvalResult:
+    """Transcribe every usable clip of the manifest and score it (full-manifest WER)."""
+    started = time.perf_counter()
+    utterances = manifest.utterances
+    bar = progress_bar(len(utterances), description, unit="clip", enabled=progress)
+    decoded, decode_seconds = decode_clips(
+        loaded.model, loaded.feature_extractor, loaded.tokenizer,
+        durations=[u.duration for u in utterances],
+        load_waveform=lambda i: load_audio(utterances[i].audio_filepath, audio),
+        config=decode, on_batch=bar.update,
+    )
+    bar.close()
+    clips = []
+    for utterance, clip in zip(utterances, decoded):
+        score = score_utterance(utterance.text, clip.text)
+        clips.append(ClipResult(utterance, clip.text, clip, score, flag_utterance(score, clip.token_cap_hit)))
+    contract = EvalContract.build(
+        manifest.content_hash, audio, decode, loaded.weights_sha256, adapter_sha256(loaded.model),
+        runtime=loaded.runtime_dict(),
+    )
+    return EvalResult(
+        manifest_path=manifest.path, clips=clips, skipped=manifest.skipped,
+        corpus=corpus_score([c.score for c in clips]), contract=contract,
+        audio_seconds=sum(u.file_duration for u in utterances), decode_seconds=decode_seconds,
+        wall_seconds=time.perf_counter() - started,
+    )
+
+
+def write_eval(result: EvalResult, out_dir: Path, extra: dict | None = None) -> tuple[Path, Path]:
+    """Write `transcripts.jsonl` (one row per clip) and `summary.json` into out_dir, each atomically."""
+    transcripts, summary = out_dir / "transcripts.jsonl", out_dir / "summary.json"
+    write_text(transcripts, "".join(json.dumps(clip.to_dict(), ensure_ascii=False) + "\n" for clip in result.clips))
+    write_json(summary, {**result.summary_dict(), **(extra or {})})
+    return transcripts, summary
+
+
+def read_eval(out_dir: Path, manifest: Manifest) -> EvalResult | None:
+    """An evaluation written by `write_eval` for this very manifest, rebuilt; None when absent,
+    unreadable or written for other clips (then the caller decodes again).
+
+    Used on resume, so a resumed run does not decode its baseline sets a second time. Scores and
+    flags are recomputed from the stored texts (deterministic), the contract is the stored one.
+    """
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        rows = [json.loads(line) for line in (out_dir / "transcripts.jsonl").read_text(encoding="utf-8").splitlines()]
+        contract = EvalContract.from_dict(summary["contract"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    utterances = manifest.utterances
+    if contract.manifest_sha256 != manifest.content_hash or len(rows) != len(utterances) \
+            or any(row.get("utt_id") != u.utt_id for row, u in zip(rows, utterances)):
+        return None
+    clips = []
+    for utterance, row in zip(utterances, rows):
+        cap_hit = "token_cap_hit" in (row.get("flags") or [])
+        decoded = DecodedClip(row["hyp"], list(row.get("token_ids") or []), int(row["token_cap"]), cap_hit)
+        score = score_utterance(utterance.text, decoded.text)
+        clips.append(ClipResult(utterance, decoded.text, decoded, score, flag_utterance(score, cap_hit)))
+    return EvalResult(manifest_path=manifest.path, clips=clips, skipped=manifest.skipped,
+                      corpus=corpus_score([c.score for c in clips]), contract=contract,
+                      audio_seconds=float(summary.get("audio_seconds") or 0.0),
+                      decode_seconds=float(summary.get("decode_seconds") or 0.0),
+                      wall_seconds=float(summary.get("wall_seconds") or 0.0))

@@ -1,0 +1,1 @@
+"""The model stage: Moonshine families, loading, conversion, tokenizer, encoder, device, LoRA."""

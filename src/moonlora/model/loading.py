@@ -1,0 +1,364 @@
+"""Model sources: one resolver (`load_model`) behind every command's `--model`.
+
+- `bundled:base-en` (default): Moonshine base converted from the moonshine-cpp wheel into a
+  transformers checkpoint in the user cache, once, and rebuilt when the wheel's files change.
+- a local `save_pretrained` directory, or a Hugging Face Hub id such as
+  `UsefulSensors/moonshine-tiny`, through plain `from_pretrained`.
+- `ort:DIR` (or a folder holding `encoder_model.ort` / `decoder_model_merged.ort`, without the
+  prefix), and `ort:bundled:base-en` for the wheel's own folder: the ONNX Runtime graphs a user
+  deploys, scored through onnxruntime (`moonlora.eval.ort_decoder`). No adapter: merge and export first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import socket
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from platformdirs import user_cache_dir
+from safetensors import SafetensorError, safe_open
+from transformers import (
+    AutoFeatureExtractor,
+    AutoTokenizer,
+    MoonshineForConditionalGeneration,
+    Wav2Vec2FeatureExtractor,
+)
+
+from moonlora.model import bundled
+from moonlora.data.audio import SAMPLE_RATE
+from moonlora.configs import DEFAULT_MODEL
+from moonlora.model.device import DTYPES, resolve_device
+from moonlora.errors import ModelSourceError
+
+BUNDLED_PREFIX = "bundled:"
+ORT_PREFIX = "ort:"
+BUNDLED_MODELS = ("base-en",)
+CONVERTER_VERSION = "1"  # bump when convert.py changes what it writes
+COMPLETE_MARKER = "moonlora_source.json"
+ADAPTER_MATH_KEYS = ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# What transformers, peft, safetensors and torch.load raise for a damaged or mismatched local file.
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
+
+
+@dataclass
+class LoadedModel:
+    """A Moonshine model with what it needs to hear and write, and where it came from."""
+
+    # MoonshineForConditionalGeneration, or a PeftModel around it; for runtime "onnxruntime" an
+    # ort_backend.OrtModel
+    model: torch.nn.Module
+    feature_extractor: object
+    tokenizer: object
+    source: str  # the --model value
+    weights_sha256: str  # of the base weights, before any adapter; for onnxruntime the artifact hash
+    adapter_path: str | None = None
+    runtime: str = "torch"  # torch | onnxruntime
+    precision: str = "float32"  # torch: the dtype it was loaded in; onnxruntime: read from the graphs
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def runtime_dict(self) -> dict:
+        """The eval contract's `runtime` field."""
+        return {"name": self.runtime, "precision": self.precision}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MOONLORA_CACHE") or user_cache_dir("moonlora"))
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256(CONVERTER_VERSION.encode())
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def bundled_feature_extractor() -> Wav2Vec2FeatureExtractor:
+    # Moonshine reads the raw waveform: no normalization, just padding and an attention mask.
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
+        do_normalize=False, return_attention_mask=True,
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _unreadable_files(folder: Path) -> list[tuple[Path, str]]:
+    """(file, why) for each JSON file in `folder` that does not parse and each weights file whose
+    header does not read; cheap checks, run only after loading the folder has failed."""
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            found.append((path, f"not valid JSON: {_first_line(error)}"))
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            found.append((path, f"not a readable safetensors file: {_first_line(error)}"))
+    for path in sorted(folder.glob("*.bin")):
+        if not zipfile.is_zipfile(path):
+            found.append((path, "not a readable PyTorch checkpoint"))
+    return found
+
+
+def _load_failure(folder: Path, error: BaseException, problem: str, damaged_fix: str, fix: str) -> ModelSourceError:
+    """One line naming the damaged file in `folder` when there is one, else the folder and `problem`."""
+    damaged = _unreadable_files(folder)
+    if damaged:
+        path, why = damaged[0]
+        others = f" (and {len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""
+        return ModelSourceError(f"{path}: {why}{others}; {damaged_fix}")
+    return ModelSourceError(f"{folder}: {problem} ({type(error).__name__}: {_first_line(error)}); {fix}")
+
+
+def _load_local(folder: Path, damaged_fix: str):
+    """`_from_pretrained` of a local folder; a failure becomes a one-line ModelSourceError."""
+    try:
+        return _from_pretrained(str(folder), local_only=True)
+    except LOAD_ERRORS as error:
+        raise _load_failure(
+            folder, error, "not a Moonshine save_pretrained folder", damaged_fix,
+            fix="pass a folder written by save_pretrained of a Moonshine model",
+        ) from None
+
+
+def _write_bundled_checkpoint(target: Path, source_hash: str) -> None:
+    from moonlora.model.convert import convert_bundled_base
+    from moonlora.model.tokenizer import build_hf_tokenizer
+
+    model = convert_bundled_base(bundled.encoder_ort_path(), bundled.decoder_ort_path())
+    model.save_pretrained(target)
+    build_hf_tokenizer(bundled.tokenizer_bin_path()).save_pretrained(target)
+    bundled_feature_extractor().save_pretrained(target)
+    (target / COMPLETE_MARKER).write_text(json.dumps({"source_sha256": source_hash, "converter": CONVERTER_VERSION}))
+
+
+def bundled_checkpoint(name: str = "base-en") -> Path:
+    """The converted checkpoint directory, converting it first if it is missing or stale."""
+    if name not in BUNDLED_MODELS:
+        raise ModelSourceError(f"unknown bundled model 'bundled:{name}'; available: bundled:base-en")
+    try:
+        sources = [bundled.encoder_ort_path(), bundled.decoder_ort_path(), bundled.tokenizer_bin_path()]
+    except bundled.BundledModelMissing as error:
+        raise ModelSourceError(str(error)) from None
+    source_hash = _sha256_files(sources)
+    target = cache_root() / f"bundled-{name}-{source_hash[:16]}"
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a temporary sibling, then rename: a crash never leaves a half checkpoint.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _write_bundled_checkpoint(staging, source_hash)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            if not (target / COMPLETE_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _hub_reachable() -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _from_pretrained(location: str, local_only: bool):
+    model = MoonshineForConditionalGeneration.from_pretrained(location, local_files_only=local_only)
+    feature_extractor = AutoFeatureExtractor.from_pretrained(location, local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+    return model, feature_extractor, tokenizer
+
+
+def _load_hub(spec: str):
+    try:  # already in the local Hugging Face cache: works offline
+        return _from_pretrained(spec, local_only=True)
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise ModelSourceError(
+            f"cannot load '{spec}': the Hugging Face Hub is not reachable and the model is not in "
+            f"the local cache; use --model {DEFAULT_MODEL} for the offline Moonshine base"
+        )
+    try:
+        return _from_pretrained(spec, local_only=False)
+    except OSError as error:
+        raise ModelSourceError(
+            f"cannot load '{spec}' from the Hugging Face Hub ({_first_line(error)}); "
+            f"check the id, or use --model {DEFAULT_MODEL} offline"
+        ) from None
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Hash of every tensor in the state dict, by name: the same weights give the same hash."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def adapter_sha256(model: torch.nn.Module) -> str | None:
+    """Hash of the adapter (LoRA) tensors alone; None when no adapter is attached."""
+    if not hasattr(model, "peft_config"):
+        return None
+    from peft import get_peft_model_state_dict
+
+    # Only the settings that change what the adapter computes: the rest of a PEFT config
+    # (inference_mode, base model path, ...) differs between a trained and a reloaded adapter.
+    config = model.peft_config[model.active_adapter].to_dict()
+    digest = hashlib.sha256(json.dumps(
+        {key: config.get(key) for key in ADAPTER_MATH_KEYS}, sort_keys=True, default=str,
+    ).encode())
+    for name, tensor in sorted(get_peft_model_state_dict(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Module:
+    """Wrap the model in a PeftModel with the saved LoRA adapter active."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir).expanduser()
+    if not adapter_dir.is_dir():
+        what = "is a file, not a folder" if adapter_dir.exists() else "no such folder"
+        raise ModelSourceError(f"--adapter {adapter_dir}: {what}; pass the adapter directory a moonlora run wrote")
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelSourceError(
+            f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json); pass the adapter "
+            "directory a moonlora run wrote"
+        )
+    if not any((adapter_dir / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise ModelSourceError(
+            f"{adapter_dir}: no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); copy the whole adapter "
+            "directory a moonlora run wrote"
+        )
+    try:
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    except LOAD_ERRORS as error:
+        raise _load_failure(
+            adapter_dir, error, "cannot load the adapter onto this model",
+            damaged_fix="copy the adapter directory again from its run, or train it again",
+            fix="pass the --model the adapter was trained on",
+        ) from None
+
+
+def ort_folder(spec: str) -> Path | None:
+    """The ONNX Runtime model folder `spec` names (`ort:DIR`, `ort:bundled:base-en`, or a folder
+    holding the .ort graphs), or None for a torch model."""
+    from moonlora.eval.ort_decoder import is_ort_folder
+
+    if spec.startswith(ORT_PREFIX):
+        rest = spec[len(ORT_PREFIX):]
+        if rest.startswith(BUNDLED_PREFIX):
+            name = rest[len(BUNDLED_PREFIX):]
+            if name not in BUNDLED_MODELS:
+                raise ModelSourceError(f"unknown bundled model '{spec}'; available: ort:bundled:base-en")
+            try:
+                return bundled.base_en_dir()
+            except bundled.BundledModelMissing as error:
+                raise ModelSourceError(str(error)) from None
+        if not rest:
+            raise ModelSourceError(f"--model {spec}: name the folder, e.g. ort:path/to/model or ort:bundled:base-en")
+        return Path(rest).expanduser()
+    folder = Path(spec).expanduser()
+    return folder if folder.is_dir() and is_ort_folder(folder) else None
+
+
+def require_torch(loaded: LoadedModel, what: str = "training") -> None:
+    """Refuse an onnxruntime model where moonlora needs torch weights (training, adapters, export)."""
+    if loaded.runtime != "torch":
+        raise ModelSourceError(
+            f"--model {loaded.source}: {what} needs a torch model; an onnxruntime model can only be scored "
+            "(moonlora transcribe); pass the torch model it was exported from"
+        )
+
+
+def load_ort(spec: str, folder: Path, device: str = "auto", dtype: str = "float32",
+             adapter: str | Path | None = None) -> LoadedModel:
+    """An ONNX Runtime model folder as a LoadedModel (runtime "onnxruntime", CPU)."""
+    from moonlora.eval.ort_decoder import RUNTIME_NAME, load_ort_model
+
+    if adapter is not None:
+        raise ModelSourceError(
+            f"--adapter cannot apply to the onnxruntime model {spec}: merge the adapter and export the model "
+            "first, then score the exported folder"
+        )
+    if dtype != "float32":
+        raise ModelSourceError(f"--dtype {dtype}: an onnxruntime model runs at its graphs' own precision; drop --dtype")
+    if device not in ("auto", "cpu"):
+        raise ModelSourceError(f"--device {device}: the onnxruntime backend runs on the CPU; drop --device")
+    model, tokenizer = load_ort_model(folder, spec)
+    return LoadedModel(
+        model=model, feature_extractor=bundled_feature_extractor(), tokenizer=tokenizer, source=spec,
+        weights_sha256=model.artifact_sha256, runtime=RUNTIME_NAME, precision=model.precision,
+    )
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "float32",
+    adapter: str | Path | None = None,
+) -> LoadedModel:
+    """Resolve `--model` (and optionally `--adapter`) into a ready-to-use model in eval mode."""
+    folder = ort_folder(spec)
+    if folder is not None:
+        return load_ort(spec, folder, device=device, dtype=dtype, adapter=adapter)
+    if spec.startswith(BUNDLED_PREFIX):
+        checkpoint = bundled_checkpoint(spec[len(BUNDLED_PREFIX):])
+        model, feature_extractor, tokenizer = _load_local(
+            checkpoint, damaged_fix=f"delete {checkpoint} and rerun to convert the bundled model again"
+        )
+    elif Path(spec).expanduser().is_dir():
+        model, feature_extractor, tokenizer = _load_local(
+            Path(spec).expanduser(), damaged_fix="copy the model folder again, or save_pretrained it again"
+        )
+    elif Path(spec).expanduser().exists() or spec.count("/") != 1:
+        raise ModelSourceError(
+            f"--model {spec!r}: not a folder, a hub id (owner/name), ort:DIR or {DEFAULT_MODEL}"
+        )
+    else:
+        model, feature_extractor, tokenizer = _load_hub(spec)
+    base_hash = weights_sha256(model)
+    if adapter is not None:
+        model = attach_adapter(model, adapter)
+    model = model.to(device=resolve_device(device), dtype=DTYPES[dtype]).eval()
+    return LoadedModel(
+        model=model, feature_extractor=feature_extractor, tokenizer=tokenizer, source=spec,
+        weights_sha256=base_hash, adapter_path=None if adapter is None else str(adapter), precision=dtype,
+    )

@@ -1,0 +1,1 @@
+"""The shipping stage: merged checkpoints and edge-runtime graphs."""

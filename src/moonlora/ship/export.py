@@ -1,0 +1,176 @@
+"""`moonlora export`: the model a user ships, from a run (or an adapter folder).
+
+`hf` merges the LoRA adapter into the base weights (PEFT `merge_and_unload`) and writes a complete
+`save_pretrained` folder — model, tokenizer, feature extractor, generation config — that plain
+`MoonshineForConditionalGeneration.from_pretrained` and moonlora's `--model DIR` load.
+
+`ort` writes the folder the edge runtime (moonshine-voice, C++ over onnxruntime) loads:
+`encoder_model.ort`, `decoder_model_merged.ort`, `tokenizer.bin`, with the same file names, graph
+inputs/outputs and int8 scheme as the bundled `base-en` folder. Route: the merged weights are
+re-quantized with the bundled per-tensor min/max scheme (stochastic rounding by default: nearest
+rounding erased most of a trained adapter, see `moonlora.ship.ort_export`) and patched into copies of
+the bundled graphs (`moonlora.ship.ort_export`, route (a) of the issue). Chosen by measurement for
+Moonshine base: it reproduces the bundled files byte for byte for an identity adapter, so the only
+thing an export can change is the weights. Any other architecture (moonshine-tiny from the hub)
+takes route (b), `moonlora.ship.onnx_export`: moonlora's own torch.onnx export of the encoder and of a
+merged decoder with the bundled graphs' inputs/outputs, onnxruntime dynamic int8 quantization and
+ORT-format conversion (optimum-onnx is not an option: it requires transformers < 4.58).
+
+`both` writes `hf/` and `ort/` side by side. Every export carries `manifest.json`: the source run
+and its eval contracts, the base model, adapter and merged-weights hashes, the precision and
+quantization, and the tool versions, so a later score of the exported model is tied to the run that
+measured it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from moonlora.configs import DEFAULT_MODEL
+from moonlora.errors import ModelSourceError
+from moonlora.outputs import check_output_dir, claim_output_dir, write_json
+from moonlora.provenance import provenance
+from moonlora.runfolder import ADAPTER_DIR, METRICS_FILE, RunRecord, RunRecordError, read_record
+
+EXPORT_KIND = "export"
+MANIFEST_NAME = "manifest.json"
+HF_ENTRIES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "preprocessor_config.json", MANIFEST_NAME)
+ORT_ENTRIES = ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin", MANIFEST_NAME)
+FORMATS = ("hf", "ort", "both")
+ENTRIES = {"hf": HF_ENTRIES, "ort": ORT_ENTRIES, "both": ("hf", "ort")}
+
+
+class ExportError(ValueError):
+    """What to export cannot be found or used."""
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    adapter_dir: Path
+    model: str  # the base model the adapter was trained on
+    run_dir: Path | None
+    record: RunRecord | None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    manifest: dict  # of the hf folder when there is one, else of the ort folder
+    folders: dict  # format -> folder
+    manifests: dict  # format -> manifest
+
+
+def resolve_source(source: str | Path, model: str | None) -> ExportSource:
+    """A finished run folder (its adapter and base model), or an adapter folder (with --model)."""
+    path = Path(source)
+    run_dir = path if (path / METRICS_FILE).is_file() else \
+        path.parent if path.name == ADAPTER_DIR and (path.parent / METRICS_FILE).is_file() else None
+    if run_dir is not None:
+        try:
+            record = read_record(run_dir)
+        except RunRecordError as error:
+            raise ExportError(str(error)) from None
+        if not record.finished:
+            raise ExportError(f"{run_dir}: the run is {record.status} at {record.phase}; only a finished run has "
+                              "a chosen adapter to export (resume it first)")
+        adapter_dir = run_dir / ADAPTER_DIR
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise ExportError(f"{adapter_dir}: no adapter_config.json; the run folder has no adapter to export")
+        trained_on = str(record.config.get("model") or DEFAULT_MODEL)
+        if model is not None and model != trained_on:
+            raise ExportError(f"--model {model}: the run trained its adapter on {trained_on}; drop --model")
+        return ExportSource(adapter_dir, trained_on, run_dir, record)
+    if (path / "adapter_config.json").is_file():
+        return ExportSource(path, model or DEFAULT_MODEL, None, None)
+    raise ExportError(f"{path}: neither a run folder ({METRICS_FILE}) nor an adapter folder (adapter_config.json)")
+
+
+def export_manifest(source: ExportSource, base_sha: str, adapter_sha: str | None, merged_sha: str,
+                    export_format: str, quantization: dict | None = None) -> dict:
+    record = source.record
+    return {
+        "format": export_format,
+        "source_run": str(source.run_dir) if source.run_dir else None,
+        "source_adapter": str(source.adapter_dir),
+        "base_model": source.model,
+        "base_model_sha256": base_sha,
+        "adapter_sha256": adapter_sha,
+        "merged_weights_sha256": merged_sha,
+        "precision": "int8" if quantization else "float32",
+        "quantization": quantization,
+        "run_eval_contracts": {name: summary.contract for name, summary in record.tuned.items()} if record else None,
+        "run_tuned_wer": {name: summary.wer for name, summary in record.tuned.items()} if record else None,
+        "provenance": provenance(),
+    }
+
+
+def lost_adapter_warning(quantization: dict) -> str | None:
+    """The adapter changed weights but no int8 byte: it rounded away in quantization."""
+    if quantization.get("differing_tensors") and not quantization.get("changed_tensors"):
+        return ("the adapter changed the weights by less than half an int8 step everywhere: the int8 model is "
+                "the base model; score it (transcribe --model ort:DIR) before shipping, or train longer")
+    return None
+
+
+def export(source: str | Path, out_dir: str | Path, export_format: str = "hf", model: str | None = None,
+           overwrite: bool = False, rounding: str = "stochastic") -> ExportResult:
+    """Merge the adapter into its base model and write the `hf` and/or `ort` folder with manifest.json."""
+    if export_format not in FORMATS:
+        raise ExportError(f"--format {export_format}: pick one of {', '.join(FORMATS)}")
+    resolved = resolve_source(source, model)
+    out_dir = check_output_dir(out_dir, "--out", EXPORT_KIND, ENTRIES[export_format], overwrite, require_empty=True)
+    from moonlora.model.loading import adapter_sha256, load_model, weights_sha256  # torch loads only here
+
+    loaded = load_model(resolved.model, device="cpu", adapter=resolved.adapter_dir)
+    adapter_hash = adapter_sha256(loaded.model)
+    merged = loaded.model.merge_and_unload().eval()
+    merged_hash = weights_sha256(merged)
+    route = ort_route(merged) if export_format in ("ort", "both") else None
+    claim_output_dir(out_dir, "--out", EXPORT_KIND, ENTRIES[export_format], overwrite, require_empty=True)
+    folders = {"hf": out_dir, "ort": out_dir} if export_format != "both" else {"hf": out_dir / "hf", "ort": out_dir / "ort"}
+    manifests = {}
+    if export_format in ("hf", "both"):
+        write_hf(merged, loaded, folders["hf"])
+        manifests["hf"] = export_manifest(resolved, loaded.weights_sha256, adapter_hash, merged_hash, "hf")
+    if export_format in ("ort", "both"):
+        quantization = write_ort(merged, folders["ort"], rounding, route)
+        manifests["ort"] = export_manifest(resolved, loaded.weights_sha256, adapter_hash, merged_hash, "ort",
+                                           quantization)
+    for name, manifest in manifests.items():
+        write_json(folders[name] / MANIFEST_NAME, manifest, command="export")
+    return ExportResult(out_dir, manifests.get("hf") or manifests["ort"], folders, manifests)
+
+
+def write_hf(merged, loaded, folder: Path) -> None:
+    try:
+        merged.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        loaded.feature_extractor.save_pretrained(folder)
+    except OSError as error:
+        raise ModelSourceError(f"--out {folder}: cannot write the merged model ({error.strerror or error})") from None
+
+
+def ort_route(merged) -> str:
+    """"a" (patch the bundled graphs) for Moonshine base, "b" (ONNX export) for any other shape."""
+    from moonlora.ship.ort_export import check_route_a
+
+    try:
+        check_route_a(merged.config)
+    except ValueError:
+        return "b"
+    return "a"
+
+
+def write_ort(merged, folder: Path, rounding: str, route: str) -> dict:
+    if route == "a":
+        from moonlora.ship.ort_export import write_merged_ort
+
+        stats = write_merged_ort(merged, folder, rounding=rounding)
+        return {**stats, "route": "a: bundled graphs patched in place (moonlora.ship.ort_export)"}
+    from moonlora.ship.onnx_export import export_onnx
+
+    stats = export_onnx(merged, folder, quantize=True)
+    return {**{key: value for key, value in stats.items() if not isinstance(value, Path)},
+            "route": "b: torch.onnx export + onnxruntime dynamic int8 + ORT format (moonlora.ship.onnx_export)"}

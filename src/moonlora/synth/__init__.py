@@ -1,5 +1,0 @@
-"""Cold-start synthetic domain data: templated text spoken by eSpeak NG voices.
-
-`moonlora.synth.build.build_domain` writes wav clips plus NeMo-style train/test
-manifests for a domain registered in `moonlora.synth.domains.DOMAINS`.
-"""

@@ -1,0 +1,130 @@
+"""What the report shows of a run, as plain text: the Test Matrix and per-manifest cells.
+
+Shared by the Markdown/console report (`moonlora.verdict.report`) and the HTML page
+(`moonlora.verdict.html`), which each add their own markup. Runs are `runfolder.FoundRun`s:
+the typed record, read through the run folder module.
+"""
+
+from __future__ import annotations
+
+from moonlora.markdown import ci_cell, short
+from moonlora.runfolder import Comparison, FoundRun, RunRecord, describe_state
+
+MATRIX_COLUMNS = ("Run ID", "Date", "Command", "Dataset", "Steps", "LR", "LoRA Targets", "Manifest",
+                  "Baseline WER", "Tuned WER", "Notes", "95% CI (tuned - baseline)")
+CANDIDATE_COLUMNS = ("Adapter", "Step", "Val WER", "Main WER", "95% CI (main - baseline)", "Folder")
+MANIFEST_COLUMNS = ("Manifest", "Clips", "Baseline WER", "Tuned WER", "95% CI (tuned - baseline)",
+                    "P(tuned better)", "Flags (baseline -> tuned)")
+
+
+def delta_cell(comparison: Comparison) -> str:
+    return f"{ci_cell(comparison)} P(better)={comparison.p_tuned_better:.3f}"
+
+
+def manifest_names(record: RunRecord) -> list[str]:
+    """Scored manifests in plan order: val, main, extras, canary."""
+    names = list(dict.fromkeys([*record.baseline, *record.tuned]))
+    rank = {"val": 0, "main": 1, "canary": 3}
+    return sorted(names, key=lambda n: rank.get(n, 2))
+
+
+def format_lr(lr) -> str:
+    """1e-3 style, as the plan writes learning rates."""
+    if not isinstance(lr, (int, float)):
+        return "-" if lr is None else str(lr)
+    mantissa, exponent = f"{lr:e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def format_wer(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def wer_of(record: RunRecord, side: str, name: str = "main") -> float | None:
+    summary = getattr(record, side).get(name)
+    return summary.wer if summary is not None else None
+
+
+def steps_cell(record: RunRecord) -> str:
+    """Steps done, "/max" added when the run ended before max_steps."""
+    max_steps = (record.config.get("train") or {}).get("max_steps")
+    if record.training is None:
+        return "-" if max_steps is None else f"-/{max_steps}"
+    steps = record.training.steps
+    return f"{steps}/{max_steps}" if max_steps is not None and steps < max_steps else str(steps)
+
+
+def status_text(run: FoundRun) -> str:
+    """"success", "stopped_early: <reason>", or for an unfinished run where it stands."""
+    record = run.record
+    if record.finished:
+        return record.status + (f": {short(record.reason)}" if record.reason else "")
+    return describe_state(record, run.path)  # never cut: its end says how to resume
+
+
+def run_notes(run: FoundRun) -> str:
+    """Status, stop reason, best step, canary and extra-manifest deltas, and the run's findings."""
+    record = run.record
+    notes = [status_text(run)]
+    if record.training is not None:
+        best = record.training.best_val_wer
+        notes.append(f"best step {record.training.best_step}" + (f" (val WER {best:.4f})" if best is not None else ""))
+    last = record.candidates.get("last")
+    if last is not None and not last.selected:
+        notes.append(f"last adapter (step {last.step}) main WER {last.main.wer:.4f} {ci_cell(last.comparison)}")
+    for name in manifest_names(record):
+        if name not in ("val", "main") and name in record.comparisons:
+            notes.append(f"{name} {ci_cell(record.comparisons[name])}")
+    notes += [short(note) for note in record.notes]
+    return "; ".join(notes)
+
+
+def matrix_cells(run: FoundRun) -> dict[str, str]:
+    """One Test Matrix row as plain text (no Markdown/HTML markup)."""
+    record, config = run.record, run.record.config
+    main = record.comparisons.get("main")
+    return {
+        "Run ID": run.run_id, "Date": record.started_at[:10], "Command": record.command or "-",
+        "Dataset": str(config.get("dataset_path", "-")), "Steps": steps_cell(record),
+        "LR": format_lr((config.get("train") or {}).get("learning_rate")),
+        "LoRA Targets": ",".join((config.get("lora") or {}).get("target_modules") or []) or "-",
+        "Manifest": str(config.get("manifest_path", "-")),
+        "Baseline WER": format_wer(wer_of(record, "baseline")), "Tuned WER": format_wer(wer_of(record, "tuned")),
+        "Notes": run_notes(run), "95% CI (tuned - baseline)": ci_cell(main) if main else "-",
+    }
+
+
+def flag_changes(before: dict | None, after: dict | None) -> str:
+    """"empty_hypothesis 1 -> 0" for every flag seen on either side; "none" when none fired."""
+    before, after = before or {}, after or {}
+    changes = [f"{flag} {before.get(flag, 0)} -> {after.get(flag, '-') if after else '-'}"
+               for flag in dict.fromkeys([*before, *after]) if before.get(flag, 0) or after.get(flag, 0)]
+    return ", ".join(changes) or "none"
+
+
+def manifest_cells(record: RunRecord) -> list[dict[str, str]]:
+    """Per manifest: clips, baseline, tuned, CI, P(better), flag changes."""
+    rows = []
+    for name in manifest_names(record):
+        before, after = record.baseline.get(name), record.tuned.get(name)
+        comparison = record.comparisons.get(name)
+        clips = before.clips if before else (after.clips if after else "-")
+        rows.append({"Manifest": name, "Clips": str(clips),
+                     "Baseline WER": format_wer(before.wer if before else None),
+                     "Tuned WER": format_wer(after.wer if after else None),
+                     "95% CI (tuned - baseline)": ci_cell(comparison) if comparison else "-",
+                     "P(tuned better)": f"{comparison.p_tuned_better:.3f}" if comparison else "-",
+                     "Flags (baseline -> tuned)": flag_changes(before.flags if before else None,
+                                                               after.flags if after else None)})
+    return rows
+
+
+def candidate_cells(record: RunRecord) -> list[dict[str, str]]:
+    """The best-val and the last adapter on the main manifest (the selected one marked)."""
+    rows = []
+    for name, candidate in record.candidates.items():
+        rows.append({"Adapter": name + (" (selected)" if candidate.selected else ""), "Step": str(candidate.step),
+                     "Val WER": format_wer(candidate.val_wer), "Main WER": format_wer(candidate.main.wer),
+                     "95% CI (main - baseline)": ci_cell(candidate.comparison), "Folder": candidate.adapter_dir})
+    return rows
