@@ -128,14 +128,10 @@ def test_a_bad_setting_in_the_grid_is_refused_before_anything_runs(grid, tmp_pat
 def test_the_example_grids_expand_into_the_plans_runs(name, runs, tmp_path):
     from pathlib import Path
 
-    from moonlora.cli import experiment_config, shared_experiment_args
-    from moonlora.sweep import SweepConfig, plan_runs, typed_axes
+    from moonlora.sweep import SweepConfig, plan_runs
 
     path = Path(__file__).resolve().parents[1] / "examples" / "sweeps" / f"{name}.toml"
-    grid = load_grid(path)
-    args = shared_experiment_args(grid.experiment, str(path))
-    args.output_dir, args.resume, args.overwrite = str(tmp_path), False, False
-    config = SweepConfig(str(tmp_path), experiment_config(args), typed_axes(grid.grid, str(path)))
+    config = SweepConfig.from_grid(load_grid(path), {}, output_dir=str(tmp_path))
     planned = plan_runs(config)
     assert len(planned) == runs and len({run.config.output_dir for run in planned}) == runs
     assert all(run.config.dataset_path == "data/atc/train.jsonl" for run in planned)
