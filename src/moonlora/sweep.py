@@ -113,14 +113,18 @@ def typed_axes(raw: dict[str, list], source: str) -> dict[str, tuple]:
     """Axis values converted to their config types; duplicates refused."""
     axes = {}
     for name, values in raw.items():
-        try:
-            typed = tuple(flag_value(name, value) for value in values)
-        except (TypeError, ValueError) as error:
-            raise SweepError(f"{source}: {name}: {error}") from None
+        typed = tuple(_axis_value(name, value, source) for value in values)
         if len(set(typed)) != len(typed):
             raise SweepError(f"{source}: {name}: a value is listed twice")
         axes[name] = typed
     return axes
+
+
+def _axis_value(name: str, value, source: str):
+    try:
+        return flag_value(name, value)
+    except (TypeError, ValueError) as error:
+        raise SweepError(f"{source}: {name.replace('_', '-')} = {value!r}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -136,11 +140,12 @@ class SweepConfig:
     def from_grid(cls, grid: GridFile, overrides: dict, output_dir: str, resume: bool = False,
                   overwrite: bool = False) -> SweepConfig:
         """A grid file's settings and axes with `overrides` (experiment flag -> value, from the command line)
-        on top: an axis flag replaces that axis, any other flag a shared setting. Every value is typed and
+        on top: an axis flag (a value or a list) replaces that axis, any other flag a shared setting. Every value is typed and
         checked here, before anything runs; a bad one is a one-line error naming the grid file."""
         source = str(grid.path or "the command line")
         overrides = {flag_key(key): value for key, value in overrides.items()}
-        axes = typed_axes({**grid.grid, **{k: v for k, v in overrides.items() if k in AXES}}, source)
+        given_axes = {k: v if isinstance(v, list) else [v] for k, v in overrides.items() if k in AXES}
+        axes = typed_axes({**grid.grid, **given_axes}, source)
         shared = {**grid.experiment, **{k: v for k, v in overrides.items() if k not in AXES}}
         for name in shared:
             if name in RUN_CONTROL:
