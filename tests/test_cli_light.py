@@ -19,7 +19,8 @@ import soundfile as sf
 from moonlora.data.audio import AudioConfig
 from moonlora.data.augment import AugmentConfig
 from moonlora.cli import build_parser, commands_markdown
-from moonlora.configs import DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings, TrainConfig
+from moonlora.configs import (DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, LoraSettings, SynthConfig,
+                              TrainConfig)
 from moonlora.data.diagnose import DiagnoseConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -112,6 +113,10 @@ def test_defaults_come_from_the_config_dataclasses():
     diagnose, augment = options(commands["diagnose"]), options(commands["augment"])
     assert tuple(diagnose["--thresholds"].default) == DiagnoseConfig.thresholds
     assert augment["--noise-color"].default == AugmentConfig.noise_color
+    export, synth = options(commands["export"]), options(commands["synth"])
+    assert (export["--format"].default, export["--rounding"].default) == (ExportConfig.format, ExportConfig.rounding)
+    assert (synth["--domain"].default, synth["--n"].default, synth["--seed"].default) == (
+        SynthConfig.domain, SynthConfig.n, SynthConfig.seed)
 
 
 def test_experiment_names_its_two_batch_sizes_apart():

@@ -21,7 +21,8 @@ from moonlora import markdown
 from moonlora.data.audio import AudioConfig, AudioError
 from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
 from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, DecodeConfig, DemoConfig,
-                              ExperimentConfig, TranscribeConfig, default_of, flag_default, flag_type, parse_targets)
+                              ExperimentConfig, ExportConfig, SynthConfig, TranscribeConfig, default_of, flag_default,
+                              flag_type, parse_targets)
 from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP, CompareError
 from moonlora.eval.contract import ContractMismatch
 from moonlora.verdict.decide import DecideConfig
@@ -421,15 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "for the moonshine-voice runtime. Each folder gets manifest.json: source run and its eval "
                          "contracts, base, adapter and merged-weights hashes, precision and quantization, tool "
                          "versions.", cmd_export)
-    export.add_argument("source", metavar="RUN_OR_ADAPTER", help="a finished run folder, or an adapter folder")
+    export.add_argument("source", metavar="RUN_OR_ADAPTER",
+                        help="a finished run's adapter (RUN, RUN/adapter, RUN/adapter-best or RUN/adapter-last: on "
+                             "the run's own base model), or a plain adapter folder")
     export.add_argument("--out", required=True, help="a new folder for the exported model")
-    export.add_argument("--format", default="hf", choices=["hf", "ort", "both"],
+    export_defaults = ExportConfig()
+    export.add_argument("--format", default=export_defaults.format, choices=list(ExportConfig.formats),
                         help="hf: merged transformers checkpoint; ort: int8 .ort graphs for the moonshine-voice "
                              "runtime; both: hf/ and ort/")
-    export.add_argument("--rounding", default="stochastic", choices=["stochastic", "nearest"],
+    export.add_argument("--rounding", default=export_defaults.rounding, choices=["stochastic", "nearest"],
                         help="int8 rounding of the merged weights (ort): stochastic keeps small LoRA changes "
                              "unbiased; nearest drops every change under half a step")
-    export.add_argument("--model", default=None,
+    export.add_argument("--model", default=export_defaults.model,
                         help="base model of an adapter folder (a run folder names its own); none: bundled:base-en")
     add_overwrite_arg(export, "--out")
 
@@ -451,9 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth = add_command(commands, "synth", "build a synthetic domain (espeak-ng voices) with train/test manifests",
                         "Templated text spoken by espeak-ng voices (pip-installed, no system package); train and "
                         "test voices disjoint; deterministic for a seed.", cmd_synth)
-    synth.add_argument("--domain", default="atc", choices=tuple(DOMAINS), help="registered domain")
-    synth.add_argument("--n", type=int, default=300, help="number of utterances")
-    synth.add_argument("--seed", type=int, default=0, help="seed of texts, voices, rates and pitches")
+    synth_defaults = SynthConfig()
+    synth.add_argument("--domain", default=synth_defaults.domain, choices=tuple(DOMAINS), help="registered domain")
+    synth.add_argument("--n", type=int, default=synth_defaults.n, help="number of utterances")
+    synth.add_argument("--seed", type=int, default=synth_defaults.seed, help="seed of texts, voices, rates and pitches")
     synth.add_argument("--out", required=True,
                        help="output folder (clips/, train.jsonl, test.jsonl, synth_config.json)")
     synth.add_argument("--test-fraction", type=float,

@@ -402,6 +402,26 @@ class DemoConfig:
         return Path("outputs") / f"demo-{_stamp()}"
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """`moonlora export`: how a run's (or an adapter folder's) merged model is written."""
+
+    format: str = "hf"  # hf (merged transformers checkpoint) | ort (int8 .ort graphs) | both
+    rounding: str = "stochastic"  # int8 rounding of the merged weights (ort) | nearest
+    model: str | None = None  # base model of a plain adapter folder (None: DEFAULT_MODEL); a run names its own
+
+    formats = ("hf", "ort", "both")  # a class attribute, not a field
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """`moonlora synth`: a synthetic domain (moonlora.data.synth.build.build_domain)."""
+
+    domain: str = "atc"  # a registered domain (moonlora.data.synth.domains)
+    n: int = 300  # utterances
+    seed: int = 0  # of texts, voices, rates and pitches
+
+
 def _stamp() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 

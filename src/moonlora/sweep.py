@@ -127,6 +127,19 @@ def _axis_value(name: str, value, source: str):
         raise SweepError(f"{source}: {name.replace('_', '-')} = {value!r}: {error}") from None
 
 
+def shared_settings(settings: dict, axes: dict[str, tuple], source: str) -> dict:
+    """The settings every run shares, checked: no run control, the required manifests present (the main
+    one may be an axis: then the base holds its first value)."""
+    for name in settings:
+        if name in RUN_CONTROL:
+            raise SweepError(f"{source}: {name.replace('_', '-')}: not an experiment setting")
+    for name in REQUIRED:
+        if name not in settings and name not in axes:
+            flag = name.replace("_", "-")
+            raise SweepError(f"sweep needs --{flag} (a flag, or {flag} in the grid file's [experiment] table)")
+    return {"manifest_path": axes["manifest_path"][0], **settings} if "manifest_path" not in settings else settings
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     output_dir: str
@@ -140,22 +153,15 @@ class SweepConfig:
     def from_grid(cls, grid: GridFile, overrides: dict, output_dir: str, resume: bool = False,
                   overwrite: bool = False) -> SweepConfig:
         """A grid file's settings and axes with `overrides` (experiment flag -> value, from the command line)
-        on top: an axis flag (a value or a list) replaces that axis, any other flag a shared setting. Every value is typed and
-        checked here, before anything runs; a bad one is a one-line error naming the grid file."""
+        on top: an axis flag (a value or a list) replaces that axis, any other flag a shared setting. Every
+        value is typed and checked here, before anything runs; a bad one is a one-line error naming the grid
+        file."""
         source = str(grid.path or "the command line")
         overrides = {flag_key(key): value for key, value in overrides.items()}
         given_axes = {k: v if isinstance(v, list) else [v] for k, v in overrides.items() if k in AXES}
         axes = typed_axes({**grid.grid, **given_axes}, source)
-        shared = {**grid.experiment, **{k: v for k, v in overrides.items() if k not in AXES}}
-        for name in shared:
-            if name in RUN_CONTROL:
-                raise SweepError(f"{source}: {name.replace('_', '-')}: not an experiment setting")
-        for name in REQUIRED:
-            if name not in shared and name not in axes:
-                flag = name.replace("_", "-")
-                raise SweepError(f"sweep needs --{flag} (a flag, or {flag} in the grid file's [experiment] table)")
-        if "manifest_path" not in shared:  # an axis: the base holds its first value
-            shared["manifest_path"] = axes["manifest_path"][0]
+        shared = shared_settings({**grid.experiment, **{k: v for k, v in overrides.items() if k not in AXES}},
+                                 axes, source)
         try:
             base = ExperimentConfig.from_flags({**shared, "output_dir": output_dir})
         except (TypeError, ValueError) as error:
@@ -165,7 +171,7 @@ class SweepConfig:
 
     def to_dict(self) -> dict:
         base = self.base.to_dict()
-        for key in ("output_dir", "resume", "overwrite"):
+        for key in RUN_CONTROL:
             base.pop(key, None)
         return {"output_dir": self.output_dir, "grid_file": self.grid_file, "base": base,
                 "axes": {name: list(values) for name, values in self.axes.items()}}

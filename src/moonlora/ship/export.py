@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moonlora.adapters import ADAPTER_CONFIG, AdapterError, ResolvedAdapter, resolve_adapter
-from moonlora.configs import DEFAULT_MODEL
+from moonlora.configs import DEFAULT_MODEL, ExportConfig
 from moonlora.errors import ModelSourceError
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.provenance import provenance
@@ -39,7 +39,7 @@ MANIFEST_NAME = "manifest.json"
 HF_ENTRIES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "preprocessor_config.json", MANIFEST_NAME)
 ORT_ENTRIES = ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin", MANIFEST_NAME)
-FORMATS = ("hf", "ort", "both")
+FORMATS = ExportConfig.formats
 ENTRIES = {"hf": HF_ENTRIES, "ort": ORT_ENTRIES, "both": ("hf", "ort")}
 
 
@@ -133,8 +133,9 @@ def lost_adapter_warning(quantization: dict) -> str | None:
     return None
 
 
-def export(source: str | Path, out_dir: str | Path, export_format: str = "hf", model: str | None = None,
-           overwrite: bool = False, rounding: str = "stochastic") -> ExportResult:
+def export(source: str | Path, out_dir: str | Path, export_format: str = ExportConfig.format,
+           model: str | None = ExportConfig.model, overwrite: bool = False,
+           rounding: str = ExportConfig.rounding) -> ExportResult:
     """Merge the adapter into its base model and write the `hf` and/or `ort` folder with manifest.json."""
     if export_format not in FORMATS:
         raise ExportError(f"--format {export_format}: pick one of {', '.join(FORMATS)}")
