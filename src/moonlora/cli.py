@@ -31,7 +31,7 @@ from moonlora.errors import ModelSourceError
 from moonlora.data.manifest import ManifestError
 from moonlora.outputs import OutputError, OutputExists, check_output_file, write_json
 from moonlora.runfolder import RunLocked, RunRecordError, is_main_process
-from moonlora.sweep import AXES, RUN_CONTROL
+from moonlora.sweep import AXES, RUN_CONTROL, GridFile, SweepConfig, load_grid, run_sweep, verdict_table
 from moonlora.data.synth.build import build_domain
 from moonlora.data.synth.domains import DOMAINS
 
@@ -199,15 +199,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from moonlora.sweep import GridFile, SweepConfig, load_grid, run_sweep
-
     grid = load_grid(args.grid) if args.grid else GridFile(None, {}, {})
     overrides = {name: value for name, value in experiment_settings(args).items() if name not in RUN_CONTROL}
     config = SweepConfig.from_grid(grid, overrides, output_dir=args.output_dir, resume=args.resume,
                                    overwrite=args.overwrite)
     quiet_model_logs(args)
-    from moonlora.sweep import verdict_table
-
     try:
         result = run_sweep(config, progress=not args.quiet, command=shlex.join(["moonlora", *args.argv]))
     except KeyboardInterrupt:
