@@ -41,11 +41,10 @@ def is_run_folder(folder: Path) -> bool:
 
 def run_config(run_dir: Path) -> ExperimentConfig:
     """The run's ExperimentConfig from its experiment_config.json (one-line error when unusable)."""
+    data = read_config_dict(run_dir)
     try:
-        return ExperimentConfig.from_dict(read_config_dict(run_dir))
+        return ExperimentConfig.from_dict(data)
     except (TypeError, ValueError) as error:
-        if isinstance(error, RunRecordError):
-            raise
         raise RunRecordError(f"{run_dir / CONFIG_FILE}: not a run config of this moonlora ({error})") from None
 
 

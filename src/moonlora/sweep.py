@@ -137,7 +137,9 @@ def shared_settings(settings: dict, axes: dict[str, tuple], source: str) -> dict
         if name not in settings and name not in axes:
             flag = name.replace("_", "-")
             raise SweepError(f"sweep needs --{flag} (a flag, or {flag} in the grid file's [experiment] table)")
-    return {"manifest_path": axes["manifest_path"][0], **settings} if "manifest_path" not in settings else settings
+    if "manifest_path" not in settings:
+        settings = {**settings, "manifest_path": axes["manifest_path"][0]}
+    return settings
 
 
 @dataclass(frozen=True)
