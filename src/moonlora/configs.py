@@ -1,8 +1,9 @@
-"""Run settings as frozen dataclasses: model, decode, training, LoRA, experiment, transcribe and demo configs.
+"""Run settings as frozen dataclasses: model, decode, training, LoRA, experiment, transcribe, demo, export
+and synth configs, and EXPERIMENT_FLAGS, the one map from the experiment's flags to their config fields.
 
 Torch-free on purpose (stdlib only), so command-line parsing,
 eval contracts and reports can build and read configs without loading torch, transformers,
-peft or accelerate.
+peft or accelerate. Every default a command shows comes from a field here.
 """
 
 from __future__ import annotations
