@@ -3,7 +3,7 @@ and synth configs, and EXPERIMENT_FLAGS, the one map from the experiment's flags
 
 Torch-free on purpose (stdlib only), so command-line parsing,
 eval contracts and reports can build and read configs without loading torch, transformers,
-peft or accelerate. Every default a command shows comes from a field here.
+peft or accelerate.
 """
 
 from __future__ import annotations
