@@ -78,8 +78,8 @@ def decode_fake(script, seconds, config=None):
     config = config or DecodeConfig()
     model, decoder = fake_model(script)
     wave = np.zeros(int(seconds * 16000), dtype=np.float32)
-    decoder = OrtDecoder(model, bundled_feature_extractor(), FakeTokenizer())
-    clips, _ = decode_clips(decoder, [seconds], lambda i: wave, config)
+    clips, _ = decode_clips(OrtDecoder(model, bundled_feature_extractor(), FakeTokenizer()), [seconds],
+                            lambda i: wave, config)
     return clips[0], decoder
 
 
