@@ -189,7 +189,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
             max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.train_batch_size,
             grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, eval_interval=args.eval_interval,
             seed=args.seed, mixed_precision=args.mixed_precision, replay_ratio=args.replay_ratio,
-            gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing=args.gradient_checkpointing, device=args.device,
         ),
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                           target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())),

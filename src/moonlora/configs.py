@@ -73,7 +73,7 @@ class DecodeConfig:
             raise ValueError("tokens_per_second must be > 0 and extra_tokens >= 1")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+        if not _device_name(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.encoder not in ENCODER_MODES:
             raise ValueError(f"encoder must be one of {', '.join(ENCODER_MODES)}, got {self.encoder!r}")
@@ -105,6 +105,8 @@ class TrainConfig:
     # auto: recompute the encoder's transformer layers in backward (instead of keeping their
     # activations) when they train on the CPU | on | off; no effect on the numbers
     gradient_checkpointing: str = "auto"
+    device: str = "auto"  # where the model trains (and, loaded once, decodes): auto | cpu | cuda | cuda:N | mps
+    dtype: str = "float32"  # the weights it trains; the experiment requires decode.dtype to match
 
     def __post_init__(self) -> None:
         checks = {
@@ -117,6 +119,8 @@ class TrainConfig:
             "--replay-ratio must be in [0, 1)": 0.0 <= self.replay_ratio < 1.0,
             "mixed_precision must be auto, no or bf16": self.mixed_precision in ("auto", "no", "bf16"),
             "gradient_checkpointing must be auto, on or off": self.gradient_checkpointing in ("auto", "on", "off"),
+            f"device must be auto, cpu, cuda or mps, got {self.device!r}": _device_name(self.device),
+            f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}": self.dtype in DTYPE_NAMES,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -192,6 +196,9 @@ class ExperimentConfig:
             raise ValueError(f"--select must be best or last, got {self.select!r}")
         if self.min_val_clips < 1:
             raise ValueError(f"--min-val-clips must be >= 1, got {self.min_val_clips}")
+        if (self.train.device, self.train.dtype) != (self.decode.device, self.decode.dtype):
+            raise ValueError(f"train and decode must name one device and dtype (one model trains and decodes), got "
+                             f"train {self.train.device}/{self.train.dtype}, decode {self.decode.device}/{self.decode.dtype}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,6 +207,7 @@ class ExperimentConfig:
     def from_dict(cls, data: dict) -> ExperimentConfig:
         """The config back from `to_dict()` output (e.g. a saved experiment_config.json)."""
         nested = {"train": TrainConfig, "lora": LoraSettings, "audio": AudioConfig, "decode": DecodeConfig}
+        data = _train_device_from_decode(data)
         values = {key: _typed(nested[key], value) if key in nested and isinstance(value, dict) else value
                   for key, value in data.items()}
         return _typed(cls, values)
@@ -248,6 +256,19 @@ class DemoConfig:
         if self.output_dir:
             return Path(self.output_dir)
         return Path("outputs") / f"demo-{_stamp()}"
+
+
+def _train_device_from_decode(data: dict) -> dict:
+    """A config saved before TrainConfig had a device and dtype trained on the decode ones."""
+    train, decode = data.get("train"), data.get("decode")
+    if not isinstance(train, dict) or not isinstance(decode, dict):
+        return data
+    inherited = {key: decode[key] for key in ("device", "dtype") if key not in train and key in decode}
+    return {**data, "train": {**train, **inherited}} if inherited else data
+
+
+def _device_name(device: str) -> bool:
+    return device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")
 
 
 def _stamp() -> str:
