@@ -418,6 +418,11 @@ def read_transcripts(path: str | Path) -> list[dict]:
 
     A line that is not a JSON object is a one-line TranscriptsError naming the file and the line.
     """
+    return [row for _, row in read_numbered_transcripts(path)]
+
+
+def read_numbered_transcripts(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, row) of each row of a transcripts.jsonl, for readers that name lines in their errors."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -425,11 +430,7 @@ def read_transcripts(path: str | Path) -> list[dict]:
         raise
     except (OSError, UnicodeDecodeError) as error:
         raise TranscriptsError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            rows.append(_transcript_row(line, f"{path}:{number}"))
-    return rows
+    return [(number, _transcript_row(line, f"{path}:{number}")) for number, line in enumerate(lines, 1) if line.strip()]
 
 
 def _transcript_row(line: str, where: str) -> dict:
