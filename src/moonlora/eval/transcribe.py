@@ -15,7 +15,7 @@ from rich.table import Table
 
 from moonlora.configs import ExperimentConfig, TranscribeConfig
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
-from moonlora.runfolder import ADAPTER_DIR, read_config_dict
+from moonlora.runfolder import ADAPTER_DIR, SUMMARY_FILE, TRANSCRIPTS_FILE, read_config_dict
 from moonlora.runfolder import CONFIG_FILE as CONFIG_OF_RUN
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ __all__ = ["TranscribeConfig", "check_output", "run_transcribe", "print_summary"
 
 CONFIG_FILE = "transcribe_config.json"
 OUTPUT_KIND = "transcribe"
-OUTPUT_ENTRIES = ("transcripts.jsonl", "summary.json", CONFIG_FILE)
+OUTPUT_ENTRIES = (TRANSCRIPTS_FILE, SUMMARY_FILE, CONFIG_FILE)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def resolve_source(source: str | Path, model: str | None) -> ExportSource:
         adapter_dir = run_dir / ADAPTER_DIR
         if not (adapter_dir / "adapter_config.json").is_file():
             raise ExportError(f"{adapter_dir}: no adapter_config.json; the run folder has no adapter to export")
-        trained_on = str(record.config.get("model") or DEFAULT_MODEL)
+        trained_on = record.config.model
         if model is not None and model != trained_on:
             raise ExportError(f"--model {model}: the run trained its adapter on {trained_on}; drop --model")
         return ExportSource(adapter_dir, trained_on, run_dir, record)
