@@ -340,7 +340,7 @@ class RunRecord:
         if version == 2:
             data = {**data, **{name: None for name in ("data", "lora") if data.get(name) == {}}}
         try:
-            return typed(cls, data, "record", RECORD_FIELDS)
+            return typed(cls, data, "record", RECORD_FIELDS, derived=("written_by",))  # outputs.write_json's mark
         except SchemaError as error:
             raise RunRecordError(f"{source}: does not match the run record schema ({error})") from None
 

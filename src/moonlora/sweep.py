@@ -266,7 +266,8 @@ class SweepState:
         """The state back from sweep.json; a SweepError (one line, naming the file) for another schema."""
         if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
             raise SweepError(f"{source}: not a sweep record of this moonlora version (schema {SCHEMA_VERSION})")
-        state = {key: value for key, value in data.items() if key not in (*SWEEP_CONFIG_KEYS, "schema_version")}
+        marks = ("schema_version", "written_by")  # written_by: outputs.write_json's mark
+        state = {key: value for key, value in data.items() if key not in (*SWEEP_CONFIG_KEYS, *marks)}
         state["config"] = {key: data[key] for key in SWEEP_CONFIG_KEYS if key in data}
         try:
             return typed(cls, state, "sweep", {"runs": list_of(reader(SweepRun)), "baselines": reader(BaselineCounts)})
