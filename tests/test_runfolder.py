@@ -83,6 +83,18 @@ def test_a_hand_written_schema_2_record_is_read(tmp_path):
     assert json.loads((tmp_path / METRICS_FILE).read_text())["schema_version"] == 3
 
 
+def test_a_schema_2_export_parity_without_its_outcome_is_judged_by_the_one_rule(tmp_path):
+    write_record(tmp_path, RunRecord(run_id="r", config=CONFIG, export_parity=parity(
+        Comparison(0.2, 0.21, 0.01, -0.019, 0.008, 0.3, 100, 5, 3), Comparison(0.9, 0.21, -0.69, -0.8, -0.6, 1.0, 100, 5, 3))))
+    data = json.loads((tmp_path / METRICS_FILE).read_text())
+    del data["export_parity"]["outcome"]  # as runs wrote it before the outcome was stored
+    (tmp_path / METRICS_FILE).write_text(json.dumps({**data, "schema_version": 2}))
+    assert read_record(tmp_path).export_parity.outcome == "inconclusive"  # the CI straddles the 0.005 margin
+    (tmp_path / METRICS_FILE).write_text(json.dumps(data))  # schema 3 stores the outcome: lacking it is refused
+    with pytest.raises(RunRecordError, match=r"record.export_parity: lacks outcome"):
+        read_record(tmp_path)
+
+
 @pytest.mark.parametrize("change, where", [
     ({"schema_version": 4}, "schema version 4 was written by another moonlora"),
     ({"bogus": 1}, r"record: unknown field\(s\) bogus"),

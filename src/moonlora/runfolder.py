@@ -8,7 +8,8 @@ Layout of a run folder:
     experiment_config.json   the resolved ExperimentConfig
     experiment_metrics.json  the run record (RunRecord): status from the first second, updated
                              atomically at each phase, final status on any exit
-    baseline/<set>/, tuned/<set>/   transcripts.jsonl + summary.json per scored manifest
+    baseline/<set>/, tuned/<set>/   transcripts.jsonl + summary.json per scored manifest (read_transcripts
+                             is the one reader of transcripts.jsonl, for every command)
     adapter/                 the chosen LoRA adapter (PEFT save_pretrained)
     export/ort/, export/scores/   with --export ort: the deployable int8 graphs and their scores
     checkpoints/step-NNNNNNNN/   resumable training state, the last two kept
@@ -29,7 +30,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from moonlora.comparison import Comparison
+from moonlora.comparison import Comparison, parity_outcome
 from moonlora.configs import ExperimentConfig
 from moonlora.data.manifest import file_sha256
 from moonlora.outputs import write_json
@@ -337,12 +338,27 @@ class RunRecord:
             raise RunRecordError(f"{source}: schema version {version} was written by {age} moonlora "
                                  f"(this one reads {', '.join(map(str, READABLE_VERSIONS))}); rerun the experiment "
                                  "with this version")
-        if version == 2:
-            data = {**data, **{name: None for name in ("data", "lora") if data.get(name) == {}}}
         try:
+            data = _from_version_2(data) if version == 2 else data
             return typed(cls, data, "record", RECORD_FIELDS, derived=("written_by",))  # outputs.write_json's mark
         except SchemaError as error:
             raise RunRecordError(f"{source}: does not match the run record schema ({error})") from None
+
+
+def _from_version_2(data: dict) -> dict:
+    """A schema-2 record as schema 3: its not-yet-filled data and lora ({}) None, and an export parity
+    written before the outcome was stored judged by the one rule."""
+    upgraded = {**data, **{name: None for name in ("data", "lora") if data.get(name) == {}}}
+    parity = data.get("export_parity")
+    if isinstance(parity, dict) and "outcome" not in parity:
+        try:
+            main = parity["sets"]["main"]
+            outcome = parity_outcome(Comparison.from_dict(main["export_minus_torch"]),
+                                     Comparison.from_dict(main["export_minus_baseline"]), parity["margin"])
+        except (KeyError, TypeError) as error:
+            raise SchemaError(f"record.export_parity: lacks {error}") from None
+        upgraded["export_parity"] = {**parity, "outcome": outcome}
+    return upgraded
 
 
 def _config(value, where: str) -> ExperimentConfig:
