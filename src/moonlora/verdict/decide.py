@@ -88,7 +88,7 @@ def require_one_protocol(records: list[RunRecord]) -> None:
 
 def primary(record: RunRecord) -> Verdict:
     c = record.comparisons["main"]
-    better = c.tuned_wer < c.baseline_wer and c.ci_high < 0
+    better = c.tuned_wer < c.baseline_wer and c.tuned_shown_better
     detail = (f"{record.run_id}: main WER {c.baseline_wer:.4f} -> {c.tuned_wer:.4f}, "
               f"delta {c.delta:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]")
     return Verdict("primary", PASS if better else FAIL, detail)
