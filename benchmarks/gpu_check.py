@@ -134,12 +134,12 @@ def train_check(train_clips, plan: dict, work: Path) -> dict:
     loaded = load_model(device=device)
     loaded.model = attach_lora(loaded.model, LoraSettings(), seed=0)
     config = TrainConfig(max_steps=plan["steps"], learning_rate=1e-3, batch_size=plan["batch_size"], grad_accum=1,
-                         eval_interval=plan["steps"], mixed_precision=plan["mixed_precision"])
+                         eval_interval=plan["steps"], mixed_precision=plan["mixed_precision"], device=device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     state = train(loaded, TrainStream(train_clips, [], config), config, AudioConfig(),
-                  evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "run", progress=False,
-                  device=device).state
+                  evaluate=lambda model, step: IntervalEval(0.0, None, {}), run_dir=work / "run",
+                  progress=False).state
     report = {"steps": plan["steps"], "batch_size": plan["batch_size"], "precision": plan["mixed_precision"],
               "samples_per_second": plan["steps"] * plan["batch_size"] / state.train_seconds,
               "steps_per_second": plan["steps"] / state.train_seconds,

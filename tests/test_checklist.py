@@ -9,6 +9,7 @@ from conftest import tone_set
 from moonlora.train import experiment as experiment_module
 from moonlora.cli import main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
+from moonlora.runfolder import HeadroomCheck, SufficiencyCheck, ValSplitCheck
 from moonlora.train.experiment import run_experiment
 
 
@@ -72,11 +73,11 @@ def test_low_headroom_and_few_clips_are_warned_and_recorded(tiny_model_dir, data
     config = ExperimentConfig(
         output_dir=str(tmp_path / "run"), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
         model=str(tiny_model_dir), bootstrap_resamples=100, min_val_clips=1,
-        train=TrainConfig(max_steps=1, batch_size=2, grad_accum=1, eval_interval=1, seed=3),
+        train=TrainConfig(max_steps=1, batch_size=2, grad_accum=1, eval_interval=1, seed=3, device="cpu"),
         lora=LoraSettings(r=2, alpha=4, dropout=0.0), decode=DecodeConfig(batch_size=8, device="cpu"))
     record = run_experiment(config, progress=False)
-    assert record.checklist["headroom"] == {"main_baseline_wer": 0.02, "threshold": 0.05, "ok": False}
-    assert record.checklist["sufficiency"] == {"train_clips": 9, "target": 200, "ok": False}
-    assert record.checklist["val_split"] == {"clips": 3, "minimum": 1}
+    assert record.checklist.headroom == HeadroomCheck(main_baseline_wer=0.02, threshold=0.05, ok=False)
+    assert record.checklist.sufficiency == SufficiencyCheck(train_clips=9, target=200, ok=False)
+    assert record.checklist.val_split == ValSplitCheck(clips=3, minimum=1)
     assert any(n.startswith("headroom: main baseline WER 0.0200 is below 5%") for n in record.notes)
     assert any(n.startswith("data sufficiency: 9 training clips") for n in record.notes)

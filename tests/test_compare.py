@@ -10,6 +10,7 @@ from test_cli_light import REPORT_HEAVY, heavy_modules, run_python
 
 from moonlora.data.audio import AudioConfig
 from moonlora.cli import main
+from moonlora.comparison import Comparison
 from moonlora.eval.compare import DEFAULT_MARGIN, CompareError, compare_folders, contract_fields
 from moonlora.configs import DecodeConfig
 from moonlora.eval.contract import ContractMismatch, EvalContract
@@ -159,6 +160,8 @@ def test_json_is_written_and_not_replaced_without_overwrite(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["written_by"] == "written by moonlora compare"
     assert doc["non_inferior"] is True and doc["delta"] == 0 and doc["margin"] == 0.005
+    shape = {key: doc[key] for key in Comparison(0, 0, 0, 0, 0, 0, 1, 0, 1).to_dict()}  # the one comparison shape
+    assert Comparison.from_dict(shape) == compare_folders(a, b, allow=("adapter_sha256",)).bootstrap
     assert doc["allowed_differences"][0]["field"] == "adapter_sha256" and doc["agreement"]["token_rate"] == 1.0
     assert doc["a"]["contract"]["fingerprint"] == contract().fingerprint
     code, _, err = run_cli(capsys, a, b, "--allow", "adapter_sha256", "--json", out)

@@ -14,7 +14,7 @@ def test_experiment_config_round_trips_through_json():
     config = ExperimentConfig(
         output_dir="runs/a", dataset_path="train.jsonl", manifest_path="heldout.jsonl", max_seconds=None,
         extra_manifests=("x.jsonl", "y.jsonl"), canary_manifest="canary.jsonl", replay_manifest="replay.jsonl",
-        train=TrainConfig(max_steps=7, learning_rate=3e-4, replay_ratio=0.25),
+        train=TrainConfig(max_steps=7, learning_rate=3e-4, replay_ratio=0.25, device="cpu"),
         lora=LoraSettings(r=4, target_modules=("q_proj", "v_proj")),
         audio=AudioConfig(rms_target_dbfs=-20.0), decode=DecodeConfig(batch_size=8, device="cpu"), resume=True,
     )

@@ -7,10 +7,12 @@ import socket
 import pytest
 
 from moonlora.cli import main
+from moonlora.comparison import Comparison
+from moonlora.configs import ExperimentConfig, TrainConfig
 from moonlora.eval.contract import ContractMismatch
 from moonlora.verdict.decide import FAIL, NOT_ASSESSED, PASS, DecideConfig, decide
-from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, EvalSummary, RunLock, RunRecord,
-                                RunRecordError, TrainingSummary, checkpoint_staging, process_alive,
+from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, EvalSummary, ExportParity, ParitySet, RunLock,
+                                RunRecord, RunRecordError, TrainingSummary, checkpoint_staging, process_alive,
                                 publish_checkpoint, write_config_dict, write_record)
 
 CONTRACT = {"manifest_sha256": "m" * 64, "audio": {"sample_rate": 16000}, "normalizer": {"name": "whisper-english"},
@@ -20,8 +22,7 @@ CONTRACT = {"manifest_sha256": "m" * 64, "audio": {"sample_rate": 16000}, "norma
 
 def comparison(base, tuned, low, high):
     return Comparison(baseline_wer=base, tuned_wer=tuned, delta=tuned - base, ci_low=low, ci_high=high,
-                      p_tuned_better=1.0 if high < 0 else 0.4, resamples=1000, seed=0, clips=20, confidence=0.95,
-                      excludes_zero=high < 0 or low > 0, relative_delta=(tuned - base) / base if base else None)
+                      p_tuned_better=1.0 if high < 0 else 0.4, resamples=1000, seed=0, clips=20, confidence=0.95)
 
 
 def summary(wer, contract):
@@ -45,8 +46,8 @@ def plant(root, name, seed=1, main=(0.5, 0.2, -0.35, -0.25), canary=(0.1, 0.1, -
     """A run folder written by runfolder.write_record / write_config_dict, like `moonlora experiment` does."""
     run = root / name
     run.mkdir(parents=True)
-    config = {"output_dir": str(run), "dataset_path": "train.jsonl", "manifest_path": "test.jsonl",
-              "train": {"seed": seed, "learning_rate": lr}, "resume": False, "overwrite": False}
+    config = ExperimentConfig(output_dir=str(run), dataset_path="train.jsonl", manifest_path="test.jsonl",
+                              train=TrainConfig(seed=seed, learning_rate=lr))
     base_contract = contract or CONTRACT
     sets = (("main", main), ("canary", canary)) + ((("extra-clean", extra),) if extra else ())
     record = RunRecord(
@@ -56,7 +57,7 @@ def plant(root, name, seed=1, main=(0.5, 0.2, -0.35, -0.25), canary=(0.1, 0.1, -
         tuned={n: summary(c[1], {**base_contract, "adapter_sha256": "a" * 64}) for n, c in sets},
         comparisons={n: comparison(*c) for n, c in sets},
         training=training(losses), **record_fields)
-    write_config_dict(run, config)
+    write_config_dict(run, config.to_dict())
     write_record(run, record)
     return run
 
@@ -234,14 +235,18 @@ def test_decide_cli_exit_codes(tmp_path):
     assert main(["decide", str(tmp_path / "nothing")]) == 2
 
 
-@pytest.mark.parametrize("to_torch, to_baseline, expected", [
-    ((-0.004, 0.003), (-0.9, -0.7), "pass"),          # shown within the 0.005 margin, better than baseline
-    ((-0.019, 0.008), (-0.9, -0.7), "inconclusive"),  # the CI straddles the margin: more clips would tell
-    ((0.07, 0.15), (-0.9, -0.7), "fail"),             # shown worse than the measured model by more than the margin
-    ((-0.004, 0.003), (-0.2, 0.01), "fail"),          # not shown better than the baseline
-])
-def test_export_parity_outcomes(to_torch, to_baseline, expected):
-    from moonlora.verdict.decide import parity_outcome
-
-    ci = lambda low, high: {"ci_low": low, "ci_high": high}  # noqa: E731
-    assert parity_outcome(ci(*to_torch), ci(*to_baseline), 0.005) == expected
+@pytest.mark.parametrize("stored", ["pass", "inconclusive", "fail"])
+def test_export_parity_reports_the_outcome_the_run_stored(tmp_path, stored):
+    """decide does not judge the export again (comparison.parity_outcome did, once, in the run): the
+    CIs below would pass, so only the stored outcome can give another verdict."""
+    to_torch, to_baseline = comparison(0.2, 0.201, -0.004, 0.003), comparison(0.5, 0.201, -0.35, -0.25)
+    main = ParitySet(torch_wer=0.2, export_wer=0.201, export_minus_torch=to_torch, export_minus_baseline=to_baseline,
+                     text_agreement=0.95, contract=CONTRACT)
+    parity = ExportParity(format="ort", folder="export/ort", runtime={"name": "onnxruntime", "precision": "int8"},
+                          margin=0.005, outcome=stored, quantization={}, sets={"main": main})
+    [verdict] = [v for v in decide([plant(tmp_path, "a", export_parity=parity)]).verdicts
+                 if v.criterion == "export parity"]
+    assert verdict.outcome == stored
+    assert verdict.detail.startswith("a: ort (int8) main WER 0.2000 (torch) -> 0.2010 (export), delta +0.0010 "
+                                     "[-0.0040, +0.0030] (margin 0.005)")
+    assert verdict.detail.endswith("score more clips to decide") is (stored == "inconclusive")

@@ -6,9 +6,11 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tone_set
 from moonlora.train import loop as train_module
+from moonlora.train.loop import adapter_loaded, copy_adapter
 from moonlora.cli import build_parser, main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
 from moonlora.train.experiment import run_experiment
@@ -38,7 +40,7 @@ def data(tmp_path):
 
 
 def config_for(tiny_model_dir, data, out, **train_changes):
-    train = dict(max_steps=4, learning_rate=5e-3, batch_size=2, grad_accum=2, eval_interval=2, seed=3)
+    train = dict(max_steps=4, learning_rate=5e-3, batch_size=2, grad_accum=2, eval_interval=2, seed=3, device="cpu")
     train.update(train_changes)
     return ExperimentConfig(
         output_dir=str(out), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
@@ -79,6 +81,24 @@ def test_run_folder_holds_every_artifact_and_is_not_overwritten(tiny_model_dir, 
     assert metrics.status == "success" and metrics.training.steps == 4
     with pytest.raises(OutputExists):
         run_experiment(config_for(tiny_model_dir, data, out), progress=False)
+
+
+def test_a_stored_score_is_read_back_and_a_damaged_transcripts_line_is_named(tiny_model_dir, data, tmp_path):
+    """The resume reader (evaluate.read_eval) reads transcripts.jsonl through runfolder: a line that is not
+    JSON is a one-line error naming the file and the line, not a silent re-decode."""
+    from moonlora.data.manifest import load_manifest
+    from moonlora.eval.evaluate import read_eval
+    from moonlora.runfolder import TranscriptsError
+
+    out = tmp_path / "run"
+    record = run_experiment(config_for(tiny_model_dir, data, out, max_steps=1, eval_interval=1), progress=False)
+    scored, manifest = out / "baseline" / "main", load_manifest(data["main"])
+    assert read_eval(scored, manifest).corpus.wer == record.baseline["main"].wer
+    rows = (scored / "transcripts.jsonl").read_text().splitlines()
+    (scored / "transcripts.jsonl").write_text("\n".join([rows[0], rows[1][:-7], *rows[2:]]) + "\n")
+    with pytest.raises(TranscriptsError, match=rf"^{re.escape(str(scored / 'transcripts.jsonl'))}:2: not valid JSON"):
+        read_eval(scored, manifest)
+    assert read_eval(tmp_path / "nothing", manifest) is None  # absent: decoded again
 
 
 def test_resume_repeats_an_uninterrupted_run(tiny_model_dir, data, tmp_path, monkeypatch):
@@ -210,9 +230,23 @@ def test_best_and_last_adapters_are_both_kept_and_scored(tiny_model_dir, data, t
         return results
 
     monkeypatch.setattr(experiment_module, "evaluate_sets", evaluate_sets)
+    real_score_candidates, held = experiment_module.score_candidates, {}
+
+    def score_candidates(loaded, *args):
+        """Score with a third adapter loaded (neither candidate): the scorer names its adapters and hands
+        the model back as it found it."""
+        held["foreign"] = {name: torch.full_like(tensor, 0.01) for name, tensor in copy_adapter(loaded.model).items()}
+        with adapter_loaded(loaded.model, held["foreign"]):
+            candidates = real_score_candidates(loaded, *args)
+            held["after"] = copy_adapter(loaded.model)
+        return candidates
+
+    monkeypatch.setattr(experiment_module, "score_candidates", score_candidates)
     out = tmp_path / "run"
     config = dataclasses.replace(config_for(tiny_model_dir, data, out), select="last")
     record = run_experiment(config, progress=False)
+    assert held["after"].keys() == held["foreign"].keys()
+    assert all(torch.equal(held["after"][name], held["foreign"][name]) for name in held["foreign"])
     best, last = record.candidates["best"], record.candidates["last"]
     assert (best.step, best.val_wer, best.selected) == (2, 0.1, False)
     assert (last.step, last.val_wer, last.selected) == (4, 0.5, True)

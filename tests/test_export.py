@@ -77,7 +77,8 @@ def test_export_of_a_run_through_the_cli(tiny_model_dir, tmp_path, capsys):
     config = ExperimentConfig(
         output_dir=str(tmp_path / "run"), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
         model=str(tiny_model_dir), bootstrap_resamples=100, min_val_clips=1,
-        train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3),
+        train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3,
+                          device="cpu"),
         lora=LoraSettings(r=2, alpha=4, dropout=0.0), decode=DecodeConfig(batch_size=8, device="cpu"))
     record = run_experiment(config, progress=False)
     out = tmp_path / "shipped"

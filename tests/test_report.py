@@ -10,10 +10,12 @@ import socket
 import pytest
 from rich.console import Console
 
+from moonlora.comparison import Comparison
+from moonlora.configs import ExperimentConfig, LoraSettings, TrainConfig
 from moonlora.outputs import OutputExists
 from moonlora.verdict.report import build_report, print_experiment
 from moonlora.verdict.tables import MATRIX_COLUMNS, ci_cell, format_lr
-from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, EvalSummary, Leg, RunRecord,
+from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, EvalSummary, Leg, RunRecord,
                                 TrainingSummary, checkpoint_staging, discover_runs, process_alive,
                                 publish_checkpoint, read_record, write_config_dict, write_record)
 
@@ -24,8 +26,7 @@ SIGNATURE_LINE = "<!-- written by moonlora report -->"
 
 def comparison(before, after, low, high):
     return Comparison(baseline_wer=before, tuned_wer=after, delta=after - before, ci_low=low, ci_high=high,
-                      p_tuned_better=0.99, resamples=1000, seed=0, clips=3, confidence=0.95, excludes_zero=True,
-                      relative_delta=(after - before) / before)
+                      p_tuned_better=0.99, resamples=1000, seed=0, clips=3, confidence=0.95)
 
 
 def summary(wer, clips=3, flags=None):
@@ -59,15 +60,15 @@ def write_jsonl(path, rows):
 
 
 def run_config(folder, lr, max_steps, dataset="data/train.jsonl"):
-    return {"output_dir": str(folder), "dataset_path": dataset, "manifest_path": "data/test.jsonl",
-            "train": {"max_steps": max_steps, "learning_rate": lr, "seed": 0},
-            "lora": {"target_modules": ["q_proj", "v_proj"]}, "resume": False, "overwrite": False}
+    return ExperimentConfig(output_dir=str(folder), dataset_path=dataset, manifest_path="data/test.jsonl",
+                            train=TrainConfig(max_steps=max_steps, learning_rate=lr, seed=0),
+                            lora=LoraSettings(target_modules=("q_proj", "v_proj")))
 
 
 def save(folder, record):
     """Write a run folder the way `moonlora experiment` does: config file, then the record."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_config_dict(folder, record.config)
+    write_config_dict(folder, record.config.to_dict())
     write_record(folder, record)
     return folder
 
@@ -147,8 +148,7 @@ def make_runs(tmp_path):
     (broken / METRICS_FILE).write_text("{not json")
     old_schema_run(root)
     failed = root / "sweep" / "run-failed"
-    save(failed, RunRecord(run_id="run-failed", config={"dataset_path": "data/x.jsonl",
-                                                        "train": {"max_steps": 10, "learning_rate": 1e-3}},
+    save(failed, RunRecord(run_id="run-failed", config=run_config(failed, 1e-3, 10, dataset="data/x.jsonl"),
                            status="failed", reason="ValueError: data/x.jsonl: no clips", phase="setup",
                            command="moonlora experiment --output-dir x", started_at="2026-02-02T00:00:00+00:00"))
     (root / "not-a-run").mkdir()
@@ -327,11 +327,10 @@ def test_run_folder_itself_and_cells(tmp_path):
     folder = fake_run(tmp_path, "solo", "2026-02-03T10:00:00+00:00", 1e-3, 10, 10, (0.3, 0.3))
     runs, skipped = discover_runs(folder)
     assert [run.run_id for run in runs] == ["solo"] and skipped == []
-    assert runs[0].path == folder and runs[0].record.config["dataset_path"] == "data/train.jsonl"
+    assert runs[0].path == folder and runs[0].record.config.dataset_path == "data/train.jsonl"
     assert format_lr(0.00025) == "2.5e-4" and format_lr(1e-3) == "1e-3"
     close = Comparison(baseline_wer=0.9, tuned_wer=0.02406, delta=-0.87594, ci_low=-0.96424, ci_high=-0.79314,
-                       p_tuned_better=1.0, resamples=1000, seed=0, clips=3, confidence=0.95, excludes_zero=True,
-                       relative_delta=None)
+                       p_tuned_better=1.0, resamples=1000, seed=0, clips=3, confidence=0.95)
     assert ci_cell(close) == "-0.8759 [-0.9642, -0.7931]"
 
 
@@ -366,3 +365,16 @@ def test_zero_wer_lines_are_drawn_above_the_x_axis():
     axes.plot([0, 10], [0.0, 0.0])  # a canary at WER 0 all along
     show_zero_lines(axes)
     assert axes.get_ylim()[0] < 0 < axes.get_ylim()[1]
+
+
+def test_a_transcripts_line_that_is_not_json_is_a_one_line_error_naming_file_and_line(tmp_path, capsys):
+    """report reads transcripts.jsonl as every command does (runfolder.read_transcripts): no line skipped."""
+    from moonlora.cli import main
+
+    folder = fake_run(tmp_path / "runs", "solo", "2026-02-03T10:00:00+00:00", 1e-3, 10, 10, (0.3, 0.2))
+    transcripts = folder / "tuned" / "main" / "transcripts.jsonl"
+    lines = transcripts.read_text().splitlines()
+    transcripts.write_text("\n".join([lines[0], '{"utt_id": "u2", "hyp": "squawk', *lines[2:]]) + "\n")
+    assert main(["report", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{transcripts}:2: not valid JSON" in err

@@ -27,7 +27,7 @@ def data(tmp_path_factory):
 
 
 def config_for(model_dir, data, out, canary_margin=10.0, wer_stop_threshold=None, **train_changes):
-    train = dict(max_steps=4, learning_rate=5e-3, batch_size=2, grad_accum=2, eval_interval=2, seed=3)
+    train = dict(max_steps=4, learning_rate=5e-3, batch_size=2, grad_accum=2, eval_interval=2, seed=3, device="cpu")
     train.update(train_changes)
     return ExperimentConfig(
         output_dir=str(out), dataset_path=str(data["train"]), manifest_path=str(data["main"]), model=str(model_dir),

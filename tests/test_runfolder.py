@@ -8,9 +8,14 @@ import sys
 import pytest
 
 from moonlora import runfolder
-from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Comparison, EvalSummary, RunLock, RunRecord,
-                                RunRecordError, checkpoint_staging, describe_state, find_resume_checkpoint,
+from moonlora.comparison import Comparison
+from moonlora.configs import DecodeConfig, ExperimentConfig, TrainConfig
+from moonlora.runfolder import (CHECKPOINT_STATE, METRICS_FILE, Checklist, EvalSummary, ExportParity, HeadroomCheck,
+                                LeakageCheck, LoraSummary, ParitySet, RunLock, RunRecord, RunRecordError,
+                                ValSplitCheck, checkpoint_staging, describe_state, find_resume_checkpoint,
                                 latest_checkpoint_step, publish_checkpoint, read_record, run_state, write_record)
+
+CONFIG = ExperimentConfig("runs/r", "train.jsonl", "test.jsonl", train=TrainConfig(seed=3))
 
 
 def summary(wer):
@@ -19,12 +24,93 @@ def summary(wer):
 
 
 def test_record_round_trips_typed(tmp_path):
-    record = RunRecord(run_id="r", config={"train": {"seed": 3}}, baseline={"main": summary(0.5)},
-                       comparisons={"main": Comparison(0.5, 0.25, -0.25, -0.4, -0.1, 0.99, 100, 3, 3, 0.95, True, -0.5)})
+    record = RunRecord(run_id="r", config=CONFIG, baseline={"main": summary(0.5)},
+                       comparisons={"main": Comparison(0.5, 0.25, -0.25, -0.4, -0.1, 0.99, 100, 3, 3, 0.95)})
     write_record(tmp_path, record)
     loaded = read_record(tmp_path)
     assert loaded.baseline["main"].wer == 0.5 and loaded.comparisons["main"].ci_high == -0.1
     assert loaded.seed == 3 and loaded.status == "running" and loaded.pid == os.getpid()
+
+
+def parity(main_to_torch: Comparison, main_to_baseline: Comparison) -> ExportParity:
+    main = ParitySet(torch_wer=0.2, export_wer=0.21, export_minus_torch=main_to_torch,
+                     export_minus_baseline=main_to_baseline, text_agreement=0.9, contract={"manifest_sha256": "x"})
+    return ExportParity(format="ort", folder="runs/r/export/ort", runtime={"name": "onnxruntime", "precision": "int8"},
+                        margin=0.005, outcome="pass", quantization={"rounding": "nearest"}, sets={"main": main})
+
+
+def test_a_schema_3_record_round_trips_every_typed_section(tmp_path):
+    config = ExperimentConfig("runs/r", "train.jsonl", "test.jsonl", extra_manifests=("x.jsonl",), export="ort",
+                              train=TrainConfig(seed=5, device="cpu"), decode=DecodeConfig(device="cpu"))
+    delta = Comparison(0.2, 0.21, 0.01, -0.004, 0.003, 0.3, 100, 5, 3)
+    record = RunRecord(
+        run_id="r", config=config, export_parity=parity(delta, Comparison(0.9, 0.21, -0.69, -0.8, -0.6, 1.0, 100, 5, 3)),
+        lora=LoraSummary(trainable_params=10, total_params=100, trainable_percent=10.0, lora_modules=2),
+        checklist=Checklist(val_split=ValSplitCheck(clips=3, minimum=1),
+                            leakage=LeakageCheck(checked=["train x main"], allowed=False, found=[]),
+                            headroom=HeadroomCheck(main_baseline_wer=0.9, threshold=0.05, ok=True)))
+    write_record(tmp_path, record)
+    saved = json.loads((tmp_path / METRICS_FILE).read_text())
+    assert saved["schema_version"] == 3 and saved["config"]["train"]["device"] == "cpu"
+    assert saved["export_parity"]["sets"]["main"]["export_minus_torch"]["excludes_zero"] is False
+    loaded = read_record(tmp_path)
+    assert loaded == record
+    assert loaded.config.extra_manifests == ("x.jsonl",) and loaded.export_parity.main.export_minus_torch == delta
+    assert loaded.checklist.sufficiency is None and loaded.data is None
+
+
+def test_a_hand_written_schema_2_record_is_read(tmp_path):
+    """A record as moonlora wrote it before the typed sections: its config saved without a training device
+    (training ran on the decode one), data and lora still {} at setup, the checklist a plain object."""
+    comparison = {"baseline_wer": 0.5, "tuned_wer": 0.25, "delta": -0.25, "ci_low": -0.4, "ci_high": -0.1,
+                  "p_tuned_better": 0.99, "resamples": 100, "seed": 7, "clips": 3, "confidence": 0.95,
+                  "excludes_zero": True, "relative_delta": -0.5}
+    config = {"output_dir": "runs/old", "dataset_path": "train.jsonl", "manifest_path": "test.jsonl",
+              "train": {"seed": 7, "max_steps": 4}, "decode": {"device": "cpu", "batch_size": 8},
+              "lora": {"target_modules": ["q_proj", "v_proj"]}, "resume": False, "overwrite": False}
+    (tmp_path / METRICS_FILE).write_text(json.dumps({
+        "schema_version": 2, "run_id": "old", "config": config, "status": "success", "phase": "done",
+        "data": {}, "lora": {}, "comparisons": {"main": comparison},
+        "checklist": {"val_split": {"clips": 3, "minimum": 1}}}))
+    record = read_record(tmp_path)
+    assert record.schema_version == 2 and record.seed == 7 and record.config.train.max_steps == 4
+    assert (record.config.train.device, record.config.decode.device) == ("cpu", "cpu")
+    assert record.config.lora.target_modules == ("q_proj", "v_proj")
+    assert record.comparisons["main"] == Comparison(0.5, 0.25, -0.25, -0.4, -0.1, 0.99, 100, 7, 3)
+    assert record.checklist == Checklist(val_split=ValSplitCheck(clips=3, minimum=1))
+    assert record.data is None and record.lora is None
+    write_record(tmp_path, record)  # rewritten (a resumed run) in this version's schema
+    assert json.loads((tmp_path / METRICS_FILE).read_text())["schema_version"] == 3
+
+
+def test_a_schema_2_export_parity_without_its_outcome_is_judged_by_the_one_rule(tmp_path):
+    write_record(tmp_path, RunRecord(run_id="r", config=CONFIG, export_parity=parity(
+        Comparison(0.2, 0.21, 0.01, -0.019, 0.008, 0.3, 100, 5, 3), Comparison(0.9, 0.21, -0.69, -0.8, -0.6, 1.0, 100, 5, 3))))
+    data = json.loads((tmp_path / METRICS_FILE).read_text())
+    del data["export_parity"]["outcome"]  # as runs wrote it before the outcome was stored
+    (tmp_path / METRICS_FILE).write_text(json.dumps({**data, "schema_version": 2}))
+    assert read_record(tmp_path).export_parity.outcome == "inconclusive"  # the CI straddles the 0.005 margin
+    (tmp_path / METRICS_FILE).write_text(json.dumps(data))  # schema 3 stores the outcome: lacking it is refused
+    with pytest.raises(RunRecordError, match=r"record.export_parity: lacks outcome"):
+        read_record(tmp_path)
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"schema_version": 4}, "schema version 4 was written by another moonlora"),
+    ({"bogus": 1}, r"record: unknown field\(s\) bogus"),
+    ({"checklist": {"headroom": {"main_baseline_wer": 0.1, "threshold": 0.05, "ok": True, "why": "?"}}},
+     r"record.checklist.headroom: unknown field\(s\) why"),
+    ({"comparisons": {"main": {"delta": 0.1}}}, r"record.comparisons.main: lacks baseline_wer"),
+    ({"config": {"output_dir": "o", "dataset_path": "d", "manifest_path": "m", "train": {"speed": 2}}},
+     r"record.config: .*speed"),
+])
+def test_an_unknown_schema_is_refused_in_one_line_naming_the_file_and_field(tmp_path, change, where):
+    write_record(tmp_path, RunRecord(run_id="r", config=CONFIG))
+    data = {**json.loads((tmp_path / METRICS_FILE).read_text()), **change}
+    (tmp_path / METRICS_FILE).write_text(json.dumps(data))
+    with pytest.raises(RunRecordError, match=where) as caught:
+        read_record(tmp_path)
+    assert str(caught.value).startswith(str(tmp_path / METRICS_FILE)) and "\n" not in str(caught.value)
 
 
 def test_older_or_foreign_records_get_one_line_errors(tmp_path):
@@ -54,7 +140,7 @@ def test_second_process_is_refused_with_the_holders_pid(tmp_path):
 
 
 def test_running_record_without_a_live_holder_is_died_and_resumable(tmp_path):
-    record = RunRecord(run_id="r", config={}, phase="training", pid=2**22 + 12345)
+    record = RunRecord(run_id="r", config=CONFIG, phase="training", pid=2**22 + 12345)
     write_record(tmp_path, record)
     staging = checkpoint_staging(tmp_path, 4)
     (staging / CHECKPOINT_STATE).write_bytes(b"state-4")
@@ -62,7 +148,7 @@ def test_running_record_without_a_live_holder_is_died_and_resumable(tmp_path):
     assert run_state(record, tmp_path) == "died"
     assert describe_state(record, tmp_path).startswith("died at training")
     assert "resumable from step 4" in describe_state(record, tmp_path)
-    alive = RunRecord(run_id="r", config={}, phase="baseline")
+    alive = RunRecord(run_id="r", config=CONFIG, phase="baseline")
     with RunLock(tmp_path):
         assert run_state(alive, tmp_path) == "running"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +11,9 @@ import pytest
 
 from moonlora.data.manifest import Utterance
 from moonlora.eval.metrics import UtteranceScore
-from moonlora.eval.stats import BootstrapResult, compare_results, format_delta, paired_bootstrap
+from moonlora.comparison import FAIL, INCONCLUSIVE, PASS, Comparison, parity_outcome
+from moonlora.eval.stats import compare_results, format_delta, paired_bootstrap
+from moonlora.schema import SchemaError
 
 
 def _case(n: int = 200, seed: int = 1):
@@ -124,11 +127,34 @@ def test_input_validation():
 
 
 def test_to_dict_and_format():
-    result = BootstrapResult(0.5, 0.3766, -0.1234, -0.15, -0.098, 1.0, 10_000, 0, 100)
+    result = Comparison(0.5, 0.3766, -0.1234, -0.15, -0.098, 1.0, 10_000, 0, 100)
     row = result.to_dict()
     assert row["delta"] == -0.1234 and row["excludes_zero"] is True
     assert row["relative_delta"] == pytest.approx(-0.2468)
     assert format_delta(result) == "-0.1234 [-0.1500, -0.0980], P(better)=1.000"
+    assert Comparison.from_dict(json.loads(json.dumps(row))) == result  # the derived fields are recomputed
+
+
+def test_a_comparison_with_an_unknown_field_is_refused_in_one_line():
+    row = {**Comparison(0.5, 0.4, -0.1, -0.2, 0.0, 0.9, 100, 0, 10).to_dict(), "wer_a": 0.5}
+    with pytest.raises(SchemaError, match=r"^record.comparisons.main: unknown field\(s\) wer_a$"):
+        Comparison.from_dict(row, "record.comparisons.main")
+
+
+@pytest.mark.parametrize("high, margin, holds", [(0.005, 0.005, True), (0.0051, 0.005, False), (-0.2, 0.0, True)])
+def test_non_inferiority_is_the_ci_high_end_at_most_the_margin(high, margin, holds):
+    assert Comparison(0.2, 0.2, 0.0, high - 0.1, high, 0.5, 100, 0, 10).non_inferior(margin) is holds
+
+
+@pytest.mark.parametrize("to_torch, to_baseline, expected", [
+    ((-0.004, 0.003), (-0.9, -0.7), PASS),          # shown within the 0.005 margin, better than baseline
+    ((-0.019, 0.008), (-0.9, -0.7), INCONCLUSIVE),  # the CI straddles the margin: more clips would tell
+    ((0.07, 0.15), (-0.9, -0.7), FAIL),             # shown worse than the measured model by more than the margin
+    ((-0.004, 0.003), (-0.2, 0.01), FAIL),          # not shown better than the baseline
+])
+def test_export_parity_outcomes(to_torch, to_baseline, expected):
+    ci = lambda low, high: Comparison(0.1, 0.1, (low + high) / 2, low, high, 0.5, 100, 0, 10)  # noqa: E731
+    assert parity_outcome(ci(*to_torch), ci(*to_baseline), 0.005) == expected
 
 
 def _clip(line: int, errors: int, words: int, sha: str | None = None):

@@ -201,3 +201,24 @@ def test_from_grid_refuses_bad_settings_in_one_line_naming_the_grid_file(tmp_pat
     with pytest.raises(SweepError, match=re.escape(message)) as error:
         SweepConfig.from_grid(grid, overrides, output_dir="s")
     assert str(error.value).startswith(f"{grid.path}: ") and "\n" not in str(error.value)
+
+
+def test_the_sweep_record_reads_back_typed_and_another_schema_is_refused_in_one_line(tmp_path):
+    from moonlora.outputs import write_json
+    from moonlora.sweep import SWEEP_FILE, BaselineCounts, SweepRun, SweepState, read_sweep
+
+    state = SweepState(config={"output_dir": str(tmp_path), "grid_file": None, "base": {"model": "m"},
+                               "axes": {"seed": [1]}}, command="moonlora sweep --seed 1",
+                       runs=[SweepRun("seed1", {"seed": 1}, f"{tmp_path}/runs/seed1", "success", None, 12.5, 0.5, 0.25)],
+                       baselines=BaselineCounts(decoded=1, reused=0, decoded_by_manifest={"main.jsonl": 1}))
+    write_json(tmp_path / SWEEP_FILE, state.to_dict(), command="sweep")
+    assert read_sweep(tmp_path) == state
+    data = json.loads((tmp_path / SWEEP_FILE).read_text())
+    data["runs"][0]["colour"] = "red"
+    (tmp_path / SWEEP_FILE).write_text(json.dumps(data))
+    with pytest.raises(SweepError, match=re.escape(f"{tmp_path / SWEEP_FILE}: does not match the sweep record schema "
+                                                   "(sweep.runs[0]: unknown field(s) colour)")):
+        read_sweep(tmp_path)
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({**data, "schema_version": 2}))
+    with pytest.raises(SweepError, match="not a sweep record of this moonlora version"):
+        read_sweep(tmp_path)

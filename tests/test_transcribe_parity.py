@@ -18,7 +18,8 @@ def run(tmp_path_factory, tiny_model_dir):
     config = ExperimentConfig(
         output_dir=str(folder / "run"), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
         model=str(tiny_model_dir), bootstrap_resamples=100, min_val_clips=1,
-        train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3),
+        train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3,
+                          device="cpu"),
         lora=LoraSettings(r=2, alpha=4, dropout=0.0), audio=AudioConfig(rms_target_dbfs=-25.0),
         decode=DecodeConfig(batch_size=8, device="cpu"))
     record = run_experiment(config, progress=False)

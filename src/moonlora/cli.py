@@ -211,10 +211,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               "--resume", file=sys.stderr)
         return 130
     print(verdict_table(result))
-    failed = [row["name"] for row in result.state.runs if row["status"] not in ("success", "stopped_early")]
+    failed = [row.name for row in result.state.runs if row.status not in ("success", "stopped_early")]
     print(f"\nruns: {len(result.state.runs) - len(failed)}/{len(result.state.runs)} finished"
           + (f" (not finished: {', '.join(failed)})" if failed else "")
-          + f"; baselines decoded {result.state.baselines['decoded']}, reused {result.state.baselines['reused']}; "
+          + f"; baselines decoded {result.state.baselines.decoded}, reused {result.state.baselines.reused}; "
           f"wall time {result.state.wall_seconds / 60:.1f} min\nsweep record: {result.out_dir / 'sweep.json'}"
           + (f"\nTest Matrix: {result.report_markdown}\nHTML report: {result.report_html}" if result.report_markdown else ""))
     return 0 if not failed and all(d.passed for d in result.decisions.values()) else 1

@@ -77,7 +77,7 @@ class DecodeConfig:
             raise ValueError("tokens_per_second must be > 0 and extra_tokens >= 1")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+        if not _device_name(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.encoder not in ENCODER_MODES:
             raise ValueError(f"encoder must be one of {', '.join(ENCODER_MODES)}, got {self.encoder!r}")
@@ -109,6 +109,8 @@ class TrainConfig:
     # auto: recompute the encoder's transformer layers in backward (instead of keeping their
     # activations) when they train on the CPU | on | off; no effect on the numbers
     gradient_checkpointing: str = "auto"
+    device: str = "auto"  # where the model trains (and, loaded once, decodes): auto | cpu | cuda | cuda:N | mps
+    dtype: str = "float32"  # the weights it trains; the experiment requires decode.dtype to match
 
     def __post_init__(self) -> None:
         checks = {
@@ -121,6 +123,8 @@ class TrainConfig:
             "--replay-ratio must be in [0, 1)": 0.0 <= self.replay_ratio < 1.0,
             "mixed_precision must be auto, no or bf16": self.mixed_precision in ("auto", "no", "bf16"),
             "gradient_checkpointing must be auto, on or off": self.gradient_checkpointing in ("auto", "on", "off"),
+            f"device must be auto, cpu, cuda or mps, got {self.device!r}": _device_name(self.device),
+            f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}": self.dtype in DTYPE_NAMES,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -196,6 +200,9 @@ class ExperimentConfig:
             raise ValueError(f"--select must be best or last, got {self.select!r}")
         if self.min_val_clips < 1:
             raise ValueError(f"--min-val-clips must be >= 1, got {self.min_val_clips}")
+        if (self.train.device, self.train.dtype) != (self.decode.device, self.decode.dtype):
+            raise ValueError(f"train and decode must name one device and dtype (one model trains and decodes), got "
+                             f"train {self.train.device}/{self.train.dtype}, decode {self.decode.device}/{self.decode.dtype}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,6 +211,7 @@ class ExperimentConfig:
     def from_dict(cls, data: dict) -> ExperimentConfig:
         """The config back from `to_dict()` output (e.g. a saved experiment_config.json)."""
         nested = {"train": TrainConfig, "lora": LoraSettings, "audio": AudioConfig, "decode": DecodeConfig}
+        data = _train_device_from_decode(data)
         values = {key: _typed(nested[key], value) if key in nested and isinstance(value, dict) else value
                   for key, value in data.items()}
         return _typed(cls, values)
@@ -258,7 +266,7 @@ EXPERIMENT_FLAGS = {
     "allow_leakage": "allow_leakage",
     "decode_batch_size": "decode.batch_size",
     "num_beams": "decode.num_beams",
-    "device": "decode.device",
+    "device": ("decode.device", "train.device"),  # one model trains and decodes on one device
     "encoder": "decode.encoder",
     "rms_target_dbfs": "audio.rms_target_dbfs",
     "resume": "resume",
@@ -273,9 +281,15 @@ def parse_targets(value) -> tuple[str, ...]:
     return tuple(str(item).strip() for item in items if str(item).strip())
 
 
+def flag_paths(name: str) -> tuple[str, ...]:
+    """The field paths experiment flag `name` sets (most set one)."""
+    paths = EXPERIMENT_FLAGS[FLAG_ALIASES.get(name, name)]
+    return paths if isinstance(paths, tuple) else (paths,)
+
+
 def flag_field(name: str) -> tuple[type, str]:
     """(config class, field name) that experiment flag `name` sets."""
-    *sections, attribute = EXPERIMENT_FLAGS[FLAG_ALIASES.get(name, name)].split(".")
+    *sections, attribute = flag_paths(name)[0].split(".")
     cls = ExperimentConfig
     for section in sections:
         cls = get_type_hints(cls)[section]
@@ -328,9 +342,10 @@ def _by_path(values: dict) -> dict:
         if name not in EXPERIMENT_FLAGS:
             raise ValueError(f"{key.replace('_', '-')}: not an experiment setting")
         try:
-            by_path[EXPERIMENT_FLAGS[name]] = flag_value(name, value)
+            typed = flag_value(name, value)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{name.replace('_', '-')} = {value!r}: {error}") from None
+        by_path.update(dict.fromkeys(flag_paths(name), typed))
     return by_path
 
 
@@ -421,6 +436,19 @@ class SynthConfig:
     domain: str = "atc"  # a registered domain (moonlora.data.synth.domains)
     n: int = 300  # utterances
     seed: int = 0  # of texts, voices, rates and pitches
+
+
+def _train_device_from_decode(data: dict) -> dict:
+    """A config saved before TrainConfig had a device and dtype trained on the decode ones."""
+    train, decode = data.get("train"), data.get("decode")
+    if not isinstance(train, dict) or not isinstance(decode, dict):
+        return data
+    inherited = {key: decode[key] for key in ("device", "dtype") if key not in train and key in decode}
+    return {**data, "train": {**train, **inherited}} if inherited else data
+
+
+def _device_name(device: str) -> bool:
+    return device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")
 
 
 def _stamp() -> str:

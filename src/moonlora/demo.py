@@ -53,7 +53,7 @@ def experiment_config(config: DemoConfig, data: Path, canary: Path, run_dir: Pat
         model=config.model, canary_manifest=str(canary), wer_stop_threshold=1.5,
         train=TrainConfig(max_steps=config.max_steps, learning_rate=config.learning_rate,
                           batch_size=config.batch_size, grad_accum=1, warmup_steps=min(5, config.max_steps - 1),
-                          eval_interval=config.eval_interval, seed=seed),
+                          eval_interval=config.eval_interval, seed=seed, device=config.device),
         decode=DecodeConfig(device=config.device), export="ort" if config.model == DEFAULT_MODEL else None,
     )
 

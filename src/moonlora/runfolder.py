@@ -8,7 +8,8 @@ Layout of a run folder:
     experiment_config.json   the resolved ExperimentConfig
     experiment_metrics.json  the run record (RunRecord): status from the first second, updated
                              atomically at each phase, final status on any exit
-    baseline/<set>/, tuned/<set>/   transcripts.jsonl + summary.json per scored manifest
+    baseline/<set>/, tuned/<set>/   transcripts.jsonl + summary.json per scored manifest (read_transcripts
+                             is the one reader of transcripts.jsonl, for every command)
     adapter/                 the chosen LoRA adapter (PEFT save_pretrained)
     export/ort/, export/scores/   with --export ort: the deployable int8 graphs and their scores
     checkpoints/step-NNNNNNNN/   resumable training state, the last two kept
@@ -26,13 +27,17 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from moonlora.comparison import Comparison, parity_outcome
+from moonlora.configs import ExperimentConfig
 from moonlora.data.manifest import file_sha256
 from moonlora.outputs import write_json
+from moonlora.schema import SchemaError, list_of, mapping_of, reader, typed
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: the same record with its config, data, lora, checklist and export parity untyped
 CONFIG_FILE = "experiment_config.json"
 METRICS_FILE = "experiment_metrics.json"
 ADAPTER_DIR = "adapter"  # the selected adapter (--select best|last)
@@ -57,6 +62,9 @@ CHECKPOINT_PREFIX = "step-"
 CHECKPOINT_STATE = "trainer_state.pt"
 CHECKPOINT_MANIFEST = "checkpoint.json"
 CHECKPOINTS_KEPT = 2
+# A scored folder (baseline/<set>/, tuned/<set>/, export/scores/<set>/, a transcribe --output-dir):
+TRANSCRIPTS_FILE = "transcripts.jsonl"  # one JSON row per clip
+SUMMARY_FILE = "summary.json"  # the corpus scores and the eval contract
 
 
 class RunRecordError(ValueError):
@@ -69,6 +77,10 @@ class RunLocked(RuntimeError):
 
 class CheckpointError(ValueError):
     """No usable checkpoint where one is needed."""
+
+
+class TranscriptsError(ValueError):
+    """A transcripts.jsonl that cannot be read (one line, naming the file and the line)."""
 
 
 def is_main_process() -> bool:
@@ -99,24 +111,6 @@ class EvalSummary:
     wer_by_duration: list[dict]
     contract: dict
     skipped_rows: int = 0
-
-
-@dataclass
-class Comparison:
-    """Paired bootstrap of tuned - baseline on one manifest (moonlora.eval.stats.BootstrapResult)."""
-
-    baseline_wer: float
-    tuned_wer: float
-    delta: float
-    ci_low: float
-    ci_high: float
-    p_tuned_better: float
-    resamples: int
-    seed: int
-    clips: int
-    confidence: float
-    excludes_zero: bool
-    relative_delta: float | None
 
 
 @dataclass
@@ -166,10 +160,139 @@ class Leg:
     wall_seconds: float | None = None
 
 
+@dataclass(frozen=True)
+class ParitySet:
+    """The exported model against the torch one (and the baseline) on one manifest."""
+
+    torch_wer: float
+    export_wer: float
+    export_minus_torch: Comparison
+    export_minus_baseline: Comparison
+    text_agreement: float  # share of clips with identical hypotheses
+    contract: dict  # the export's eval contract
+
+
+@dataclass(frozen=True)
+class ExportParity:
+    """experiment --export: the shipped model scored against the measured one; `outcome` is decided
+    once, when the run scores it (comparison.parity_outcome on the main manifest)."""
+
+    format: str
+    folder: str
+    runtime: dict  # the export's eval-contract runtime
+    margin: float
+    outcome: str  # pass | fail | inconclusive
+    quantization: dict
+    sets: dict[str, ParitySet]  # "main" and, with a canary, "canary"
+
+    @property
+    def main(self) -> ParitySet:
+        return self.sets["main"]
+
+
+@dataclass(frozen=True)
+class ValSplitCheck:
+    clips: int
+    minimum: int
+
+
+@dataclass(frozen=True)
+class LeakageCheck:
+    checked: list[str]  # "train x main", ... : every pair compared
+    allowed: bool  # --allow-leakage
+    found: list[dict]  # {"kind", "manifests", "shared", "examples"}
+
+
+@dataclass(frozen=True)
+class HeadroomCheck:
+    main_baseline_wer: float
+    threshold: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class SufficiencyCheck:
+    train_clips: int
+    target: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Checklist:
+    """The plan's checklist; an item is None until the run has reached it."""
+
+    val_split: ValSplitCheck | None = None
+    leakage: LeakageCheck | None = None
+    headroom: HeadroomCheck | None = None
+    sufficiency: SufficiencyCheck | None = None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    path: str
+    clips: int
+    skipped: int
+    skipped_by_kind: dict[str, int]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DurationFilter:
+    max_seconds: float | None
+    kept_clips: int
+    kept_hours: float
+    dropped_clips: int
+    dropped_hours: float
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    method: str
+    reason: str
+    train: int
+    val: int
+    val_speakers: list[str]
+
+
+@dataclass(frozen=True)
+class EvalSetInfo:
+    path: str
+    clips: int
+    hours: float
+    skipped: int
+    skipped_by_kind: dict[str, int]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ReplayInfo:
+    path: str | None
+    clips: int
+
+
+@dataclass(frozen=True)
+class DataReport:
+    """What the run's data loading read, kept and skipped."""
+
+    dataset: DatasetInfo
+    filter: DurationFilter
+    split: SplitInfo
+    eval_sets: dict[str, EvalSetInfo]  # "val", "main", "extra-<stem>", "canary"
+    replay: ReplayInfo
+
+
+@dataclass(frozen=True)
+class LoraSummary:
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+    lora_modules: int
+
+
 @dataclass
 class RunRecord:
     run_id: str
-    config: dict  # ExperimentConfig.to_dict()
+    config: ExperimentConfig
     status: str = "running"  # running | success | stopped_early | failed | interrupted
     reason: str | None = None
     phase: str = "setup"
@@ -180,15 +303,15 @@ class RunRecord:
     command: str = ""
     legs: list[Leg] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    lora: dict = field(default_factory=dict)
+    data: DataReport | None = None
+    lora: LoraSummary | None = None
     baseline: dict[str, EvalSummary] = field(default_factory=dict)
     tuned: dict[str, EvalSummary] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     training: TrainingSummary | None = None
-    export_parity: dict | None = None  # experiment --export: the shipped model scored against the torch one
+    export_parity: ExportParity | None = None  # experiment --export: the shipped model scored against the torch one
     candidates: dict[str, Candidate] = field(default_factory=dict)  # "best" and "last"
-    checklist: dict = field(default_factory=dict)  # the plan's checklist: val split, leakage, headroom, sufficiency
+    checklist: Checklist = field(default_factory=Checklist)  # the plan's checklist: val split, leakage, headroom, sufficiency
     notes: list[str] = field(default_factory=list)  # one-line findings for the console and the reports
     wall_seconds: float = 0.0
     traceback: str | None = None
@@ -199,8 +322,8 @@ class RunRecord:
         return self.status in FINISHED
 
     @property
-    def seed(self) -> int | None:
-        return (self.config.get("train") or {}).get("seed")
+    def seed(self) -> int:
+        return self.config.train.seed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,23 +333,60 @@ class RunRecord:
         if not isinstance(data, dict):
             raise RunRecordError(f"{source}: not a JSON object")
         version = data.get("schema_version", 1)
-        if version != SCHEMA_VERSION:
-            age = "an older" if isinstance(version, int) and version < SCHEMA_VERSION else "another"
+        if version not in READABLE_VERSIONS:
+            age = "an older" if isinstance(version, int) and version < min(READABLE_VERSIONS) else "another"
             raise RunRecordError(f"{source}: schema version {version} was written by {age} moonlora "
-                                 f"(this one reads {SCHEMA_VERSION}); rerun the experiment with this version")
+                                 f"(this one reads {', '.join(map(str, READABLE_VERSIONS))}); rerun the experiment "
+                                 "with this version")
         try:
-            values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-            values["legs"] = [Leg(**leg) for leg in data.get("legs", [])]
-            for side in ("baseline", "tuned"):
-                values[side] = {name: EvalSummary(**s) for name, s in (data.get(side) or {}).items()}
-            values["comparisons"] = {name: Comparison(**c) for name, c in (data.get("comparisons") or {}).items()}
-            values["training"] = TrainingSummary(**data["training"]) if data.get("training") else None
-            values["candidates"] = {name: Candidate(**{**c, "main": EvalSummary(**c["main"]),
-                                                       "comparison": Comparison(**c["comparison"])})
-                                    for name, c in (data.get("candidates") or {}).items()}
-            return cls(**values)
-        except (TypeError, KeyError, AttributeError) as error:
+            data = _from_version_2(data) if version == 2 else data
+            return typed(cls, data, "record", RECORD_FIELDS, derived=("written_by",))  # outputs.write_json's mark
+        except SchemaError as error:
             raise RunRecordError(f"{source}: does not match the run record schema ({error})") from None
+
+
+def _from_version_2(data: dict) -> dict:
+    """A schema-2 record as schema 3: its not-yet-filled data and lora ({}) None, and an export parity
+    written before the outcome was stored judged by the one rule."""
+    upgraded = {**data, **{name: None for name in ("data", "lora") if data.get(name) == {}}}
+    parity = data.get("export_parity")
+    if isinstance(parity, dict) and "outcome" not in parity:
+        try:
+            main = parity["sets"]["main"]
+            outcome = parity_outcome(Comparison.from_dict(main["export_minus_torch"]),
+                                     Comparison.from_dict(main["export_minus_baseline"]), parity["margin"])
+        except (KeyError, TypeError) as error:
+            raise SchemaError(f"record.export_parity: lacks {error}") from None
+        upgraded["export_parity"] = {**parity, "outcome": outcome}
+    return upgraded
+
+
+def _config(value, where: str) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.from_dict(value)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise SchemaError(f"{where}: {' '.join(str(error).split())}") from None
+
+
+def _comparison(value, where: str) -> Comparison:
+    return Comparison.from_dict(value, where)
+
+
+_summary = reader(EvalSummary)
+PARITY_FIELDS = {"sets": mapping_of(reader(ParitySet, {"export_minus_torch": _comparison,
+                                                       "export_minus_baseline": _comparison}))}
+CHECKLIST_FIELDS = {"val_split": reader(ValSplitCheck), "leakage": reader(LeakageCheck),
+                    "headroom": reader(HeadroomCheck), "sufficiency": reader(SufficiencyCheck)}
+DATA_FIELDS = {"dataset": reader(DatasetInfo), "filter": reader(DurationFilter), "split": reader(SplitInfo),
+               "eval_sets": mapping_of(reader(EvalSetInfo)), "replay": reader(ReplayInfo)}
+RECORD_FIELDS = {
+    "config": _config, "legs": list_of(reader(Leg)), "data": reader(DataReport, DATA_FIELDS),
+    "lora": reader(LoraSummary), "baseline": mapping_of(_summary), "tuned": mapping_of(_summary),
+    "comparisons": mapping_of(_comparison), "training": reader(TrainingSummary),
+    "export_parity": reader(ExportParity, PARITY_FIELDS),
+    "candidates": mapping_of(reader(Candidate, {"main": _summary, "comparison": _comparison})),
+    "checklist": reader(Checklist, CHECKLIST_FIELDS),
+}
 
 
 def read_record(run_dir: str | Path) -> RunRecord:
@@ -245,7 +405,7 @@ def _reject_constant(name: str):
 
 
 def write_record(run_dir: Path, record: RunRecord) -> None:
-    record.updated_at = now_iso()
+    record.updated_at, record.schema_version = now_iso(), SCHEMA_VERSION  # a resumed older record is rewritten whole
     write_json(Path(run_dir) / METRICS_FILE, record.to_dict(), command="experiment")
 
 
@@ -261,6 +421,42 @@ def read_config_dict(run_dir: str | Path) -> dict:
 
 def write_config_dict(run_dir: Path, config: dict) -> None:
     write_json(Path(run_dir) / CONFIG_FILE, config, command="experiment")
+
+
+# --- scored folders ------------------------------------------------------------------------------------------------
+# Every command that reads a transcripts.jsonl (resume, compare, report, export scores) reads it here.
+
+DAMAGED = "the file is damaged; score that folder again (moonlora transcribe, or rerun the experiment)"
+
+
+def read_transcripts(path: str | Path) -> list[dict]:
+    """The rows of a transcripts.jsonl, blank lines skipped; FileNotFoundError when it is absent.
+
+    A line that is not a JSON object is a one-line TranscriptsError naming the file and the line.
+    """
+    return [row for _, row in read_numbered_transcripts(path)]
+
+
+def read_numbered_transcripts(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, row) of each row of a transcripts.jsonl, for readers that name lines in their errors."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as error:
+        raise TranscriptsError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+    return [(number, _transcript_row(line, f"{path}:{number}")) for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def _transcript_row(line: str, where: str) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError as error:
+        raise TranscriptsError(f"{where}: not valid JSON ({error}); {DAMAGED}") from None
+    if not isinstance(row, dict):
+        raise TranscriptsError(f"{where}: not a JSON object; {DAMAGED}")
+    return row
 
 
 # --- liveness ------------------------------------------------------------------------------------------------------

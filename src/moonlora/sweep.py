@@ -26,7 +26,8 @@ from pathlib import Path
 
 from moonlora.configs import ExperimentConfig, flag_value
 from moonlora.outputs import OutputExists, check_output_dir, claim_output_dir, write_json
-from moonlora.runfolder import RUN_CONTROL_FIELDS, RunRecordError, read_record, run_state
+from moonlora.runfolder import METRICS_FILE, RUN_CONTROL_FIELDS, RunRecord, RunRecordError, read_record, run_state
+from moonlora.schema import SchemaError, list_of, reader, typed
 
 OUTPUT_KIND = "sweep"
 SWEEP_FILE = "sweep.json"
@@ -216,7 +217,7 @@ def check_output(config: SweepConfig) -> Path:
     if config.resume:
         if not sweep_file.is_file():
             raise FileNotFoundError(f"--output-dir {folder}: holds no {SWEEP_FILE}; drop --resume to start a sweep")
-        saved = read_sweep(folder)
+        saved = read_sweep(folder).config
         current = config.to_dict()
         differing = [key for key in ("base", "axes") if json.loads(json.dumps(saved.get(key))) !=
                      json.loads(json.dumps(current[key]))]
@@ -230,36 +231,81 @@ def check_output(config: SweepConfig) -> Path:
     return check_output_dir(folder, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite, require_empty=True)
 
 
-def read_sweep(folder: Path) -> dict:
+def read_sweep(folder: Path) -> SweepState:
     path = Path(folder) / SWEEP_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise SweepError(f"{path}: cannot be read ({error}); start a new sweep in another --output-dir") from None
-    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-        raise SweepError(f"{path}: not a sweep record of this moonlora version")
-    return data
+    return SweepState.from_dict(data, str(path))
+
+
+@dataclass
+class SweepRun:
+    """One planned run's row of sweep.json."""
+
+    name: str
+    settings: dict  # axis -> value
+    run_dir: str
+    status: str  # pending | success | stopped_early | failed | interrupted | died | running
+    reason: str | None = None
+    wall_seconds: float | None = None
+    baseline_main_wer: float | None = None
+    tuned_main_wer: float | None = None
+
+    def finish(self, record: RunRecord) -> None:
+        """Status and main WERs from the run's record."""
+        self.status, self.reason = record.status, record.reason
+        main_base, main_tuned = record.baseline.get("main"), record.tuned.get("main")
+        self.baseline_main_wer = None if main_base is None else main_base.wer
+        self.tuned_main_wer = None if main_tuned is None else main_tuned.wer
+
+
+@dataclass
+class BaselineCounts:
+    """The sweep's shared baselines: decodes made and results reused (experiment.BaselineStore)."""
+
+    decoded: int = 0
+    reused: int = 0
+    decoded_by_manifest: dict[str, int] = field(default_factory=dict)
+
+
+SWEEP_CONFIG_KEYS = ("output_dir", "grid_file", "base", "axes")  # SweepConfig.to_dict(), at sweep.json's top level
 
 
 @dataclass
 class SweepState:
     """What sweep.json holds; rewritten after every run."""
 
-    config: dict
+    config: dict  # SweepConfig.to_dict()
     command: str
-    runs: list[dict]  # name, settings, run_dir, status, reason, wall_seconds, main WERs
-    baselines: dict = field(default_factory=lambda: {"decoded": 0, "reused": 0, "decoded_by_manifest": {}})
-    groups: list[dict] = field(default_factory=list)
+    runs: list[SweepRun]
+    baselines: BaselineCounts = field(default_factory=BaselineCounts)
+    groups: list[dict] = field(default_factory=list)  # {"group", "runs", **Decision.to_dict()}
     wall_seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, **self.config, "command": self.command, "runs": self.runs,
-                "baselines": self.baselines, "groups": self.groups, "wall_seconds": self.wall_seconds}
+        return {"schema_version": SCHEMA_VERSION, **self.config, "command": self.command,
+                "runs": [dataclasses.asdict(run) for run in self.runs], "baselines": dataclasses.asdict(self.baselines),
+                "groups": self.groups, "wall_seconds": self.wall_seconds}
+
+    @classmethod
+    def from_dict(cls, data, source: str = SWEEP_FILE) -> SweepState:
+        """The state back from sweep.json; a SweepError (one line, naming the file) for another schema."""
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            raise SweepError(f"{source}: not a sweep record of this moonlora version (schema {SCHEMA_VERSION})")
+        marks = ("schema_version", "written_by")  # written_by: outputs.write_json's mark
+        state = {key: value for key, value in data.items() if key not in (*SWEEP_CONFIG_KEYS, *marks)}
+        state["config"] = {key: data[key] for key in SWEEP_CONFIG_KEYS if key in data}
+        try:
+            return typed(cls, state, "sweep", {"runs": list_of(reader(SweepRun)), "baselines": reader(BaselineCounts)})
+        except SchemaError as error:
+            raise SweepError(f"{source}: does not match the sweep record schema ({error})") from None
 
 
 def run_status(run_dir: Path) -> tuple[str, bool]:
     """(status, resume) of a planned run's folder: what the sweep does with it."""
-    if not (run_dir / "experiment_metrics.json").exists():
+    if not (run_dir / METRICS_FILE).exists():
         return "pending", False
     try:
         record = read_record(run_dir)
@@ -278,16 +324,6 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def _run_row(run: PlannedRun, status: str) -> dict:
-    return {"name": run.name, "settings": run.settings, "run_dir": run.config.output_dir, "status": status,
-            "reason": None, "wall_seconds": None, "baseline_main_wer": None, "tuned_main_wer": None}
-
-
-def _finish_row(row: dict, record) -> None:
-    row["status"], row["reason"] = record.status, record.reason
-    main_base, main_tuned = record.baseline.get("main"), record.tuned.get("main")
-    row["baseline_main_wer"] = None if main_base is None else main_base.wer
-    row["tuned_main_wer"] = None if main_tuned is None else main_tuned.wer
 
 
 def seed_groups(runs: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
@@ -321,20 +357,18 @@ def run_sweep(config: SweepConfig, progress: bool = True, command: str | None = 
         claim_output_dir(out_dir, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite, require_empty=True)
     from moonlora.train.experiment import BaselineStore, run_experiment
 
-    previous = read_sweep(out_dir) if config.resume else {}
+    previous = read_sweep(out_dir) if config.resume else None
+    earlier_seconds = previous.wall_seconds if previous else 0.0
     state = SweepState(config=config.to_dict(), command=command or shlex.join(["moonlora", *sys.argv[1:]]),
-                       runs=[_run_row(run, "pending") for run in planned],
-                       wall_seconds=float(previous.get("wall_seconds") or 0.0))
-    if previous.get("baselines"):
-        state.baselines = previous["baselines"]
+                       runs=[SweepRun(run.name, run.settings, run.config.output_dir, "pending") for run in planned],
+                       baselines=previous.baselines if previous else BaselineCounts(), wall_seconds=earlier_seconds)
     store = BaselineStore(out_dir / BASELINES_DIR)
-    store.decoded, store.reused = state.baselines["decoded"], state.baselines["reused"]
-    store.decoded_by_manifest = dict(state.baselines.get("decoded_by_manifest") or {})
+    store.decoded, store.reused = state.baselines.decoded, state.baselines.reused
+    store.decoded_by_manifest = dict(state.baselines.decoded_by_manifest)
 
     def save() -> None:
-        state.baselines.update(decoded=store.decoded, reused=store.reused,
-                               decoded_by_manifest=store.decoded_by_manifest)
-        state.wall_seconds = float(previous.get("wall_seconds") or 0.0) + time.perf_counter() - started
+        state.baselines = BaselineCounts(store.decoded, store.reused, dict(store.decoded_by_manifest))
+        state.wall_seconds = earlier_seconds + time.perf_counter() - started
         write_json(out_dir / SWEEP_FILE, state.to_dict(), command=OUTPUT_KIND)
 
     save()
@@ -342,7 +376,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, command: str | None = 
     for index, (run, row) in enumerate(zip(planned, state.runs)):
         status, resume = run_status(Path(run.config.output_dir))
         if status in ("success", "stopped_early"):
-            _finish_row(row, read_record(run.config.output_dir))
+            row.finish(read_record(run.config.output_dir))
             say(f"[{index + 1}/{len(planned)}] {run.name}: already {status}, skipped")
             save()
             continue
@@ -352,19 +386,19 @@ def run_sweep(config: SweepConfig, progress: bool = True, command: str | None = 
         try:
             record = run_experiment(dataclasses.replace(run.config, resume=resume), progress=progress,
                                     baseline_store=store)
-            _finish_row(row, record)
+            row.finish(record)
         except KeyboardInterrupt:
-            row["status"], row["reason"] = "interrupted", "continue the sweep with --resume"
+            row.status, row.reason = "interrupted", "continue the sweep with --resume"
             save()
             raise
         except Exception as error:  # recorded, and the sweep goes on (its run folder says more)
-            row["status"], row["reason"] = "failed", f"{type(error).__name__}: {' '.join(str(error).splitlines())}"
-            say(f"{run.name} failed: {row['reason']}")
-        row["wall_seconds"] = time.perf_counter() - run_started
-        executed.append(row["wall_seconds"])
-        remaining = sum(1 for r in state.runs[index + 1:] if r["status"] == "pending")
+            row.status, row.reason = "failed", f"{type(error).__name__}: {' '.join(str(error).splitlines())}"
+            say(f"{run.name} failed: {row.reason}")
+        row.wall_seconds = time.perf_counter() - run_started
+        executed.append(row.wall_seconds)
+        remaining = sum(1 for r in state.runs[index + 1:] if r.status == "pending")
         eta = sum(executed) / len(executed) * remaining
-        say(f"{index + 1}/{len(planned)} runs done; {run.name} took {_minutes(row['wall_seconds'])}; "
+        say(f"{index + 1}/{len(planned)} runs done; {run.name} took {_minutes(row.wall_seconds)}; "
             f"ETA {_minutes(eta)} for {remaining} more")
         save()
     decisions = decide_groups(planned, state)
@@ -378,7 +412,7 @@ def decide_groups(planned: list[PlannedRun], state: SweepState) -> dict:
     """`decide` over each group of finished runs that differ only by seed."""
     from moonlora.verdict.decide import decide
 
-    statuses = {row["name"]: row["status"] for row in state.runs}
+    statuses = {row.name: row.status for row in state.runs}
     decisions, state.groups = {}, []
     for key, runs in seed_groups(planned).items():
         finished = [run for run in runs if statuses[run.name] in ("success", "stopped_early")]

@@ -14,7 +14,8 @@ clip, and `summary.json`, which carries the eval contract. `compare_folders`:
   resamples, seed 0, 95%);
 - measures agreement: identical hypotheses as written, after normalization, and as token ids;
 - ranks the clips that differ most (per-clip WER difference, then how much of the text differs);
-- B is non-inferior to A when the CI's high end of WER(B) - WER(A) is at most `margin`.
+- B is non-inferior to A when the CI's high end of WER(B) - WER(A) is at most `margin`
+  (`Comparison.non_inferior`; A is the comparison's baseline, B its tuned side).
 
 Torch-free: it reads JSON and never loads a model.
 """
@@ -27,12 +28,14 @@ from dataclasses import asdict, dataclass, fields
 from difflib import SequenceMatcher
 from pathlib import Path
 
-from moonlora.eval.contract import ContractMismatch, EvalContract, require_comparable
 from moonlora import markdown
+from moonlora.comparison import Comparison
+from moonlora.eval.contract import ContractMismatch, EvalContract, require_comparable
+from moonlora.eval.stats import DEFAULT_RESAMPLES, paired_bootstrap
 from moonlora.markdown import ci_cell, short
-from moonlora.eval.stats import DEFAULT_RESAMPLES, BootstrapResult, paired_bootstrap
-
-TRANSCRIPTS, SUMMARY = "transcripts.jsonl", "summary.json"
+from moonlora.runfolder import SUMMARY_FILE as SUMMARY
+from moonlora.runfolder import TRANSCRIPTS_FILE as TRANSCRIPTS
+from moonlora.runfolder import read_numbered_transcripts
 TEXT_FIELDS = ("utt_id", "audio_filepath", "ref", "hyp", "hyp_norm")
 COUNT_FIELDS = ("ref_words", "substitutions", "deletions", "insertions")
 DEFAULT_MARGIN = 0.005  # 0.5 WER points
@@ -115,12 +118,12 @@ class ClipDifference:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class FolderComparison:
     a: ScoredFolder
     b: ScoredFolder
     allow: tuple[str, ...]
     allowed_differences: list[dict]  # {"field", "a", "b"} for each accepted difference
-    bootstrap: BootstrapResult  # baseline = A, tuned = B
+    bootstrap: Comparison  # baseline = A, tuned = B
     agreement: Agreement
     differing_clips: int  # clips whose hypotheses differ
     top: list[ClipDifference]
@@ -128,18 +131,15 @@ class Comparison:
 
     @property
     def non_inferior(self) -> bool:
-        return self.bootstrap.ci_high <= self.margin
+        return self.bootstrap.non_inferior(self.margin)
 
     def to_dict(self) -> dict:
-        boot = self.bootstrap
+        """The paired bootstrap in the one Comparison shape (baseline = A, tuned = B), and the rest."""
         return {
             "a": {"path": str(self.a.path), "contract": self.a.contract.to_dict()},
             "b": {"path": str(self.b.path), "contract": self.b.contract.to_dict()},
             "allow": list(self.allow), "allowed_differences": self.allowed_differences,
-            "clips": boot.clips, "wer_a": boot.baseline_wer, "wer_b": boot.tuned_wer,
-            "delta": boot.delta, "ci_low": boot.ci_low, "ci_high": boot.ci_high, "confidence": boot.confidence,
-            "p_b_better": boot.p_tuned_better, "resamples": boot.resamples, "seed": boot.seed,
-            "margin": self.margin, "non_inferior": self.non_inferior,
+            **self.bootstrap.to_dict(), "margin": self.margin, "non_inferior": self.non_inferior,
             "agreement": self.agreement.to_dict(), "differing_clips": self.differing_clips,
             "top_differences": [clip.to_dict() for clip in self.top],
         }
@@ -179,18 +179,7 @@ def _read_json(path: Path):
 
 
 def _read_clips(path: Path) -> list[Clip]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise CompareError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
-    clips = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise CompareError(f"{path}:{number}: not valid JSON ({error})") from None
-            clips.append(_clip(row, f"{path}:{number}"))
+    clips = [_clip(row, f"{path}:{number}") for number, row in read_numbered_transcripts(path)]
     if not clips:
         raise CompareError(f"{path}: holds no clips")
     return clips
@@ -200,9 +189,7 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _clip(row, where: str) -> Clip:
-    if not isinstance(row, dict):
-        raise CompareError(f"{where}: not a JSON object")
+def _clip(row: dict, where: str) -> Clip:
     missing = [name for name in (*TEXT_FIELDS, *COUNT_FIELDS) if name not in row]
     if missing:
         raise CompareError(f"{where}: lacks {', '.join(missing)}; {WRITTEN_BY}")
@@ -302,7 +289,7 @@ def clip_differences(pairs: list[tuple[Clip, Clip]]) -> list[ClipDifference]:
 
 
 def compare_folders(a: str | Path, b: str | Path, allow: tuple[str, ...] = (), margin: float = DEFAULT_MARGIN,
-                    top: int = DEFAULT_TOP, resamples: int = DEFAULT_RESAMPLES) -> Comparison:
+                    top: int = DEFAULT_TOP, resamples: int = DEFAULT_RESAMPLES) -> FolderComparison:
     """Everything `moonlora compare A B` reports (see the module docstring)."""
     if not (math.isfinite(margin) and margin >= 0):
         raise CompareError(f"--margin must be a WER difference >= 0 (0.005 = 0.5 WER points), got {margin}")
@@ -317,7 +304,7 @@ def compare_folders(a: str | Path, b: str | Path, allow: tuple[str, ...] = (), m
         resamples=resamples, seed=BOOTSTRAP_SEED, confidence=CONFIDENCE,
     )
     differences = clip_differences(pairs)
-    return Comparison(folder_a, folder_b, tuple(allow), allowed, bootstrap, agreement(pairs), len(differences),
+    return FolderComparison(folder_a, folder_b, tuple(allow), allowed, bootstrap, agreement(pairs), len(differences),
                       differences[:top], margin)
 
 
@@ -333,8 +320,7 @@ def _rate(same: int, total: int) -> str:
     return f"{same / total:.3f} ({same}/{total})" if total else "n/a (no token ids)"
 
 
-def render(comparison: Comparison) -> str:
-
+def render(comparison: FolderComparison) -> str:
     boot, agree = comparison.bootstrap, comparison.agreement
     lines = [f"A: {comparison.a.path}  WER {boot.baseline_wer:.4f}  contract {comparison.a.contract.fingerprint}",
              f"B: {comparison.b.path}  WER {boot.tuned_wer:.4f}  contract {comparison.b.contract.fingerprint}"]

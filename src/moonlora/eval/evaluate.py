@@ -18,6 +18,7 @@ from moonlora.model.decoder import DecodedClip
 from moonlora.model.loading import LoadedModel, adapter_sha256
 from moonlora.outputs import write_json, write_text
 from moonlora.progress import progress_bar
+from moonlora.runfolder import DAMAGED, SUMMARY_FILE, TRANSCRIPTS_FILE, TranscriptsError, read_numbered_transcripts
 
 FLAG_NAMES = ("empty_hypothesis", "token_cap_hit", "repeat_loop")
 # Clip-length buckets (seconds) for WER by duration: Moonshine hallucinates under ~1 s and over ~30 s.
@@ -122,37 +123,48 @@ def evaluate_manifest(
 
 def write_eval(result: EvalResult, out_dir: Path, extra: dict | None = None) -> tuple[Path, Path]:
     """Write `transcripts.jsonl` (one row per clip) and `summary.json` into out_dir, each atomically."""
-    transcripts, summary = out_dir / "transcripts.jsonl", out_dir / "summary.json"
+    transcripts, summary = out_dir / TRANSCRIPTS_FILE, out_dir / SUMMARY_FILE
     write_text(transcripts, "".join(json.dumps(clip.to_dict(), ensure_ascii=False) + "\n" for clip in result.clips))
     write_json(summary, {**result.summary_dict(), **(extra or {})})
     return transcripts, summary
 
 
 def read_eval(out_dir: Path, manifest: Manifest) -> EvalResult | None:
-    """An evaluation written by `write_eval` for this very manifest, rebuilt; None when absent,
-    unreadable or written for other clips (then the caller decodes again).
+    """An evaluation written by `write_eval` for this very manifest, rebuilt; None when absent, its
+    summary unreadable, or written for other clips (then the caller decodes again). A transcripts
+    line that is not a JSON row is a one-line error naming the file and line (runfolder.read_transcripts).
 
     Used on resume, so a resumed run does not decode its baseline sets a second time. Scores and
     flags are recomputed from the stored texts (deterministic), the contract is the stored one.
     """
+    summary_path, transcripts_path = out_dir / SUMMARY_FILE, out_dir / TRANSCRIPTS_FILE
+    if not transcripts_path.is_file():
+        return None
     try:
-        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-        rows = [json.loads(line) for line in (out_dir / "transcripts.jsonl").read_text(encoding="utf-8").splitlines()]
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
         contract = EvalContract.from_dict(summary["contract"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    rows = read_numbered_transcripts(transcripts_path)
     utterances = manifest.utterances
     if contract.manifest_sha256 != manifest.content_hash or len(rows) != len(utterances) \
-            or any(row.get("utt_id") != u.utt_id for row, u in zip(rows, utterances)):
+            or any(row.get("utt_id") != u.utt_id for (_, row), u in zip(rows, utterances)):
         return None
-    clips = []
-    for utterance, row in zip(utterances, rows):
-        cap_hit = "token_cap_hit" in (row.get("flags") or [])
-        decoded = DecodedClip(row["hyp"], list(row.get("token_ids") or []), int(row["token_cap"]), cap_hit)
-        score = score_utterance(utterance.text, decoded.text)
-        clips.append(ClipResult(utterance, decoded.text, decoded, score, flag_utterance(score, cap_hit)))
+    clips = [_stored_clip(utterance, row, f"{transcripts_path}:{number}")
+             for utterance, (number, row) in zip(utterances, rows)]
     return EvalResult(manifest_path=manifest.path, clips=clips, skipped=manifest.skipped,
                       corpus=corpus_score([c.score for c in clips]), contract=contract,
                       audio_seconds=float(summary.get("audio_seconds") or 0.0),
                       decode_seconds=float(summary.get("decode_seconds") or 0.0),
                       wall_seconds=float(summary.get("wall_seconds") or 0.0))
+
+
+def _stored_clip(utterance: Utterance, row: dict, where: str) -> ClipResult:
+    """One transcripts row back as a ClipResult, its score recomputed from the stored hypothesis."""
+    try:
+        cap_hit = "token_cap_hit" in (row.get("flags") or [])
+        decoded = DecodedClip(str(row["hyp"]), list(row.get("token_ids") or []), int(row["token_cap"]), cap_hit)
+    except (KeyError, TypeError, ValueError) as error:
+        raise TranscriptsError(f"{where}: not a transcripts row ({type(error).__name__}: {error}); {DAMAGED}") from None
+    score = score_utterance(utterance.text, decoded.text)
+    return ClipResult(utterance, decoded.text, decoded, score, flag_utterance(score, cap_hit))

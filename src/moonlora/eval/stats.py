@@ -1,42 +1,21 @@
-"""Paired bootstrap over utterances for the corpus-WER difference between two evaluations."""
+"""Paired bootstrap over utterances for the corpus-WER difference between two evaluations.
+
+Its result is the one `moonlora.comparison.Comparison`. Torch-free (numpy only).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from moonlora.comparison import Comparison
 
 if TYPE_CHECKING:
     from moonlora.eval.evaluate import EvalResult
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_CHUNK = 1_000  # resamples per vectorized step: chunk x clips int64 indices in memory
-
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    baseline_wer: float
-    tuned_wer: float
-    delta: float  # tuned - baseline
-    ci_low: float  # percentile CI of delta at `confidence`
-    ci_high: float
-    p_tuned_better: float  # share of resamples with delta < 0
-    resamples: int
-    seed: int
-    clips: int
-    confidence: float = 0.95
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.ci_high < 0 or self.ci_low > 0
-
-    @property
-    def relative_delta(self) -> float | None:
-        return self.delta / self.baseline_wer if self.baseline_wer else None
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "excludes_zero": self.excludes_zero, "relative_delta": self.relative_delta}
 
 
 def _int_array(values, name: str) -> np.ndarray:
@@ -99,7 +78,7 @@ def paired_bootstrap(
     seed: int = 0,
     confidence: float = 0.95,
     chunk_size: int = DEFAULT_CHUNK,
-) -> BootstrapResult:
+) -> Comparison:
     """Paired bootstrap of corpus WER (tuned - baseline) over utterances, same indices for both."""
     lengths = {
         "baseline_errors": len(baseline_errors), "baseline_ref_words": len(baseline_ref_words),
@@ -125,7 +104,7 @@ def paired_bootstrap(
     alpha = 1.0 - confidence
     ci_low, ci_high = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
     baseline_wer, tuned_wer = _corpus_wer(base_err, words), _corpus_wer(tuned_err, words)
-    return BootstrapResult(
+    return Comparison(
         baseline_wer=baseline_wer, tuned_wer=tuned_wer, delta=tuned_wer - baseline_wer,
         ci_low=float(ci_low), ci_high=float(ci_high), p_tuned_better=float(np.mean(deltas < 0)),
         resamples=resamples, seed=seed, clips=n, confidence=confidence,
@@ -149,7 +128,7 @@ def _keyed(result: EvalResult, name: str) -> dict:
 def compare_results(
     baseline: EvalResult, tuned: EvalResult, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
     confidence: float = 0.95,
-) -> BootstrapResult:
+) -> Comparison:
     """Paired bootstrap of two evaluations of one manifest, clips paired by utt_id and audio hash."""
     base, tune = _keyed(baseline, "baseline"), _keyed(tuned, "tuned")
     if base.keys() != tune.keys():
@@ -167,7 +146,7 @@ def compare_results(
     )
 
 
-def format_delta(result: BootstrapResult) -> str:
+def format_delta(result: Comparison) -> str:
     """`delta [ci_low, ci_high], P(better)=p` for tables."""
     return (
         f"{result.delta:.4f} [{result.ci_low:.4f}, {result.ci_high:.4f}], "

@@ -16,6 +16,7 @@ from rich.table import Table
 from moonlora.adapters import resolve_adapter
 from moonlora.configs import TranscribeConfig
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
+from moonlora.runfolder import SUMMARY_FILE, TRANSCRIPTS_FILE
 from moonlora.runfolder import CONFIG_FILE as CONFIG_OF_RUN
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ __all__ = ["TranscribeConfig", "check_output", "run_transcribe", "print_summary"
 
 CONFIG_FILE = "transcribe_config.json"
 OUTPUT_KIND = "transcribe"
-OUTPUT_ENTRIES = ("transcripts.jsonl", "summary.json", CONFIG_FILE)
+OUTPUT_ENTRIES = (TRANSCRIPTS_FILE, SUMMARY_FILE, CONFIG_FILE)
 
 
 def with_run_settings(config: TranscribeConfig, given: set[str]) -> TranscribeConfig:

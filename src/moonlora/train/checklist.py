@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from moonlora.data.leakage import Leak, find_leaks
 from moonlora.data.manifest import Manifest
+from moonlora.runfolder import Checklist, HeadroomCheck, LeakageCheck, SufficiencyCheck, ValSplitCheck
 
 HEADROOM_WER = 0.05  # the plan: "flag if < 5%"
 SUFFICIENT_TRAIN_CLIPS = 200  # the plan: "minimum viable sample count (e.g., 200-500)"
@@ -24,11 +25,12 @@ class LeakageError(ValueError):
     """Training data shared with an evaluated manifest (one line, naming the rows)."""
 
 
-def check_val_split(val_clips: int, min_val_clips: int, dataset_path: str) -> None:
+def check_val_split(val_clips: int, min_val_clips: int, dataset_path: str) -> ValSplitCheck:
     if val_clips < min_val_clips:
         raise ValueError(f"{dataset_path}: the val split has {val_clips} clip(s), fewer than --min-val-clips "
                          f"{min_val_clips}; every choice (best step, early stop) would rest on it — add clips, raise "
                          "--val-fraction, or lower --min-val-clips knowingly")
+    return ValSplitCheck(clips=val_clips, minimum=min_val_clips)
 
 
 def training_leaks(training: dict[str, Manifest], evaluated: dict[str, Manifest]) -> list[Leak]:
@@ -52,33 +54,35 @@ def leakage_message(leaks: list[Leak], paths: dict[str, str]) -> str:
             + " — remove those rows (moonlora diagnose lists them all), or pass --allow-leakage to accept it")
 
 
-def leakage_record(leaks: list[Leak], allowed: bool, checked: list[str]) -> dict:
-    return {"checked": checked, "allowed": allowed,
-            "found": [{"kind": leak.kind, "manifests": list(leak.manifests), "shared": leak.shared,
-                       "examples": [list(example) for example in leak.examples]} for leak in leaks]}
+def leakage_record(leaks: list[Leak], allowed: bool, checked: list[str]) -> LeakageCheck:
+    return LeakageCheck(checked=checked, allowed=allowed,
+                        found=[{"kind": leak.kind, "manifests": list(leak.manifests), "shared": leak.shared,
+                                "examples": [list(example) for example in leak.examples]} for leak in leaks])
 
 
-def headroom(main_baseline_wer: float) -> dict:
-    return {"main_baseline_wer": main_baseline_wer, "threshold": HEADROOM_WER, "ok": main_baseline_wer >= HEADROOM_WER}
+def headroom(main_baseline_wer: float) -> HeadroomCheck:
+    return HeadroomCheck(main_baseline_wer=main_baseline_wer, threshold=HEADROOM_WER,
+                         ok=main_baseline_wer >= HEADROOM_WER)
 
 
-def sufficiency(train_clips: int) -> dict:
-    return {"train_clips": train_clips, "target": SUFFICIENT_TRAIN_CLIPS, "ok": train_clips >= SUFFICIENT_TRAIN_CLIPS}
+def sufficiency(train_clips: int) -> SufficiencyCheck:
+    return SufficiencyCheck(train_clips=train_clips, target=SUFFICIENT_TRAIN_CLIPS,
+                            ok=train_clips >= SUFFICIENT_TRAIN_CLIPS)
 
 
-def warnings(checklist: dict) -> list[str]:
+def warnings(checklist: Checklist) -> list[str]:
     """The checklist's warnings as one-line notes."""
     notes = []
-    room = checklist.get("headroom")
-    if room and not room["ok"]:
-        notes.append(f"headroom: main baseline WER {room['main_baseline_wer']:.4f} is below {room['threshold']:.0%}; "
+    room = checklist.headroom
+    if room and not room.ok:
+        notes.append(f"headroom: main baseline WER {room.main_baseline_wer:.4f} is below {room.threshold:.0%}; "
                      "little room to show a gain (the plan's clean-set saturation) — add a harder or domain manifest")
-    data = checklist.get("sufficiency")
-    if data and not data["ok"]:
-        notes.append(f"data sufficiency: {data['train_clips']} training clips, below the plan's target of "
-                     f"{data['target']}; results may not hold on more data")
-    leakage = checklist.get("leakage")
-    if leakage and leakage["found"]:
-        notes.append(f"leakage accepted (--allow-leakage): {len(leakage['found'])} kind(s) of shared training and "
+    data = checklist.sufficiency
+    if data and not data.ok:
+        notes.append(f"data sufficiency: {data.train_clips} training clips, below the plan's target of "
+                     f"{data.target}; results may not hold on more data")
+    leakage = checklist.leakage
+    if leakage and leakage.found:
+        notes.append(f"leakage accepted (--allow-leakage): {len(leakage.found)} kind(s) of shared training and "
                      "evaluated data; the tuned WER partly measures memory")
     return notes

@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import set_peft_model_state_dict
 
+from moonlora.comparison import Comparison, parity_outcome
 from moonlora.train import checklist
 from moonlora.configs import ExperimentConfig
 from moonlora.eval.contract import EvalContract, require_comparable
-from moonlora.verdict.decide import parity_outcome
 from moonlora.eval.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
 from moonlora.model.lora import attach_lora, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.data.manifest import Manifest, Utterance, load_manifest
@@ -42,14 +41,15 @@ from moonlora.model.loading import LoadedModel, load_model, require_torch
 from moonlora.outputs import OutputError, OutputExists, check_output_dir, claim_output_dir
 from moonlora.provenance import provenance
 from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, CANDIDATE_ADAPTER_DIRS, CANDIDATE_SCORE_DIRS, CANDIDATES,
-                                Candidate, EXPORT_DIR, LOCK_FILE, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND,
-                                TENSORBOARD_DIR, TUNED_DIR, Comparison, EvalSummary, Leg, RunLock, RunRecord,
-                                RunRecordError, TrainingSummary, find_resume_checkpoint, is_main_process, latest_checkpoint_step,
-                                now_iso, read_config_dict, read_record, remove_path, run_state, write_config_dict,
-                                write_record)
+                                Candidate, Checklist, DataReport, DatasetInfo, DurationFilter, EvalSetInfo, EvalSummary,
+                                EXPORT_DIR, ExportParity, LeakageCheck, Leg, LOCK_FILE, LoraSummary, ParitySet,
+                                ReplayInfo, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND, RunLock, RunRecord,
+                                RunRecordError, SplitInfo, TENSORBOARD_DIR, TrainingSummary, TUNED_DIR,
+                                find_resume_checkpoint, is_main_process, latest_checkpoint_step, now_iso,
+                                read_config_dict, read_record, remove_path, run_state, write_config_dict, write_record)
 from moonlora.data.splits import split_train_val
 from moonlora.eval.stats import compare_results
-from moonlora.train.loop import IntervalEval, TrainResult, TrainState, TrainStream, train
+from moonlora.train.loop import IntervalEval, TrainResult, TrainState, TrainStream, adapter_loaded, train
 
 PRE_TRAINING_PHASES = ("setup", "baseline")
 
@@ -72,13 +72,14 @@ def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[st
     return differing
 
 
-def filter_by_duration(utterances: list[Utterance], max_seconds: float | None) -> tuple[list[Utterance], dict]:
+def filter_by_duration(utterances: list[Utterance], max_seconds: float | None) -> tuple[list[Utterance], DurationFilter]:
     """Keep clips up to max_seconds; report what was dropped in clips and hours."""
     kept, dropped = [], []
     for utterance in utterances:
         (kept if max_seconds is None or utterance.duration <= max_seconds else dropped).append(utterance)
-    return kept, {"max_seconds": max_seconds, "kept_clips": len(kept), "kept_hours": sum(u.duration for u in kept) / 3600,
-                  "dropped_clips": len(dropped), "dropped_hours": sum(u.duration for u in dropped) / 3600}
+    return kept, DurationFilter(max_seconds=max_seconds, kept_clips=len(kept),
+                                kept_hours=sum(u.duration for u in kept) / 3600, dropped_clips=len(dropped),
+                                dropped_hours=sum(u.duration for u in dropped) / 3600)
 
 
 @dataclass
@@ -86,12 +87,12 @@ class RunData:
     train: list[Utterance]
     replay: list[Utterance]
     eval_sets: dict[str, Manifest]  # "val", "main", "extra-<stem>", "canary"
-    report: dict
-    checklist: dict  # the plan's checklist items known before the model loads (val split, leakage)
+    report: DataReport
+    checklist: Checklist  # the plan's checklist items known before the model loads (val split, leakage)
 
 
 def check_leakage(config: ExperimentConfig, train: list[Utterance], replay: list[Utterance],
-                  eval_sets: dict[str, Manifest]) -> dict:
+                  eval_sets: dict[str, Manifest]) -> LeakageCheck:
     """Refuse training data that an evaluated manifest shares (unless --allow-leakage); the record."""
     training = {"train": Manifest(path=Path(config.dataset_path), utterances=train)}
     if replay:
@@ -111,7 +112,7 @@ def load_run_data(config: ExperimentConfig) -> RunData:
         raise ValueError(f"{config.dataset_path}: {len(kept)} clip(s) left after --max-seconds {config.max_seconds}; "
                          "need at least 2 (train and val)")
     split = split_train_val(kept, config.val_fraction, config.train.seed)
-    checklist.check_val_split(len(split.val), config.min_val_clips, config.dataset_path)
+    val_split = checklist.check_val_split(len(split.val), config.min_val_clips, config.dataset_path)
     eval_sets = {"val": Manifest(path=Path(f"{config.dataset_path}#val"), utterances=split.val),
                  "main": load_manifest(config.manifest_path)}
     for path in config.extra_manifests:
@@ -119,36 +120,35 @@ def load_run_data(config: ExperimentConfig) -> RunData:
     if config.canary_manifest:
         eval_sets["canary"] = load_manifest(config.canary_manifest)
     replay = load_manifest(config.replay_manifest).utterances if config.replay_manifest else []
-    checks = {"val_split": {"clips": len(split.val), "minimum": config.min_val_clips},
-              "leakage": check_leakage(config, split.train, replay, eval_sets)}
-    report = {
-        "dataset": {"path": config.dataset_path, "clips": len(dataset.utterances), "skipped": len(dataset.skipped),
-                    "skipped_by_kind": dataset.skipped_by_kind(), "sha256": dataset.content_hash},
-        "filter": filtering, "split": split.to_dict(),
-        "eval_sets": {name: {"path": str(m.path), "clips": len(m.utterances), "hours": m.total_seconds / 3600,
-                             "skipped": len(m.skipped), "skipped_by_kind": m.skipped_by_kind(),
-                             "sha256": m.content_hash} for name, m in eval_sets.items()},
-        "replay": {"path": config.replay_manifest, "clips": len(replay)},
-    }
+    checks = Checklist(val_split=val_split, leakage=check_leakage(config, split.train, replay, eval_sets))
+    report = DataReport(
+        dataset=DatasetInfo(path=config.dataset_path, clips=len(dataset.utterances), skipped=len(dataset.skipped),
+                            skipped_by_kind=dataset.skipped_by_kind(), sha256=dataset.content_hash),
+        filter=filtering, split=SplitInfo(**split.to_dict()),
+        eval_sets={name: EvalSetInfo(path=str(m.path), clips=len(m.utterances), hours=m.total_seconds / 3600,
+                                     skipped=len(m.skipped), skipped_by_kind=m.skipped_by_kind(), sha256=m.content_hash)
+                   for name, m in eval_sets.items()},
+        replay=ReplayInfo(path=config.replay_manifest, clips=len(replay)),
+    )
     return RunData(split.train, replay, eval_sets, report, checks)
 
 
-def data_notes(report: dict) -> list[str]:
+def data_notes(report: DataReport) -> list[str]:
     """What the data loading skipped or filtered, by kind, with counts (and hours where known)."""
     notes = []
-    dataset = report["dataset"]
-    if dataset["skipped"]:
-        kinds = ", ".join(f"{kind} {count}" for kind, count in dataset["skipped_by_kind"].items())
-        notes.append(f"training manifest {dataset['path']}: skipped {dataset['skipped']} row(s) ({kinds})")
-    dropped = report["filter"]
-    if dropped["dropped_clips"]:
-        notes.append(f"--max-seconds {dropped['max_seconds']:g}: dropped {dropped['dropped_clips']} training clip(s) "
-                     f"({dropped['dropped_hours']:.3f} h); kept {dropped['kept_clips']} ({dropped['kept_hours']:.3f} h)")
-    for name, info in report["eval_sets"].items():
-        if info["skipped"]:
-            kinds = ", ".join(f"{kind} {count}" for kind, count in info["skipped_by_kind"].items())
-            notes.append(f"{name} manifest {info['path']}: skipped {info['skipped']} row(s) ({kinds}); "
-                         f"scored {info['clips']} clip(s)")
+    dataset = report.dataset
+    if dataset.skipped:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in dataset.skipped_by_kind.items())
+        notes.append(f"training manifest {dataset.path}: skipped {dataset.skipped} row(s) ({kinds})")
+    dropped = report.filter
+    if dropped.dropped_clips:
+        notes.append(f"--max-seconds {dropped.max_seconds:g}: dropped {dropped.dropped_clips} training clip(s) "
+                     f"({dropped.dropped_hours:.3f} h); kept {dropped.kept_clips} ({dropped.kept_hours:.3f} h)")
+    for name, info in report.eval_sets.items():
+        if info.skipped:
+            kinds = ", ".join(f"{kind} {count}" for kind, count in info.skipped_by_kind.items())
+            notes.append(f"{name} manifest {info.path}: skipped {info.skipped} row(s) ({kinds}); "
+                         f"scored {info.clips} clip(s)")
     return notes
 
 
@@ -216,7 +216,7 @@ def start_run(config: ExperimentConfig, earlier: RunRecord | None) -> RunStart:
     command = shlex.join(["moonlora", *sys.argv[1:]])
     if not is_main_process():  # other ranks write nothing and follow the main process's checkpoint
         checkpoint = find_resume_checkpoint(run_dir, clean=False)[0] if config.resume else None
-        return RunStart(run_dir, RunRecord(run_id=run_dir.name, config=config.to_dict()),
+        return RunStart(run_dir, RunRecord(run_id=run_dir.name, config=config),
                         checkpoint.path if checkpoint else None, None)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir).acquire()
@@ -237,7 +237,7 @@ def start_run(config: ExperimentConfig, earlier: RunRecord | None) -> RunStart:
             claim_output_dir(run_dir, "--output-dir", RUN_KIND, RUN_ENTRIES,
                              overwrite=config.overwrite or earlier is not None, require_empty=True, ignore=(LOCK_FILE,))
             write_config_dict(run_dir, config.to_dict())
-            record = RunRecord(run_id=run_dir.name, config=config.to_dict())
+            record = RunRecord(run_id=run_dir.name, config=config)
         record.command = command
         record.legs.append(Leg(command=command, pid=record.pid, host=record.host, started_at=now_iso(),
                                resumed_from_step=None if not config.resume else
@@ -359,7 +359,7 @@ def compare(baseline: dict[str, EvalResult], tuned: dict[str, EvalResult], resam
     for name, before in baseline.items():
         after = tuned[name]
         require_comparable(before.contract, after.contract, allow=("adapter_sha256",))
-        comparisons[name] = Comparison(**compare_results(before, after, resamples=resamples, seed=seed).to_dict())
+        comparisons[name] = compare_results(before, after, resamples=resamples, seed=seed)
     return comparisons
 
 
@@ -427,41 +427,44 @@ def candidate_steps(trained: TrainResult) -> dict[str, tuple[int, float | None]]
 
 
 def save_candidates(model, trained: TrainResult, run_dir: Path, select: str) -> None:
-    """Keep both adapters (adapter-best/, adapter-last/) and the selected one as adapter/; leave
-    the selected one loaded."""
-    adapters = {"best": trained.best_adapter, "last": trained.last_adapter}
-    for name, adapter in adapters.items():
-        set_peft_model_state_dict(model, adapter)
-        save_adapter(model, run_dir, CANDIDATE_ADAPTER_DIRS[name])
-    set_peft_model_state_dict(model, adapters[select])
-    save_adapter(model, run_dir)
+    """Keep both adapters (adapter-best/, adapter-last/) and the selected one as adapter/; the model
+    keeps the weights it had."""
+    for name in CANDIDATES:
+        with adapter_loaded(model, trained.adapter(name)):
+            save_adapter(model, run_dir, CANDIDATE_ADAPTER_DIRS[name])
+    with adapter_loaded(model, trained.adapter(select)):
+        save_adapter(model, run_dir)
+
+
+def candidate_main_result(loaded: LoadedModel, data: RunData, trained: TrainResult, name: str,
+                          baseline: dict[str, EvalResult], tuned: dict[str, EvalResult], config: ExperimentConfig,
+                          run_dir: Path, progress: bool) -> EvalResult:
+    """Candidate `name`'s main-manifest score: the run's tuned one when it is selected or equal to the
+    selected one, the baseline when it is the identity, else decoded with that adapter loaded for the
+    decode only (the model keeps the weights it had)."""
+    adapter, selected = trained.adapter(name), trained.adapter(config.select)
+    if name == config.select or all(torch.equal(adapter[k], selected[k]) for k in selected):
+        return tuned["main"]
+    with adapter_loaded(loaded.model, adapter):
+        if lora_is_identity(loaded.model):
+            return baseline["main"]
+        return evaluate_sets(loaded, {"main": data.eval_sets["main"]}, config, run_dir / CANDIDATE_SCORE_DIRS[name],
+                             progress, f"{name} adapter")["main"]
 
 
 def score_candidates(loaded: LoadedModel, data: RunData, trained: TrainResult, baseline: dict[str, EvalResult],
                      tuned: dict[str, EvalResult], config: ExperimentConfig, run_dir: Path,
                      progress: bool) -> dict[str, Candidate]:
-    """Both adapters on the main manifest with CIs: the selected one is the tuned score; the other
-    is decoded (or reused when its tensors equal the selected one's, or it is the identity)."""
-    other = "last" if config.select == "best" else "best"
-    adapters = {"best": trained.best_adapter, "last": trained.last_adapter}
+    """Both adapters on the main manifest with CIs against the baseline, each scored by naming its
+    adapter (`candidate_main_result`); the model is left as it was."""
     steps = candidate_steps(trained)
-    results = {config.select: tuned["main"]}
-    same = all(torch.equal(adapters["best"][k], adapters["last"][k]) for k in adapters["best"])
-    set_peft_model_state_dict(loaded.model, adapters[other])
-    if same:
-        results[other] = tuned["main"]
-    elif lora_is_identity(loaded.model):
-        results[other] = baseline["main"]
-    else:
-        results[other] = evaluate_sets(loaded, {"main": data.eval_sets["main"]}, config,
-                                       run_dir / CANDIDATE_SCORE_DIRS[other], progress, f"{other} adapter")["main"]
-    set_peft_model_state_dict(loaded.model, adapters[config.select])
     candidates = {}
     for name in CANDIDATES:
-        comparison = compare({"main": baseline["main"]}, {"main": results[name]}, config.bootstrap_resamples,
+        result = candidate_main_result(loaded, data, trained, name, baseline, tuned, config, run_dir, progress)
+        comparison = compare({"main": baseline["main"]}, {"main": result}, config.bootstrap_resamples,
                              config.train.seed)["main"]
         candidates[name] = Candidate(step=steps[name][0], val_wer=steps[name][1],
-                                     adapter_dir=CANDIDATE_ADAPTER_DIRS[name], main=eval_summary(results[name]),
+                                     adapter_dir=CANDIDATE_ADAPTER_DIRS[name], main=eval_summary(result),
                                      comparison=comparison, selected=name == config.select)
     return candidates
 
@@ -477,12 +480,13 @@ def candidates_note(candidates: dict[str, Candidate]) -> str:
 
 
 def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalResult], tuned: dict[str, EvalResult],
-                  config: ExperimentConfig, run_dir: Path, progress: bool) -> dict:
-    """Export the chosen adapter as the deployable int8 `.ort` folder, score it on the main manifest
+                  config: ExperimentConfig, run_dir: Path, progress: bool) -> ExportParity:
+    """Export the model's adapter as the deployable int8 `.ort` folder, score it on the main manifest
     (and the canary) under the run's contract, and compare it with the torch model that was measured.
 
     The contracts may differ only in runtime, model artifact and adapter; the paired bootstrap gives
-    the CI of WER(export) - WER(torch) and of WER(export) - WER(baseline).
+    the CI of WER(export) - WER(torch) and of WER(export) - WER(baseline). The outcome is decided
+    here, once (`comparison.parity_outcome`), and `decide` reports it.
     """
     from moonlora.ship.ort_export import write_merged_ort
 
@@ -490,35 +494,36 @@ def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalRe
     quantization = write_merged_ort(loaded.model, folder)
     exported = load_model(f"ort:{folder}")
     decode = dataclasses.replace(config.decode, device="cpu")
-    sets, names = {}, [name for name in ("main", "canary") if name in data.eval_sets]
-    for name in names:
+    sets = {}
+    for name in [name for name in ("main", "canary") if name in data.eval_sets]:
         result = evaluate_manifest(exported, data.eval_sets[name], config.audio, decode, progress=progress,
                                    description=f"export {name}")
         write_eval(result, run_dir / EXPORT_DIR / "scores" / name)
         require_comparable(tuned[name].contract, result.contract, allow=("runtime", "model_sha256", "adapter_sha256"))
-        versus_torch = compare_results(tuned[name], result, config.bootstrap_resamples, config.train.seed)
-        versus_baseline = compare_results(baseline[name], result, config.bootstrap_resamples, config.train.seed)
         agree = sum(a.hypothesis == b.hypothesis for a, b in zip(tuned[name].clips, result.clips))
-        sets[name] = {"torch_wer": tuned[name].corpus.wer, "export_wer": result.corpus.wer,
-                      "export_minus_torch": versus_torch.to_dict(), "export_minus_baseline": versus_baseline.to_dict(),
-                      "text_agreement": agree / max(len(result.clips), 1), "contract": result.contract.to_dict()}
+        sets[name] = ParitySet(
+            torch_wer=tuned[name].corpus.wer, export_wer=result.corpus.wer,
+            export_minus_torch=compare_results(tuned[name], result, config.bootstrap_resamples, config.train.seed),
+            export_minus_baseline=compare_results(baseline[name], result, config.bootstrap_resamples,
+                                                  config.train.seed),
+            text_agreement=agree / max(len(result.clips), 1), contract=result.contract.to_dict())
     main = sets["main"]
-    outcome = parity_outcome(main["export_minus_torch"], main["export_minus_baseline"], config.export_margin)
-    return {"format": config.export, "folder": str(folder), "runtime": exported.runtime_dict(),
-            "margin": config.export_margin, "outcome": outcome,
-            "quantization": {key: quantization[key] for key in ("rounding", "differing_tensors", "changed_tensors",
-                                                                "new_scale", "max_error_in_steps")},
-            "sets": sets}
+    return ExportParity(
+        format=config.export, folder=str(folder), runtime=exported.runtime_dict(), margin=config.export_margin,
+        outcome=parity_outcome(main.export_minus_torch, main.export_minus_baseline, config.export_margin),
+        quantization={key: quantization[key] for key in ("rounding", "differing_tensors", "changed_tensors",
+                                                         "new_scale", "max_error_in_steps")},
+        sets=sets)
 
 
-def export_note(parity: dict) -> str:
-    main = parity["sets"]["main"]
-    delta, baseline = main["export_minus_torch"], main["export_minus_baseline"]
-    return (f"export {parity['format']} ({parity['runtime']['precision']}): main WER torch {main['torch_wer']:.4f} -> "
-            f"export {main['export_wer']:.4f}, delta {delta['delta']:+.4f} [{delta['ci_low']:+.4f}, "
-            f"{delta['ci_high']:+.4f}], texts identical {main['text_agreement']:.0%}; vs baseline "
-            f"{baseline['delta']:+.4f} [{baseline['ci_low']:+.4f}, {baseline['ci_high']:+.4f}]; parity "
-            f"{parity['outcome']} (margin {parity['margin']})")
+def export_note(parity: ExportParity) -> str:
+    main = parity.main
+    delta, baseline = main.export_minus_torch, main.export_minus_baseline
+    return (f"export {parity.format} ({parity.runtime['precision']}): main WER torch {main.torch_wer:.4f} -> "
+            f"export {main.export_wer:.4f}, delta {delta.delta:+.4f} [{delta.ci_low:+.4f}, "
+            f"{delta.ci_high:+.4f}], texts identical {main.text_agreement:.0%}; vs baseline "
+            f"{baseline.delta:+.4f} [{baseline.ci_low:+.4f}, {baseline.ci_high:+.4f}]; parity "
+            f"{parity.outcome} (margin {parity.margin})")
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
@@ -540,10 +545,10 @@ class RunSession:
         say(line)
         self.record.notes.append(line)
 
-    def note_checklist(self, items: dict) -> None:
-        """Record checklist items; warnings become notes."""
-        self.record.checklist.update(items)
-        for line in checklist.warnings(items):
+    def note_checklist(self, **items) -> None:
+        """Record checklist items (Checklist fields); their warnings become notes."""
+        self.record.checklist = dataclasses.replace(self.record.checklist, **items)
+        for line in checklist.warnings(Checklist(**items)):
             self.note(line)
 
     def finish(self) -> None:
@@ -561,6 +566,27 @@ class RunSession:
                 self.start.lock.release()
 
 
+def score_tuned(session: RunSession, tunable: LoadedModel, data: RunData, baseline: dict[str, EvalResult],
+                trained: TrainResult, config: ExperimentConfig, processes: int, progress: bool) -> None:
+    """The tuned model (the selected adapter, loaded by the caller) on every set, both candidates on
+    the main manifest, and with --export the shipped model; each result saved in the record."""
+    record, run_dir = session.record, session.start.run_dir
+    training = training_summary(trained.state, tunable.model, len(data.train), processes)
+    session.save(training=training, phase="tuned")
+    tuned = evaluate_sets(tunable, data.eval_sets, config, run_dir / TUNED_DIR, progress, "tuned")
+    record.tuned = {name: eval_summary(r) for name, r in tuned.items()}
+    record.comparisons = compare(baseline, tuned, config.bootstrap_resamples, config.train.seed)
+    record.candidates = score_candidates(tunable, data, trained, baseline, tuned, config, run_dir, progress)
+    session.note(candidates_note(record.candidates))
+    note = best_step_zero_note(training)
+    if note:
+        session.note(note)
+    if config.export and is_main_process():  # the other ranks would read graphs only rank 0 writes
+        session.save(phase="export")
+        record.export_parity = export_parity(tunable, data, baseline, tuned, config, run_dir, progress)
+        session.note(export_note(record.export_parity))
+
+
 def run_experiment(config: ExperimentConfig, progress: bool = True,
                    baseline_store: BaselineStore | None = None) -> RunRecord:
     """Run the whole protocol; returns the run record also written to experiment_metrics.json.
@@ -576,17 +602,18 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         record.data = data.report
         for line in data_notes(data.report):
             session.note(line)
-        session.note_checklist(data.checklist)
-        loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype)
-        require_torch(loaded, "training")
-        record.provenance = {**provenance(), "model_sha256": loaded.weights_sha256}
+        session.note_checklist(val_split=data.checklist.val_split, leakage=data.checklist.leakage)
+        base = load_model(config.model, device=config.train.device, dtype=config.train.dtype)
+        require_torch(base, "training")
+        record.provenance = {**provenance(), "model_sha256": base.weights_sha256}
         session.save(phase="baseline")
-        baseline = baseline_results(loaded, data, config, run_dir, progress, baseline_store)
-        session.note_checklist({"headroom": checklist.headroom(baseline["main"].corpus.wer),
-                                "sufficiency": checklist.sufficiency(len(data.train))})
-        loaded.model = attach_lora(loaded.model, config.lora, config.train.seed)
+        baseline = baseline_results(base, data, config, run_dir, progress, baseline_store)
+        session.note_checklist(headroom=checklist.headroom(baseline["main"].corpus.wer),
+                               sufficiency=checklist.sufficiency(len(data.train)))
+        # attach_lora wraps the base model in place: from here on only `tunable` names it
+        tunable = dataclasses.replace(base, model=attach_lora(base.model, config.lora, config.train.seed))
         session.save(baseline={name: eval_summary(r) for name, r in baseline.items()},
-                     lora=trainable_summary(loaded.model), phase="training")
+                     lora=LoraSummary(**trainable_summary(tunable.model)), phase="training")
         checkpoint = session.start.checkpoint
         resumed_step = int(checkpoint.name.split("-")[-1]) if checkpoint else None
         purge_step = None if not config.resume else (0 if resumed_step is None else resumed_step + 1)
@@ -594,27 +621,15 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         processes = int(os.environ.get("WORLD_SIZE", "1"))
 
         def on_checkpoint(state: TrainState) -> None:
-            session.save(training=training_summary(state, loaded.model, len(data.train), processes))
+            session.save(training=training_summary(state, tunable.model, len(data.train), processes))
 
-        trained = train(loaded, TrainStream(data.train, data.replay, config.train), config.train, config.audio,
-                        make_evaluator(loaded, data, baseline, config, progress), run_dir, checkpoint=checkpoint,
-                        progress=progress, log=log, on_checkpoint=on_checkpoint, device=config.decode.device)
+        trained = train(tunable, TrainStream(data.train, data.replay, config.train), config.train, config.audio,
+                        make_evaluator(tunable, data, baseline, config, progress), run_dir, checkpoint=checkpoint,
+                        progress=progress, log=log, on_checkpoint=on_checkpoint)
         state = trained.state
-        save_candidates(loaded.model, trained, run_dir, config.select)
-        training = training_summary(state, loaded.model, len(data.train), processes)
-        session.save(training=training, phase="tuned")
-        tuned = evaluate_sets(loaded, data.eval_sets, config, run_dir / TUNED_DIR, progress, "tuned")
-        record.tuned = {name: eval_summary(r) for name, r in tuned.items()}
-        record.comparisons = compare(baseline, tuned, config.bootstrap_resamples, config.train.seed)
-        record.candidates = score_candidates(loaded, data, trained, baseline, tuned, config, run_dir, progress)
-        session.note(candidates_note(record.candidates))
-        note = best_step_zero_note(training)
-        if note:
-            session.note(note)
-        if config.export and is_main_process():  # the other ranks would read graphs only rank 0 writes
-            session.save(phase="export")
-            record.export_parity = export_parity(loaded, data, baseline, tuned, config, run_dir, progress)
-            session.note(export_note(record.export_parity))
+        save_candidates(tunable.model, trained, run_dir, config.select)
+        with adapter_loaded(tunable.model, trained.adapter(config.select)):  # the run's tuned model
+            score_tuned(session, tunable, data, baseline, trained, config, processes, progress)
         record.status = "stopped_early" if state.stop_reason else "success"
         record.reason, record.phase = state.stop_reason, "done"
     except KeyboardInterrupt:

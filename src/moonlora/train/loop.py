@@ -261,6 +261,10 @@ class TrainResult:
     best_adapter: dict
     last_adapter: dict
 
+    def adapter(self, candidate: str) -> dict:
+        """The "best" or the "last" adapter."""
+        return {"best": self.best_adapter, "last": self.last_adapter}[candidate]
+
 
 @dataclass(frozen=True)
 class IntervalEval:
@@ -368,6 +372,18 @@ def copy_adapter(model) -> dict:
     return {name: tensor.detach().clone().cpu() for name, tensor in get_peft_model_state_dict(model).items()}
 
 
+@contextmanager
+def adapter_loaded(model, adapter: dict):
+    """The PEFT model with `adapter`'s LoRA weights for a section; its own weights are back afterwards
+    (exactly: copies of the same tensors), so whoever names an adapter leaves the model as it was."""
+    own = copy_adapter(model)
+    set_peft_model_state_dict(model, adapter)
+    try:
+        yield model
+    finally:
+        set_peft_model_state_dict(model, own)
+
+
 def is_eval_step(step: int, config: TrainConfig) -> bool:
     return step == 0 or step % config.eval_interval == 0 or step == config.max_steps
 
@@ -383,9 +399,10 @@ def train(
     progress: bool = True,
     log: Callable[[str, float, int], None] | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
-    device: str = "auto",
 ) -> TrainResult:
-    """Train the LoRA adapter on `loaded.model` (a PeftModel); leave the best adapter loaded.
+    """Train the LoRA adapter of `loaded.model` (a PeftModel) on `config.device`; returns both
+    candidate adapters. The model ends in eval mode holding the weights of the last update: a later
+    step that wants a candidate names it (`adapter_loaded`).
 
     `evaluate(model, step)` runs at step 0, every `eval_interval` steps and at the end; the
     adapter with the lowest val WER wins (ties keep the earlier step). An interval evaluation
@@ -395,7 +412,7 @@ def train(
     # bf16 autocast is applied around the training loss only (train_step), not through
     # Accelerate: its mixed precision wraps model.forward, and the interval evals must decode
     # in fp32 like the baseline (the eval contract's dtype).
-    accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available(),
+    accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available(),
                               step_scheduler_with_optimizer=False)
     autocast_bf16 = resolve_mixed_precision(config.mixed_precision) == "bf16"
     loss_module = ExactEncodeLoss(loaded.model, loaded.feature_extractor, loaded.tokenizer)
@@ -460,11 +477,8 @@ def train(
             raise
         finally:
             bar.close()
-    last_adapter = copy_adapter(peft_model)
-    set_peft_model_state_dict(peft_model, trainee.best_adapter)
     peft_model.eval()
-    loaded.model = peft_model
-    return TrainResult(state, trainee.best_adapter, last_adapter)
+    return TrainResult(state, trainee.best_adapter, copy_adapter(peft_model))
 
 
 def processes_agree_finite(accelerator, finite: bool) -> bool:

@@ -12,9 +12,10 @@ the numbers it used:
 - reproducibility: the primary result holds in every one of >= 2 runs that differ only by seed;
 - sanity: training loss decreased, no manifest's WER more than `regression_factor`x its baseline,
   and no manifest with a 0.0 baseline rose beyond `margin`;
-- export parity (runs made with --export): the exported model's WER is within the margin of the
-  torch model's (CI high end of the paired delta), and its CI against the baseline excludes 0;
-  "inconclusive" (not a failure) when the CI straddles the margin.
+- export parity (runs made with --export): the outcome the run stored (`comparison.parity_outcome`:
+  the exported model's WER within the margin of the torch model's, CI high end of the paired delta,
+  and its CI against the baseline excluding 0; "inconclusive", not a failure, when the CI straddles
+  the margin), shown with its numbers.
 Runs measured under different eval contracts are refused, naming the differing fields. A run
 that has not finished (running, died, failed, interrupted) gets a "not assessed" line saying
 where it stands instead of an error. Run folders are read through `moonlora.runfolder`.
@@ -26,10 +27,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from moonlora.comparison import FAIL, INCONCLUSIVE, PASS, Comparison
 from moonlora.eval.contract import EvalContract, require_comparable
 from moonlora.runfolder import RUN_CONTROL_FIELDS, FoundRun, RunRecord, describe_state, read_record
 
-PASS, FAIL, NOT_ASSESSED, INCONCLUSIVE = "pass", "fail", "not assessed", "inconclusive"
+NOT_ASSESSED = "not assessed"
 LOSS_WINDOW = 5  # steps averaged at each end of the loss curve
 
 
@@ -86,13 +88,13 @@ def require_one_protocol(records: list[RunRecord]) -> None:
 
 def primary(record: RunRecord) -> Verdict:
     c = record.comparisons["main"]
-    better = c.tuned_wer < c.baseline_wer and c.ci_high < 0
+    better = c.tuned_wer < c.baseline_wer and c.tuned_shown_better
     detail = (f"{record.run_id}: main WER {c.baseline_wer:.4f} -> {c.tuned_wer:.4f}, "
               f"delta {c.delta:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]")
     return Verdict("primary", PASS if better else FAIL, detail)
 
 
-def _wers(c) -> str:
+def _wers(c: Comparison) -> str:
     return (f"WER {c.baseline_wer:.4f} -> {c.tuned_wer:.4f}, delta {c.delta:+.4f} "
             f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]")
 
@@ -104,7 +106,7 @@ def secondary(record: RunRecord, thresholds: DecideConfig) -> list[Verdict]:
         return [Verdict("secondary", NOT_ASSESSED, f"{record.run_id}: no extra or canary manifest")]
     verdicts = []
     for name, c in others.items():
-        holds = c.ci_high <= thresholds.margin
+        holds = c.non_inferior(thresholds.margin)
         finding = (f"non-inferior (CI high {c.ci_high:+.4f} <= margin {thresholds.margin})" if holds else
                    f"not shown non-inferior (CI high {c.ci_high:+.4f} > margin {thresholds.margin})")
         verdicts.append(Verdict("secondary", PASS if holds else FAIL, f"{record.run_id}: {name} {_wers(c)}; {finding}"))
@@ -138,35 +140,24 @@ def sanity(record: RunRecord, thresholds: DecideConfig) -> Verdict:
     return Verdict("sanity", FAIL if problems else PASS, f"{record.run_id}: {detail}")
 
 
-def parity_outcome(export_minus_torch: dict, export_minus_baseline: dict, margin: float) -> str:
-    """pass: the export is shown non-inferior to the torch model (CI high end <= margin) and better
-    than the baseline; fail: it is shown worse than the torch model by more than the margin (CI low
-    end > margin) or not shown better than the baseline; inconclusive: the CI straddles the margin
-    (more clips would tell)."""
-    if export_minus_baseline["ci_high"] >= 0 or export_minus_torch["ci_low"] > margin:
-        return FAIL
-    return PASS if export_minus_torch["ci_high"] <= margin else INCONCLUSIVE
-
-
 def export_parity(record: RunRecord) -> Verdict:
-    """The shipped model scores like the measured one, and still beats the baseline."""
+    """The shipped model scores like the measured one, and still beats the baseline (outcome stored by the run)."""
     parity = record.export_parity
-    main = parity["sets"]["main"]
-    delta, baseline = main["export_minus_torch"], main["export_minus_baseline"]
-    outcome = parity_outcome(delta, baseline, parity["margin"])
-    detail = (f"{record.run_id}: {parity['format']} ({parity['runtime']['precision']}) main WER "
-              f"{main['torch_wer']:.4f} (torch) -> {main['export_wer']:.4f} (export), delta {delta['delta']:+.4f} "
-              f"[{delta['ci_low']:+.4f}, {delta['ci_high']:+.4f}] (margin {parity['margin']}); vs baseline "
-              f"{baseline['delta']:+.4f} [{baseline['ci_low']:+.4f}, {baseline['ci_high']:+.4f}]"
-              + ("; the CI straddles the margin: score more clips to decide" if outcome == INCONCLUSIVE else ""))
-    return Verdict("export parity", outcome, detail)
+    main = parity.main
+    delta, baseline = main.export_minus_torch, main.export_minus_baseline
+    detail = (f"{record.run_id}: {parity.format} ({parity.runtime['precision']}) main WER "
+              f"{main.torch_wer:.4f} (torch) -> {main.export_wer:.4f} (export), delta {delta.delta:+.4f} "
+              f"[{delta.ci_low:+.4f}, {delta.ci_high:+.4f}] (margin {parity.margin}); vs baseline "
+              f"{baseline.delta:+.4f} [{baseline.ci_low:+.4f}, {baseline.ci_high:+.4f}]"
+              + ("; the CI straddles the margin: score more clips to decide" if parity.outcome == INCONCLUSIVE else ""))
+    return Verdict("export parity", parity.outcome, detail)
 
 
 def _config_without_seed(record: RunRecord) -> dict:
-    config = json.loads(json.dumps(record.config))
+    config = record.config.to_dict()
     for key in ("output_dir", *RUN_CONTROL_FIELDS):
-        config.pop(key, None)
-    config.get("train", {}).pop("seed", None)
+        config.pop(key)
+    config["train"].pop("seed")
     return config
 
 

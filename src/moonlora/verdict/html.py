@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import html
 import io
-import json
 import math
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from matplotlib.figure import Figure
 
 from moonlora.verdict.tables import (CANDIDATE_COLUMNS, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells, format_wer,
                                     manifest_cells, matrix_cells, status_text)
-from moonlora.runfolder import BASELINE_DIR, TUNED_DIR, FoundRun, RunRecord, TrainingSummary, UnreadableRun
+from moonlora.runfolder import (BASELINE_DIR, TRANSCRIPTS_FILE, TUNED_DIR, FoundRun, RunRecord, TrainingSummary,
+                                UnreadableRun, read_transcripts)
 
 TOP_CLIPS = 10
 COLORS = {"baseline": "#8c8c8c", "tuned": "#1f6feb", "val": "#1f6feb", "canary": "#d9822b", "main": "#2da44e",
@@ -207,17 +207,9 @@ def plots_block(run: FoundRun) -> str:
 # --- clips that changed --------------------------------------------------------------------------------------------
 
 
-def read_transcripts(path: Path) -> dict[str, dict]:
-    """utt_id -> row of a transcripts.jsonl (bad lines skipped)."""
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "utt_id" in row:
-            rows[str(row["utt_id"])] = row
-    return rows
+def transcripts_by_id(path: Path) -> dict[str, dict]:
+    """utt_id -> row of a transcripts.jsonl (runfolder.read_transcripts: a bad line is an error)."""
+    return {str(row["utt_id"]): row for row in read_transcripts(path) if "utt_id" in row}
 
 
 def clip_errors(row: dict) -> int:
@@ -233,8 +225,8 @@ def clip_wer(row: dict) -> float:
 
 def changed_clips(run_path: Path, name: str = "main", top: int = TOP_CLIPS) -> tuple[list[tuple[dict, dict]], int, int]:
     """Top clips by |tuned - baseline WER| (changed ones only), plus counts (improved, worsened)."""
-    before = read_transcripts(run_path / BASELINE_DIR / name / "transcripts.jsonl")
-    after = read_transcripts(run_path / TUNED_DIR / name / "transcripts.jsonl")
+    before = transcripts_by_id(run_path / BASELINE_DIR / name / TRANSCRIPTS_FILE)
+    after = transcripts_by_id(run_path / TUNED_DIR / name / TRANSCRIPTS_FILE)
     pairs = [(before[u], after[u]) for u in before if u in after and clip_wer(after[u]) != clip_wer(before[u])]
     improved = sum(clip_wer(a) < clip_wer(b) for b, a in pairs)
     pairs.sort(key=lambda p: (-abs(clip_wer(p[1]) - clip_wer(p[0])), str(p[0]["utt_id"])))
@@ -271,7 +263,7 @@ def changed_clips_block(run: FoundRun) -> str:
     """The changed-clips table for the main manifest (or why it is missing)."""
     try:
         pairs, improved, worsened = changed_clips(run.path)
-    except (OSError, UnicodeDecodeError):
+    except FileNotFoundError:
         return '<p class="facts">No main-manifest transcripts for both baseline and tuned.</p>'
     intro = (f'<p class="facts">{improved} clip(s) improved, {worsened} got worse; top {len(pairs)} by |WER change|. '
              "Normalized text as scored: <mark class=\"err\">wrong or inserted</mark> words, "

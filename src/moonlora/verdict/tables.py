@@ -7,8 +7,9 @@ the typed record, read through the run folder module.
 
 from __future__ import annotations
 
+from moonlora.comparison import Comparison
 from moonlora.markdown import ci_cell, short
-from moonlora.runfolder import Comparison, FoundRun, RunRecord, describe_state
+from moonlora.runfolder import FoundRun, RunRecord, describe_state
 
 MATRIX_COLUMNS = ("Run ID", "Date", "Command", "Dataset", "Steps", "LR", "LoRA Targets", "Manifest",
                   "Baseline WER", "Tuned WER", "Notes", "95% CI (tuned - baseline)")
@@ -48,11 +49,11 @@ def wer_of(record: RunRecord, side: str, name: str = "main") -> float | None:
 
 def steps_cell(record: RunRecord) -> str:
     """Steps done, "/max" added when the run ended before max_steps."""
-    max_steps = (record.config.get("train") or {}).get("max_steps")
+    max_steps = record.config.train.max_steps
     if record.training is None:
-        return "-" if max_steps is None else f"-/{max_steps}"
+        return f"-/{max_steps}"
     steps = record.training.steps
-    return f"{steps}/{max_steps}" if max_steps is not None and steps < max_steps else str(steps)
+    return f"{steps}/{max_steps}" if steps < max_steps else str(steps)
 
 
 def status_text(run: FoundRun) -> str:
@@ -86,10 +87,10 @@ def matrix_cells(run: FoundRun) -> dict[str, str]:
     main = record.comparisons.get("main")
     return {
         "Run ID": run.run_id, "Date": record.started_at[:10], "Command": record.command or "-",
-        "Dataset": str(config.get("dataset_path", "-")), "Steps": steps_cell(record),
-        "LR": format_lr((config.get("train") or {}).get("learning_rate")),
-        "LoRA Targets": ",".join((config.get("lora") or {}).get("target_modules") or []) or "-",
-        "Manifest": str(config.get("manifest_path", "-")),
+        "Dataset": config.dataset_path, "Steps": steps_cell(record),
+        "LR": format_lr(config.train.learning_rate),
+        "LoRA Targets": ",".join(config.lora.target_modules),
+        "Manifest": config.manifest_path,
         "Baseline WER": format_wer(wer_of(record, "baseline")), "Tuned WER": format_wer(wer_of(record, "tuned")),
         "Notes": run_notes(run), "95% CI (tuned - baseline)": ci_cell(main) if main else "-",
     }
