@@ -61,9 +61,9 @@ def test_file_path_is_refused_for_a_folder_and_unwritable_parent(tmp_path):
     with pytest.raises(OutputError, match="--output-dir .*is a file"):
         claim_output_dir(tmp_path / "f", "--output-dir", "run", [], overwrite=False)
     with pytest.raises(OutputError, match="--json .*is a file, not a folder"):
-        check_output_file(tmp_path / "f" / "x.json", "--json", overwrite=False)
+        check_output_file(tmp_path / "f" / "x.json", "--json", overwrite=False, command="decide")
     with pytest.raises(OutputError, match="is a folder"):
-        check_output_file(tmp_path, "--json", overwrite=False)
+        check_output_file(tmp_path, "--json", overwrite=False, command="decide")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
@@ -73,7 +73,7 @@ def test_unwritable_folder_is_named(tmp_path):
     locked.chmod(0o500)
     try:
         with pytest.raises(OutputError, match="not writable"):
-            check_output_file(locked / "x.json", "--json", overwrite=False)
+            check_output_file(locked / "x.json", "--json", overwrite=False, command="decide")
     finally:
         locked.chmod(0o700)
 
@@ -84,10 +84,10 @@ def test_single_files_are_signed_and_only_signed_files_are_replaced(tmp_path):
     theirs.write_text("# my own notes\n")
     assert written_by_moonlora(ours) and not written_by_moonlora(theirs)
     with pytest.raises(OutputExists, match="pass --overwrite"):
-        check_output_file(ours, "--out", overwrite=False)
-    assert check_output_file(ours, "--out", overwrite=True) == ours
+        check_output_file(ours, "--out", overwrite=False, command="report")
+    assert check_output_file(ours, "--out", overwrite=True, command="report") == ours
     with pytest.raises(OutputExists, match="not written by moonlora"):
-        check_output_file(theirs, "--out", overwrite=True)
+        check_output_file(theirs, "--out", overwrite=True, command="report")
     data = tmp_path / "d.json"
     write_json(data, {"a": 1}, command="decide")
     assert written_by_moonlora(data) and json.loads(data.read_text())["a"] == 1
