@@ -173,3 +173,87 @@ def test_demo(tmp_path, capsys, monkeypatch, no_model):
     assert_refused(main(["demo", "--output-dir", str(theirs)]), capsys, "--output-dir")
     assert_refused(main(["demo", "--output-dir", str(theirs), "--overwrite"]), capsys, "--output-dir")
     assert_untouched(theirs, "runs")
+
+
+# --- experiment, sweep and export refuse their output before the model stack loads ---------------------------------
+
+HEAVY = ("torch", "transformers", "peft", "accelerate")
+
+
+def refused_in_a_fresh_interpreter(argv: list[str]) -> tuple[int, str, list[str]]:
+    """Exit code, stderr and the heavy modules loaded when `moonlora ARGV` ran in a new Python."""
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, json, sys\nfrom moonlora.cli import main\nerr = io.StringIO()\n"
+            f"with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
+            f"    code = main({argv!r})\n"
+            f"print(json.dumps([code, err.getvalue(), [m for m in {HEAVY!r} if m in sys.modules]]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("command", ["experiment", "sweep", "export"])
+def test_model_commands_refuse_their_output_before_the_model_stack_loads(command, tone_manifest, tmp_path):
+    theirs = foreign_folder(tmp_path / "theirs", "notes.md")
+    argv = {"experiment": ["experiment", "--output-dir", str(theirs), "--dataset-path", str(tone_manifest),
+                           "--manifest-path", str(tone_manifest), "--overwrite"],
+            "sweep": ["sweep", "--output-dir", str(theirs), "--dataset-path", str(tone_manifest),
+                      "--manifest-path", str(tone_manifest), "--overwrite"],
+            "export": ["export", str(tmp_path / "no-such-run"), "--out", str(theirs), "--overwrite"]}[command]
+    code, err, heavy = refused_in_a_fresh_interpreter(argv)
+    assert code == 2 and err.count("\n") == 1 and "no moonlora marker" in err, err
+    assert heavy == []
+    assert_untouched(theirs, "notes.md")
+
+
+# --- single files: only the command that wrote one replaces it ---------------------------------------------------
+
+
+def test_decide_never_replaces_the_runs_own_record(tmp_path, capsys, monkeypatch):
+    """`decide RUN --json RUN/experiment_metrics.json --overwrite` once replaced the run's record."""
+    import moonlora.verdict.decide
+
+    monkeypatch.setattr(moonlora.verdict.decide, "decide", tripwire)
+    run = tmp_path / "run"
+    write_json(run / "experiment_metrics.json", {"status": "success"}, command="experiment")
+    before = (run / "experiment_metrics.json").read_bytes()
+    line = assert_refused(main(["decide", str(run), "--json", str(run / "experiment_metrics.json"), "--overwrite"]),
+                          capsys, "--json")
+    assert "moonlora experiment, not by decide" in line
+    assert (run / "experiment_metrics.json").read_bytes() == before
+
+
+def test_report_never_replaces_a_sweep_record(tmp_path, capsys, monkeypatch):
+    import moonlora.verdict.report
+
+    monkeypatch.setattr(moonlora.verdict.report, "discover_runs", tripwire)
+    sweep = dummy_runs(tmp_path / "sweep")
+    write_json(sweep / "sweep.json", {"runs": []}, command="sweep")
+    before = (sweep / "sweep.json").read_bytes()
+    assert_refused(main(["report", str(sweep), "--out", str(sweep / "sweep.json"), "--overwrite"]), capsys, "--out")
+    assert (sweep / "sweep.json").read_bytes() == before
+
+
+# --- an output path root cannot create is refused before any work -------------------------------------------------
+
+
+def test_transcribe_refuses_an_uncreatable_output_before_decoding(tone_manifest, capsys, no_model):
+    """As root, `--output-dir /proc/nope/out` passed the access check and failed after decoding."""
+    line = assert_refused(main(["transcribe", "--manifest", str(tone_manifest), "--device", "cpu",
+                                "--output-dir", "/proc/moonlora-nope/out"]), capsys, "--output-dir")
+    assert "cannot create" in line
+
+
+def test_synth_overwrite_with_a_crafted_marker_deletes_nothing(tmp_path, capsys, monkeypatch):
+    """The issue's trial: a marker listing '..' once removed the parent folder and the user's files."""
+    from moonlora.data.synth import espeak
+
+    monkeypatch.setattr(espeak, "synthesize", tripwire)
+    out = tmp_path / "parent" / "out"
+    out.mkdir(parents=True)
+    (tmp_path / "parent" / "users_file.txt").write_text("keep me")
+    (out / MARKER).write_text(json.dumps({"kind": "synth", "entries": [".."]}))
+    assert_refused(main(["synth", "--n", "4", "--out", str(out), "--overwrite"]), capsys, "--out")
+    assert (tmp_path / "parent" / "users_file.txt").read_text() == "keep me" and (out / MARKER).is_file()

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from moonlora import outputs
-from moonlora.outputs import (MARKER, OutputError, OutputExists, check_output_file, claim_output_dir, write_json,
-                              write_signed_text, written_by_moonlora)
+from moonlora.outputs import (MARKER, OutputError, OutputExists, check_output_dir, check_output_file, claim_output_dir,
+                              write_json, write_signed_text, written_by_moonlora)
 
 
 def test_new_folder_gets_marker_and_existing_results_are_refused(tmp_path):
@@ -61,9 +61,9 @@ def test_file_path_is_refused_for_a_folder_and_unwritable_parent(tmp_path):
     with pytest.raises(OutputError, match="--output-dir .*is a file"):
         claim_output_dir(tmp_path / "f", "--output-dir", "run", [], overwrite=False)
     with pytest.raises(OutputError, match="--json .*is a file, not a folder"):
-        check_output_file(tmp_path / "f" / "x.json", "--json", overwrite=False)
+        check_output_file(tmp_path / "f" / "x.json", "--json", overwrite=False, command="decide")
     with pytest.raises(OutputError, match="is a folder"):
-        check_output_file(tmp_path, "--json", overwrite=False)
+        check_output_file(tmp_path, "--json", overwrite=False, command="decide")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
@@ -73,7 +73,7 @@ def test_unwritable_folder_is_named(tmp_path):
     locked.chmod(0o500)
     try:
         with pytest.raises(OutputError, match="not writable"):
-            check_output_file(locked / "x.json", "--json", overwrite=False)
+            check_output_file(locked / "x.json", "--json", overwrite=False, command="decide")
     finally:
         locked.chmod(0o700)
 
@@ -84,10 +84,10 @@ def test_single_files_are_signed_and_only_signed_files_are_replaced(tmp_path):
     theirs.write_text("# my own notes\n")
     assert written_by_moonlora(ours) and not written_by_moonlora(theirs)
     with pytest.raises(OutputExists, match="pass --overwrite"):
-        check_output_file(ours, "--out", overwrite=False)
-    assert check_output_file(ours, "--out", overwrite=True) == ours
+        check_output_file(ours, "--out", overwrite=False, command="report")
+    assert check_output_file(ours, "--out", overwrite=True, command="report") == ours
     with pytest.raises(OutputExists, match="not written by moonlora"):
-        check_output_file(theirs, "--out", overwrite=True)
+        check_output_file(theirs, "--out", overwrite=True, command="report")
     data = tmp_path / "d.json"
     write_json(data, {"a": 1}, command="decide")
     assert written_by_moonlora(data) and json.loads(data.read_text())["a"] == 1
@@ -107,3 +107,154 @@ def test_json_is_strict_and_atomic(tmp_path, monkeypatch):
         write_json(path, {"big": "x" * 1000})
     assert json.loads(path.read_text())["ok"] == 2  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left behind
+
+
+# --- the marker is trusted only as moonlora wrote it -------------------------------------------------------------
+
+
+def sandbox(tmp_path):
+    """An output folder beside a user's own file, inside a parent the user also owns."""
+    parent = tmp_path / "parent"
+    folder = parent / "out"
+    folder.mkdir(parents=True)
+    (parent / "users_file.txt").write_text("keep me")
+    (folder / "train.jsonl").write_text("theirs\n")
+    return parent, folder
+
+
+def signed_marker(kind, entries):
+    return json.dumps({"written_by": f"written by moonlora {kind}", "kind": kind, "entries": entries}, indent=2)
+
+
+@pytest.mark.parametrize("entries", [[".."], ["."], [""], ["../users_file.txt"], ["/tmp"], ["clips/../.."],
+                                     ["train.jsonl", None], [5], "..", ["users_file.txt"], ["keep.txt"]])
+def test_a_marker_listing_anything_but_the_commands_own_plain_names_removes_nothing(tmp_path, entries):
+    parent, folder = sandbox(tmp_path)
+    (folder / MARKER).write_text(signed_marker("synth", entries))
+    with pytest.raises(OutputExists, match="nothing was removed"):
+        claim_output_dir(folder, "--out", "synth", ["clips", "train.jsonl"], overwrite=True)
+    assert (parent / "users_file.txt").read_text() == "keep me" and (folder / "train.jsonl").read_text() == "theirs\n"
+
+
+def test_the_marker_of_the_issue_deletes_nothing(tmp_path):
+    """The hand-written marker that once removed the parent folder: unsigned and listing '..'."""
+    parent, folder = sandbox(tmp_path)
+    (folder / MARKER).write_text(json.dumps({"kind": "synth", "entries": [".."]}))
+    with pytest.raises(OutputExists, match="no moonlora marker"):
+        claim_output_dir(folder, "--out", "synth", ["clips", "train.jsonl"], overwrite=True)
+    assert (parent / "users_file.txt").read_text() == "keep me"
+
+
+def test_a_marker_that_is_a_link_is_not_moonloras(tmp_path):
+    parent, folder = sandbox(tmp_path)
+    (parent / "a_real_marker.json").write_text(signed_marker("synth", ["train.jsonl"]))
+    (folder / MARKER).symlink_to(parent / "a_real_marker.json")
+    with pytest.raises(OutputExists, match="no moonlora marker"):
+        claim_output_dir(folder, "--out", "synth", ["clips", "train.jsonl"], overwrite=True)
+    assert (folder / "train.jsonl").read_text() == "theirs\n"
+
+
+def test_a_listed_entry_that_is_a_link_outside_is_refused(tmp_path):
+    parent, folder = sandbox(tmp_path)
+    outside = parent / "my_clips"
+    outside.mkdir()
+    (outside / "a.wav").write_bytes(b"RIFF")
+    (folder / "clips").symlink_to(outside)
+    (folder / MARKER).write_text(signed_marker("synth", ["clips", "train.jsonl"]))
+    with pytest.raises(OutputExists, match="clips is a link"):
+        claim_output_dir(folder, "--out", "synth", ["clips", "train.jsonl"], overwrite=True)
+    assert (outside / "a.wav").read_bytes() == b"RIFF" and (folder / "clips").is_symlink()
+
+
+def test_an_entry_the_marker_does_not_list_is_refused(tmp_path):
+    parent, folder = sandbox(tmp_path)
+    (folder / MARKER).write_text(signed_marker("synth", ["clips"]))
+    with pytest.raises(OutputExists, match="holds train.jsonl, which its marker"):
+        claim_output_dir(folder, "--out", "synth", ["clips", "train.jsonl"], overwrite=True)
+    assert (folder / "train.jsonl").read_text() == "theirs\n"
+
+
+def test_known_names_of_the_same_command_are_replaced(tmp_path):
+    """An earlier `export --format ort` folder overwritten by `--format hf`: the command's own list
+    (`known`) covers both formats."""
+    folder = tmp_path / "out"
+    claim_output_dir(folder, "--out", "export", ["model.ort"], overwrite=False, known=["model.ort", "config.json"])
+    (folder / "model.ort").write_bytes(b"ort")
+    removed = claim_output_dir(folder, "--out", "export", ["config.json"], overwrite=True,
+                               known=["model.ort", "config.json"])
+    assert sorted(removed) == sorted(["model.ort", MARKER]) and not (folder / "model.ort").exists()
+
+
+def test_a_failed_delete_is_one_line_naming_the_entry(tmp_path, monkeypatch):
+    folder = tmp_path / "out"
+    claim_output_dir(folder, "--out", "synth", ["clips"], overwrite=False)
+    (folder / "clips").mkdir()
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(outputs.shutil, "rmtree", refuse)
+    with pytest.raises(OutputError, match="cannot remove moonlora's earlier clips \\(Permission denied\\)"):
+        claim_output_dir(folder, "--out", "synth", ["clips"], overwrite=True)
+
+
+# --- a single file is replaced only by the command that wrote it --------------------------------------------------
+
+
+def test_a_file_signed_by_another_command_is_not_replaced(tmp_path):
+    record = tmp_path / "experiment_metrics.json"
+    write_json(record, {"status": "success"}, command="experiment")
+    with pytest.raises(OutputExists, match="written by moonlora experiment, not by decide"):
+        check_output_file(record, "--json", overwrite=True, command="decide")
+    report = tmp_path / "r.md"
+    write_signed_text(report, "# r\n", "report")
+    with pytest.raises(OutputExists, match="not by diagnose"):
+        check_output_file(report, "--json", overwrite=True, command="diagnose")
+    assert check_output_file(report, "--out", overwrite=True, command="report") == report
+
+
+def test_the_signature_must_open_the_file(tmp_path):
+    """Quoting a signature inside a file (a transcript, a note) does not make it moonlora's."""
+    quoted = tmp_path / "notes.json"
+    quoted.write_text(json.dumps({"note": "written by moonlora decide"}))
+    assert not written_by_moonlora(quoted)
+    with pytest.raises(OutputExists, match="not written by moonlora"):
+        check_output_file(quoted, "--json", overwrite=True, command="decide")
+
+
+def test_a_link_or_a_device_is_never_replaced(tmp_path):
+    ours = tmp_path / "ours.json"
+    write_json(ours, {"a": 1}, command="decide")
+    link = tmp_path / "link.json"
+    link.symlink_to(ours)
+    with pytest.raises(OutputError, match="is a link"):
+        check_output_file(link, "--json", overwrite=True, command="decide")
+    with pytest.raises(OutputExists, match="not written by moonlora"):
+        check_output_file("/dev/null", "--json", overwrite=True, command="decide")
+
+
+# --- an output path is proven by creating it (root passes every access test) --------------------------------------
+
+
+@pytest.mark.parametrize("where", ["proc", "under_a_file"])
+def test_a_path_that_cannot_be_created_is_refused_even_for_root(tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    path = "/proc/moonlora-nope/out" if where == "proc" else str(tmp_path / "f" / "sub" / "out")
+    with pytest.raises(OutputError, match="--output-dir"):
+        check_output_dir(path, "--output-dir", "transcribe", ["summary.json"], overwrite=False)
+    with pytest.raises(OutputError, match="--json"):
+        check_output_file(f"{path}/x.json", "--json", overwrite=False, command="decide")
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_an_existing_folder_that_cannot_take_a_file_is_refused(tmp_path):
+    with pytest.raises(OutputError, match="--output-dir /proc: /proc is not writable"):
+        check_output_dir("/proc", "--output-dir", "transcribe", ["summary.json"], overwrite=False)
+
+
+def test_the_proof_leaves_nothing_behind(tmp_path):
+    assert check_output_dir(tmp_path / "a" / "b" / "c", "--out", "synth", ["clips"], overwrite=False)
+    check_output_file(tmp_path / "x" / "y" / "r.json", "--json", overwrite=False, command="decide")
+    (tmp_path / "existing").mkdir()
+    check_output_dir(tmp_path / "existing", "--out", "synth", ["clips"], overwrite=False)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["existing"]

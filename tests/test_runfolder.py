@@ -202,3 +202,85 @@ def test_no_complete_checkpoint_left_is_a_one_line_error(tmp_path):
     only.write_bytes(b"x")
     with pytest.raises(CheckpointError, match="no complete checkpoint left .*step-00000002.*--overwrite"):
         find_resume_checkpoint(tmp_path)
+
+
+# --- cleanup removes only moonlora's own temporary names, and says when it cannot ---------------------------------
+
+
+def test_cleanup_leaves_every_name_moonlora_did_not_give(tmp_path):
+    publish(tmp_path, 2)
+    root = tmp_path / "checkpoints"
+    (root / ".DS_Store").write_bytes(b"finder")
+    (root / ".my-notes").mkdir()
+    (root / ".my-notes" / "n.txt").write_text("mine")
+    (root / ".step-00000004.tmp").mkdir()  # moonlora's own unfinished save
+    (root / ".step-00000002.retired").mkdir()  # moonlora's own, from replacing a step
+    chosen, notes = find_resume_checkpoint(tmp_path)
+    assert chosen.step == 2 and len(notes) == 2
+    assert sorted(p.name for p in root.iterdir()) == [".DS_Store", ".my-notes", "step-00000002"]
+    assert (root / ".my-notes" / "n.txt").read_text() == "mine"
+
+
+def test_a_failed_delete_is_reported_naming_the_path(tmp_path, monkeypatch):
+    from moonlora.outputs import OutputError
+
+    publish(tmp_path, 2)
+    leftover = tmp_path / "checkpoints" / ".step-00000004.tmp"
+    leftover.mkdir()
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(runfolder.shutil, "rmtree", refuse)
+    with pytest.raises(OutputError, match=r"\.step-00000004\.tmp: cannot remove \(Permission denied\)"):
+        find_resume_checkpoint(tmp_path)
+    assert leftover.is_dir()
+
+
+# --- the adapter swap: the new one in, then the old one out ---------------------------------------------------------
+
+
+class Killed(BaseException):
+    """A kill in the middle of a save."""
+
+
+class FakeAdapterModel:
+    def __init__(self, text):
+        self.text = text
+
+    def save_pretrained(self, folder):
+        os.makedirs(folder)
+        with open(os.path.join(folder, "adapter_model.safetensors"), "w") as handle:
+            handle.write(self.text)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_adapter_swap_never_leaves_a_run_without_an_adapter(tmp_path, monkeypatch, exchange):
+    """A kill while the old adapter is being removed leaves the new one in place (the old order,
+    remove then rename, left none)."""
+    from moonlora.train import experiment
+
+    experiment.save_adapter(FakeAdapterModel("old"), tmp_path)
+    if not exchange:
+        monkeypatch.setattr(runfolder, "exchange_paths", lambda first, second: False)
+    real_remove = runfolder.remove_path
+
+    def killed_while_removing_the_old_one(path):
+        if (path / "adapter_model.safetensors").is_file() and (path / "adapter_model.safetensors").read_text() == "old":
+            raise Killed
+        real_remove(path)
+
+    monkeypatch.setattr(runfolder, "remove_path", killed_while_removing_the_old_one)
+    monkeypatch.setattr(experiment, "remove_path", killed_while_removing_the_old_one)
+    with pytest.raises(Killed):
+        experiment.save_adapter(FakeAdapterModel("new"), tmp_path)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").read_text() == "new"
+
+
+def test_adapter_swap_leaves_only_the_new_adapter(tmp_path):
+    from moonlora.train import experiment
+
+    experiment.save_adapter(FakeAdapterModel("old"), tmp_path)
+    experiment.save_adapter(FakeAdapterModel("new"), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").read_text() == "new"

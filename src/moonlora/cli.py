@@ -32,8 +32,10 @@ from moonlora.data.manifest import ManifestError
 from moonlora.outputs import OutputError, OutputExists, check_output_file, write_json
 from moonlora.runfolder import RunLocked, RunRecordError, is_main_process
 from moonlora.sweep import AXES, RUN_CONTROL, GridFile, SweepConfig, load_grid, run_sweep, verdict_table
+from moonlora.sweep import check_output as check_sweep_output
 from moonlora.data.synth.build import build_domain
 from moonlora.data.synth.domains import DOMAINS
+from moonlora.train.output_dir import validate_run_dir
 
 # Errors that come from what the user passed: one line, exit code 2, no traceback.
 USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, OutputExists, OutputError,
@@ -184,6 +186,8 @@ def experiment_settings(args: argparse.Namespace) -> dict:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     config = ExperimentConfig.from_flags(experiment_settings(args))
+    if is_main_process():
+        validate_run_dir(config)  # refused before the model stack loads (run_experiment checks again)
     quiet_model_logs(args)
     from moonlora.train.experiment import run_experiment
     from moonlora.verdict.report import print_experiment
@@ -203,6 +207,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = {name: value for name, value in experiment_settings(args).items() if name not in RUN_CONTROL}
     config = SweepConfig.from_grid(grid, overrides, output_dir=args.output_dir, resume=args.resume,
                                    overwrite=args.overwrite)
+    check_sweep_output(config)  # refused before the model stack loads (run_sweep checks again)
     quiet_model_logs(args)
     try:
         result = run_sweep(config, progress=not args.quiet, command=shlex.join(["moonlora", *args.argv]))
@@ -221,7 +226,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
-    json_path = check_output_file(args.json, "--json", args.overwrite) if args.json else None
+    json_path = check_output_file(args.json, "--json", args.overwrite, "decide") if args.json else None
     from moonlora.verdict.decide import decide, render
 
     decision = decide(args.runs, DecideConfig(margin=args.margin, h3_band=args.h3_band,
@@ -233,7 +238,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    json_path = check_output_file(args.json, "--json", args.overwrite) if args.json else None
+    json_path = check_output_file(args.json, "--json", args.overwrite, "compare") if args.json else None
     from moonlora.eval.compare import compare_folders, render
 
     comparison = compare_folders(args.a, args.b, allow=tuple(args.allow), margin=args.margin, top=args.top)
@@ -257,9 +262,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    quiet_model_logs(args)
-    from moonlora.ship.export import export, lost_adapter_warning
+    from moonlora.ship.export import check_output, export, lost_adapter_warning
 
+    check_output(args.out, args.format, args.overwrite)  # refused before torch loads (export checks again)
+    quiet_model_logs(args)
     result = export(args.source, args.out, export_format=args.format, model=args.model, overwrite=args.overwrite,
                     rounding=args.rounding)
     for name, manifest in result.manifests.items():
@@ -275,7 +281,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.json:
-        check_output_file(args.json, "--json", args.overwrite)
+        check_output_file(args.json, "--json", args.overwrite, "diagnose")
     from moonlora.data.diagnose import run
 
     config = DiagnoseConfig(manifests=tuple(args.manifests), max_seconds=args.max_seconds,

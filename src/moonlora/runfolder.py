@@ -20,11 +20,13 @@ Layout of a run folder:
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 from dataclasses import asdict, dataclass, field
@@ -33,7 +35,7 @@ from pathlib import Path
 from moonlora.comparison import Comparison, parity_outcome
 from moonlora.configs import ExperimentConfig
 from moonlora.data.manifest import file_sha256
-from moonlora.outputs import write_json
+from moonlora.outputs import OutputError, write_json
 from moonlora.schema import SchemaError, list_of, mapping_of, reader, typed
 
 SCHEMA_VERSION = 3
@@ -607,11 +609,17 @@ def latest_checkpoint_step(run_dir: Path) -> int | None:
     return None
 
 
+def own_leftover(name: str) -> bool:
+    """A temporary name moonlora gives a checkpoint save (`.step-NNNNNNNN.tmp` or `.retired`)."""
+    return re.fullmatch(rf"\.{re.escape(CHECKPOINT_PREFIX)}[0-9]{{8,}}\.(tmp|retired)", name) is not None
+
+
 def find_resume_checkpoint(run_dir: Path, clean: bool = True) -> tuple[CheckpointInfo | None, list[str]]:
-    """The newest complete checkpoint, after clearing leftovers (`clean`); and one line per thing done."""
+    """The newest complete checkpoint, after clearing moonlora's own leftovers (`clean`); and one
+    line per thing done. Anything else in checkpoints/ is left where it is."""
     root, notes = checkpoints_root(run_dir), []
     if clean and root.is_dir():
-        for leftover in sorted(p for p in root.iterdir() if p.name.startswith(".")):
+        for leftover in sorted(p for p in root.iterdir() if own_leftover(p.name)):
             remove_path(leftover)
             notes.append(f"removed an unfinished checkpoint save ({leftover.name})")
     chosen = None
@@ -676,10 +684,52 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
+    """Remove a file or folder moonlora wrote (a link itself, never what it points at); a failed
+    delete is an OutputError naming the path."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    except FileNotFoundError:
+        pass  # already gone
+    except OSError as error:
+        raise OutputError(f"{path}: cannot remove ({error.strerror or error}); remove it by hand and rerun") from None
+
+
+# --- swapping a folder in --------------------------------------------------------------------------------------------
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2  # renameat2 flag: swap two existing paths atomically (Linux 3.15+)
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system or file system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def swap_in_folder(new: Path, target: Path) -> None:
+    """Put the complete folder `new` at `target`, then remove the old one, so a reader or a kill
+    always finds a complete folder there. Where paths cannot be exchanged atomically, the old
+    one steps aside (`.NAME.retired`) only for the instant between two renames."""
+    if not target.exists() and not target.is_symlink():
+        new.rename(target)
+    elif exchange_paths(new, target):
+        remove_path(new)  # it holds the old folder now
+    else:
+        retired = target.with_name(f".{target.name}.retired")
+        remove_path(retired)
+        target.rename(retired)
+        new.rename(target)
+        remove_path(retired)
+    _fsync_dir(target.parent)
 
 
 # --- discovery -----------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ HF_ENTRIES = ("config.json", "generation_config.json", "model.safetensors", "tok
 ORT_ENTRIES = ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin", MANIFEST_NAME)
 FORMATS = ExportConfig.formats
 ENTRIES = {"hf": HF_ENTRIES, "ort": ORT_ENTRIES, "both": ("hf", "ort")}
+KNOWN_ENTRIES = tuple(dict.fromkeys(name for names in ENTRIES.values() for name in names))  # any format's
 
 
 class ExportError(ValueError):
@@ -133,6 +134,12 @@ def lost_adapter_warning(quantization: dict) -> str | None:
     return None
 
 
+def check_output(out_dir: str | Path, export_format: str, overwrite: bool) -> Path:
+    """Every check on --out before any work (light: the CLI runs it before torch loads)."""
+    return check_output_dir(out_dir, "--out", EXPORT_KIND, ENTRIES[export_format], overwrite, require_empty=True,
+                            known=KNOWN_ENTRIES)
+
+
 def export(source: str | Path, out_dir: str | Path, export_format: str = ExportConfig.format,
            model: str | None = ExportConfig.model, overwrite: bool = False,
            rounding: str = ExportConfig.rounding) -> ExportResult:
@@ -140,7 +147,7 @@ def export(source: str | Path, out_dir: str | Path, export_format: str = ExportC
     if export_format not in FORMATS:
         raise ExportError(f"--format {export_format}: pick one of {', '.join(FORMATS)}")
     resolved = resolve_source(source, model)
-    out_dir = check_output_dir(out_dir, "--out", EXPORT_KIND, ENTRIES[export_format], overwrite, require_empty=True)
+    out_dir = check_output(out_dir, export_format, overwrite)
     from moonlora.model.loading import adapter_sha256, load_model, weights_sha256  # torch loads only here
 
     loaded = load_model(resolved.model, device="cpu", adapter=resolved.adapter_dir)
@@ -148,7 +155,8 @@ def export(source: str | Path, out_dir: str | Path, export_format: str = ExportC
     merged = loaded.model.merge_and_unload().eval()
     merged_hash = weights_sha256(merged)
     route = ort_route(merged) if export_format in ("ort", "both") else None
-    claim_output_dir(out_dir, "--out", EXPORT_KIND, ENTRIES[export_format], overwrite, require_empty=True)
+    claim_output_dir(out_dir, "--out", EXPORT_KIND, ENTRIES[export_format], overwrite, require_empty=True,
+                     known=KNOWN_ENTRIES)
     folders = {"hf": out_dir, "ort": out_dir} if export_format != "both" else {"hf": out_dir / "hf", "ort": out_dir / "ort"}
     manifests = {}
     if export_format in ("hf", "both"):

@@ -38,38 +38,23 @@ from moonlora.eval.evaluate import EvalResult, evaluate_manifest, read_eval, wri
 from moonlora.model.lora import attach_lora, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.data.manifest import Manifest, Utterance, load_manifest
 from moonlora.model.loading import LoadedModel, load_model, require_torch
-from moonlora.outputs import OutputError, OutputExists, check_output_dir, claim_output_dir
+from moonlora.outputs import OutputError, claim_output_dir
 from moonlora.provenance import provenance
 from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, CANDIDATE_ADAPTER_DIRS, CANDIDATE_SCORE_DIRS, CANDIDATES,
                                 Candidate, Checklist, DataReport, DatasetInfo, DurationFilter, EvalSetInfo, EvalSummary,
                                 EXPORT_DIR, ExportParity, LeakageCheck, Leg, LOCK_FILE, LoraSummary, ParitySet,
-                                ReplayInfo, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND, RunLock, RunRecord,
-                                RunRecordError, SplitInfo, TENSORBOARD_DIR, TrainingSummary, TUNED_DIR,
-                                find_resume_checkpoint, is_main_process, latest_checkpoint_step, now_iso,
-                                read_config_dict, read_record, remove_path, run_state, write_config_dict, write_record)
+                                ReplayInfo, RUN_ENTRIES, RUN_KIND, RunLock, RunRecord, SplitInfo, TENSORBOARD_DIR,
+                                TrainingSummary, TUNED_DIR, find_resume_checkpoint, is_main_process, now_iso,
+                                remove_path, swap_in_folder, write_config_dict, write_record)
 from moonlora.data.splits import split_train_val
 from moonlora.eval.stats import compare_results
 from moonlora.train.loop import IntervalEval, TrainResult, TrainState, TrainStream, adapter_loaded, train
-
-PRE_TRAINING_PHASES = ("setup", "baseline")
+from moonlora.train.output_dir import check_resumable, validate_run_dir
 
 
 def say(line: str) -> None:
     """A one-line finding for the console (stderr, so it never mixes with tables on stdout)."""
     print(f"moonlora: {line}", file=sys.stderr, flush=True)
-
-
-def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    differing = []
-    for key in sorted(set(saved) | set(current)):
-        if not prefix and key in (*RUN_CONTROL_FIELDS, "written_by"):
-            continue
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            differing += _config_differences(a, b, f"{prefix}{key}.")
-        elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
-            differing.append(f"{prefix}{key} ({a!r} -> {b!r})")
-    return differing
 
 
 def filter_by_duration(utterances: list[Utterance], max_seconds: float | None) -> tuple[list[Utterance], DurationFilter]:
@@ -163,53 +148,6 @@ class RunStart:
     lock: RunLock | None
 
 
-def _reusable_failed_run(run_dir: Path) -> RunRecord | None:
-    """A moonlora run in the folder that ended before training started: safe to replace."""
-    try:
-        record = read_record(run_dir)
-    except RunRecordError:
-        return None
-    ended = run_state(record, run_dir) in ("failed", "interrupted", "died")
-    if ended and record.phase in PRE_TRAINING_PHASES and latest_checkpoint_step(run_dir) is None:
-        return record
-    return None
-
-
-def _check_resumable(run_dir: Path, config: ExperimentConfig) -> RunRecord:
-    try:
-        record = read_record(run_dir)
-    except RunRecordError as error:
-        raise RunRecordError(f"--resume: {error}") from None
-    saved = read_config_dict(run_dir)
-    try:  # a setting added since the run was saved compares as its default
-        saved = ExperimentConfig.from_dict(saved).to_dict()
-    except (TypeError, ValueError):
-        pass
-    differing = _config_differences(saved, config.to_dict())
-    if differing:
-        raise ValueError(f"{run_dir}: --resume needs the same settings; differing: {', '.join(differing)}")
-    if record.finished:
-        raise OutputExists(f"{run_dir}: the run already finished ({record.status}); nothing to resume — "
-                           "pick another --output-dir for a new run")
-    return record
-
-
-def validate_run_dir(config: ExperimentConfig) -> RunRecord | None:
-    """Every check on --output-dir, before any data is read or model loaded; nothing is written.
-
-    Returns the earlier record (resume, or a pre-training failure to replace), else None.
-    """
-    run_dir = Path(config.output_dir)
-    if config.resume:
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"--output-dir {run_dir}: no such run folder; drop --resume to start a new run")
-        return _check_resumable(run_dir, config)
-    earlier = _reusable_failed_run(run_dir) if run_dir.is_dir() else None
-    check_output_dir(run_dir, "--output-dir", RUN_KIND, RUN_ENTRIES, overwrite=config.overwrite or earlier is not None,
-                     require_empty=True, ignore=(LOCK_FILE,))
-    return earlier
-
-
 def start_run(config: ExperimentConfig, earlier: RunRecord | None) -> RunStart:
     """Lock the folder, prepare it (new, replaced or resumed) and write the record's first state."""
     run_dir = Path(config.output_dir)
@@ -223,7 +161,7 @@ def start_run(config: ExperimentConfig, earlier: RunRecord | None) -> RunStart:
     try:
         checkpoint = None
         if config.resume:
-            record = _check_resumable(run_dir, config)  # again, now that the folder is ours
+            record = check_resumable(run_dir, config)  # again, now that the folder is ours
             checkpoint, notes = find_resume_checkpoint(run_dir)
             for note in notes:
                 say(note)
@@ -405,7 +343,7 @@ def tensorboard_logger(run_dir: Path, purge_step: int | None):
 
 
 def save_adapter(model, run_dir: Path, folder: str = ADAPTER_DIR) -> None:
-    """The model's current adapter, written beside its final place and renamed in."""
+    """The model's current adapter, written beside its final place and swapped in."""
     if not is_main_process():
         return
     target, staging = run_dir / folder, run_dir / f".{folder}.tmp"
@@ -415,8 +353,10 @@ def save_adapter(model, run_dir: Path, folder: str = ADAPTER_DIR) -> None:
     except OSError as error:
         remove_path(staging)
         raise OutputError(f"{run_dir}: cannot write the adapter ({error.strerror or error})") from None
-    remove_path(target)
-    staging.rename(target)
+    try:
+        swap_in_folder(staging, target)  # the new one in, then the old one out: never no adapter
+    except OSError as error:
+        raise OutputError(f"{run_dir}: cannot put the new adapter in place ({error.strerror or error})") from None
 
 
 def candidate_steps(trained: TrainResult) -> dict[str, tuple[int, float | None]]:

@@ -105,8 +105,8 @@ def build_report(runs_dir: Path, out_markdown: Path | None = None, out_html: Pat
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no such folder")
-    out_markdown = check_output_file(out_markdown or runs_dir / MARKDOWN_NAME, "--out", overwrite)
-    out_html = check_output_file(out_html or runs_dir / HTML_NAME, "--html", overwrite)
+    out_markdown = check_output_file(out_markdown or runs_dir / MARKDOWN_NAME, "--out", overwrite, "report")
+    out_html = check_output_file(out_html or runs_dir / HTML_NAME, "--html", overwrite, "report")
     from moonlora.verdict.html import render_html  # matplotlib loads only here
 
     runs, skipped = discover_runs(runs_dir)
