@@ -14,28 +14,28 @@ import shlex
 import signal
 import sys
 import threading
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
 from moonlora import markdown
-from moonlora.data.audio import AudioConfig, AudioError
+from moonlora.data.audio import AudioConfig
 from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
 from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings,
                               TrainConfig, TranscribeConfig, default_of)
-from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP, CompareError
-from moonlora.eval.contract import ContractMismatch
+from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP
 from moonlora.verdict.decide import DecideConfig
 from moonlora.data.diagnose import DiagnoseConfig
-from moonlora.errors import ModelSourceError
-from moonlora.data.manifest import ManifestError
-from moonlora.outputs import OutputError, OutputExists, check_output_file, write_json
-from moonlora.runfolder import RunLocked, RunRecordError, is_main_process
+from moonlora.errors import InputError, MoonloraError, one_line
+from moonlora.outputs import check_output_file, write_json
+from moonlora.runfolder import CONFIG_FILE, METRICS_FILE, is_main_process, latest_checkpoint_step
 from moonlora.data.synth.build import build_domain
 from moonlora.data.synth.domains import DOMAINS
 
-# Errors that come from what the user passed: one line, exit code 2, no traceback.
-USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, OutputExists, OutputError,
-               RunRecordError, RunLocked, CompareError, FileExistsError, FileNotFoundError, ValueError)
+# Errors that come from what the user passed (moonlora.errors): one line, exit code 2, no traceback.
+# Anything else is a bug in moonlora: its traceback, one line saying so, exit code BUG_EXIT.
+USER_ERRORS = (MoonloraError,)
+BUG_EXIT = 70  # sysexits' EX_SOFTWARE
 
 EXIT_CODES = (
     (0, "success"),
@@ -43,6 +43,7 @@ EXIT_CODES = (
         "`diagnose`: a manifest could not be loaded"),
     (2, "a user error (bad value, missing or unreadable input, an output that would replace earlier results): "
         "one line on stderr"),
+    (BUG_EXIT, "a bug in moonlora: the traceback, then one line saying so and where the run's log is"),
     (130, "interrupted (Ctrl-C or SIGTERM): one line on stderr; an experiment resumes with --resume"),
 )
 
@@ -209,11 +210,21 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     try:
         metrics = run_experiment(config, progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"moonlora: interrupted; a checkpoint is in {args.output_dir}: rerun with --resume", file=sys.stderr)
+        print(interrupted_run_line(Path(args.output_dir)), file=sys.stderr)
         return 130
     if is_main_process():  # other ranks of a multi-process run stay quiet
         print_experiment(metrics)
     return 0
+
+
+def interrupted_run_line(run_dir: Path) -> str:
+    """What an interrupted experiment left: a checkpoint to resume from, a run that resumes from step 0, or nothing."""
+    if latest_checkpoint_step(run_dir) is not None:
+        return f"moonlora: interrupted; a checkpoint is in {run_dir}: rerun with --resume"
+    if (run_dir / METRICS_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
+        return (f"moonlora: interrupted before the first checkpoint; rerun with --resume to continue the run in "
+                f"{run_dir} (training starts at step 0)")
+    return "moonlora: interrupted before the run folder was written; nothing to resume"
 
 
 def subcommand_parser(name: str) -> argparse.ArgumentParser:
@@ -233,7 +244,7 @@ def shared_experiment_args(settings: dict, source: str) -> argparse.Namespace:
         dest = aliases.get(key, key)
         action = actions.get(dest)
         if action is None or dest in RUN_CONTROL or dest == "help":
-            raise ValueError(f"{source}: {key.replace('_', '-')}: not an experiment setting")
+            raise InputError(f"{source}: {key.replace('_', '-')}: not an experiment setting")
         try:
             if dest == "target_modules" and isinstance(value, list):
                 value = ",".join(value)
@@ -247,7 +258,7 @@ def shared_experiment_args(settings: dict, source: str) -> argparse.Namespace:
             if action.choices and value is not None and value not in action.choices:
                 raise ValueError(f"one of {', '.join(map(str, action.choices))}")
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{source}: {dest.replace('_', '-')} = {value!r}: {error}") from None
+            raise InputError(f"{source}: {dest.replace('_', '-')} = {value!r}: {error}") from None
         setattr(args, dest, value)
     return args
 
@@ -265,7 +276,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base_args.output_dir, base_args.resume, base_args.overwrite = args.output_dir, False, False
     for required in ("dataset_path", "manifest_path"):
         if getattr(base_args, required) is None and required not in axes:
-            raise ValueError(f"sweep needs --{required.replace('_', '-')} (a flag, or {required.replace('_', '-')} "
+            raise InputError(f"sweep needs --{required.replace('_', '-')} (a flag, or {required.replace('_', '-')} "
                              "in the grid file's [experiment] table)")
     if base_args.manifest_path is None:
         base_args.manifest_path = str(axes["manifest_path"][0])
@@ -712,8 +723,26 @@ def _interrupt_on_sigterm():
     return signal.SIG_DFL if previous is None else previous
 
 
+def run_log(args: argparse.Namespace | None) -> Path | None:
+    """The file that keeps the failed run's record (experiment: the run record; sweep: sweep.json), if written."""
+    for folder in (getattr(args, "output_dir", None), getattr(args, "out", None)):
+        for name in (METRICS_FILE, "sweep.json"):
+            if folder and (Path(folder) / name).is_file():
+                return Path(folder) / name
+    return None
+
+
+def bug_line(error: BaseException, args: argparse.Namespace | None) -> str:
+    """The line after a bug's traceback: what happened, that it is moonlora's fault, where the log is."""
+    log = run_log(args)
+    where = f"the run's log (with this traceback) is {log}" if log else "no run log was written"
+    return (f"moonlora: bug: {type(error).__name__}: {one_line(error)} — this is a bug in moonlora, not in your "
+            f"input; please report it with the traceback above; {where}")
+
+
 def main(argv: list[str] | None = None) -> int:
     previous = _interrupt_on_sigterm()
+    args = None
     try:
         argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)
@@ -721,11 +750,15 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = list(argv)
         return args.handler(args)
     except USER_ERRORS as error:
-        print(f"moonlora: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
+        print(f"moonlora: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("moonlora: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # not moonlora's own error type: a bug, keep the traceback
+        traceback.print_exc()
+        print(bug_line(error, args), file=sys.stderr)
+        return BUG_EXIT
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

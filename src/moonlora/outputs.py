@@ -24,16 +24,18 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from moonlora.errors import MoonloraError
+
 MARKER = ".moonlora-output.json"
 SIGNATURE = "written by moonlora"  # in the first SIGNATURE_WINDOW bytes of every single file we write
 SIGNATURE_WINDOW = 1024
 
 
-class OutputExists(FileExistsError):
+class OutputExists(MoonloraError, FileExistsError):
     """An output would replace earlier results."""
 
 
-class OutputError(ValueError):
+class OutputError(MoonloraError, ValueError):
     """An output path cannot be used or written (wrong kind, unwritable, disk full)."""
 
 

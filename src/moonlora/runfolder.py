@@ -31,6 +31,7 @@ from pathlib import Path
 
 from moonlora.data.manifest import file_sha256
 from moonlora.outputs import write_json
+from moonlora.errors import MissingInput, MoonloraError
 
 SCHEMA_VERSION = 2
 CONFIG_FILE = "experiment_config.json"
@@ -59,15 +60,15 @@ CHECKPOINT_MANIFEST = "checkpoint.json"
 CHECKPOINTS_KEPT = 2
 
 
-class RunRecordError(ValueError):
+class RunRecordError(MoonloraError, ValueError):
     """A run record that cannot be read (missing, corrupt, or from another schema version)."""
 
 
-class RunLocked(RuntimeError):
+class RunLocked(MoonloraError, RuntimeError):
     """Another process holds the run folder."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MoonloraError, ValueError):
     """No usable checkpoint where one is needed."""
 
 
@@ -525,7 +526,7 @@ def discover_runs(runs_dir: str | Path) -> tuple[list[FoundRun], list[Unreadable
     """Readable runs sorted by start time then id, and the unreadable folders with reasons."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise FileNotFoundError(f"{runs_dir}: no such folder")
+        raise MissingInput(f"{runs_dir}: no such folder")
     runs, unreadable = [], []
     for folder in candidate_dirs(runs_dir):
         run_id = folder.name if folder == runs_dir else folder.relative_to(runs_dir).as_posix()

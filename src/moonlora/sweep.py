@@ -27,6 +27,7 @@ from pathlib import Path
 from moonlora.configs import ExperimentConfig
 from moonlora.outputs import OutputExists, check_output_dir, claim_output_dir, write_json
 from moonlora.runfolder import RunRecordError, read_record, run_state
+from moonlora.errors import MissingInput, MoonloraError
 
 OUTPUT_KIND = "sweep"
 SWEEP_FILE = "sweep.json"
@@ -70,7 +71,7 @@ AXES = {axis.name: axis for axis in (
 )}
 
 
-class SweepError(ValueError):
+class SweepError(MoonloraError, ValueError):
     """A grid file or sweep folder that cannot be used (one line, naming the file)."""
 
 
@@ -187,7 +188,7 @@ def check_output(config: SweepConfig) -> Path:
     sweep_file = folder / SWEEP_FILE
     if config.resume:
         if not sweep_file.is_file():
-            raise FileNotFoundError(f"--output-dir {folder}: holds no {SWEEP_FILE}; drop --resume to start a sweep")
+            raise MissingInput(f"--output-dir {folder}: holds no {SWEEP_FILE}; drop --resume to start a sweep")
         saved = read_sweep(folder)
         current = config.to_dict()
         differing = [key for key in ("base", "axes") if json.loads(json.dumps(saved.get(key))) !=

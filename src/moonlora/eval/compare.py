@@ -31,6 +31,7 @@ from moonlora.eval.contract import ContractMismatch, EvalContract, require_compa
 from moonlora import markdown
 from moonlora.markdown import ci_cell, short
 from moonlora.eval.stats import DEFAULT_RESAMPLES, BootstrapResult, paired_bootstrap
+from moonlora.errors import MoonloraError
 
 TRANSCRIPTS, SUMMARY = "transcripts.jsonl", "summary.json"
 TEXT_FIELDS = ("utt_id", "audio_filepath", "ref", "hyp", "hyp_norm")
@@ -41,7 +42,7 @@ BOOTSTRAP_SEED, CONFIDENCE = 0, 0.95
 WRITTEN_BY = "pass a folder written by moonlora transcribe --output-dir"
 
 
-class CompareError(ValueError):
+class CompareError(MoonloraError, ValueError):
     """A folder that is not a readable scored output, or two folders that scored different manifests."""
 
 

@@ -17,6 +17,7 @@ from moonlora.configs import ExperimentConfig, TranscribeConfig
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.runfolder import ADAPTER_DIR, read_config_dict
 from moonlora.runfolder import CONFIG_FILE as CONFIG_OF_RUN
+from moonlora.errors import InputError
 
 if TYPE_CHECKING:
     from moonlora.eval.evaluate import EvalResult
@@ -67,7 +68,7 @@ def with_run_settings(config: TranscribeConfig, given: set[str]) -> TranscribeCo
                "--dtype": (config.decode.dtype, settings.decode["dtype"])}
     for flag, (given_value, run_value) in current.items():
         if flag in given and given_value != run_value:
-            raise ValueError(f"{flag} {given_value} conflicts with the run this adapter comes from ({source}: "
+            raise InputError(f"{flag} {given_value} conflicts with the run this adapter comes from ({source}: "
                              f"{run_value}); drop {flag} to score the adapter under the run's own settings")
     decode = replace(config.decode, **settings.decode)
     return replace(config, adapter=settings.adapter, model=settings.model,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moonlora.configs import DEFAULT_MODEL
-from moonlora.errors import ModelSourceError
+from moonlora.errors import ModelSourceError, MoonloraError
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.provenance import provenance
 from moonlora.runfolder import ADAPTER_DIR, METRICS_FILE, RunRecord, RunRecordError, read_record
@@ -42,7 +42,7 @@ FORMATS = ("hf", "ort", "both")
 ENTRIES = {"hf": HF_ENTRIES, "ort": ORT_ENTRIES, "both": ("hf", "ort")}
 
 
-class ExportError(ValueError):
+class ExportError(MoonloraError, ValueError):
     """What to export cannot be found or used."""
 
 

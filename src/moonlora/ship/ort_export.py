@@ -59,6 +59,7 @@ import onnxruntime.tools.ort_format_model  # noqa: F401  (puts ort_flatbuffers_p
 import torch
 from ort_flatbuffers_py import fbs
 
+from moonlora.errors import InputError
 from moonlora.model import bundled
 from moonlora.model.convert import OrtGraph, OrtScope, moonshine_base_config, ort_weight_sources
 
@@ -321,10 +322,10 @@ def check_route_a(config) -> None:
     """Refuse (one-line ValueError) a model whose architecture is not the bundled Moonshine base."""
     base = moonshine_base_config()
     if config is None or getattr(config, "model_type", None) != "moonshine":
-        raise ValueError(f"{ROUTE_A_ERROR}: the model is not a Moonshine model")
+        raise InputError(f"{ROUTE_A_ERROR}: the model is not a Moonshine model")
     for name in _SHAPE_FIELDS:
         if getattr(config, name, None) != getattr(base, name):
-            raise ValueError(f"{ROUTE_A_ERROR}: the model is not Moonshine base "
+            raise InputError(f"{ROUTE_A_ERROR}: the model is not Moonshine base "
                              f"({name} is {getattr(config, name, None)}, base-en has {getattr(base, name)})")
 
 
@@ -343,7 +344,7 @@ def _patch_file(graph: _GraphFile, sources: dict, state: dict[str, np.ndarray], 
     wanted: dict[int, tuple[_Store, list[tuple[str, np.ndarray]]]] = {}
     for key, (node_name, index, transpose) in sources.items():
         if key not in state:
-            raise ValueError(f"{ROUTE_A_ERROR}: the model has no weight {key!r}")
+            raise InputError(f"{ROUTE_A_ERROR}: the model has no weight {key!r}")
         for store, store_is_transposed in graph.weight_inputs(node_name, index):
             value = state[key]
             if transpose != store_is_transposed:
@@ -351,7 +352,7 @@ def _patch_file(graph: _GraphFile, sources: dict, state: dict[str, np.ndarray], 
             if value.shape != store.data.dims:
                 if value.size != int(np.prod(store.data.dims)) or \
                         [d for d in value.shape if d != 1] != [d for d in store.data.dims if d != 1]:
-                    raise ValueError(f"{ROUTE_A_ERROR}: {key!r} has shape {tuple(state[key].shape)}, the graph "
+                    raise InputError(f"{ROUTE_A_ERROR}: {key!r} has shape {tuple(state[key].shape)}, the graph "
                                      f"stores {store.data.name!r} as {store.data.dims}")
                 value = value.reshape(store.data.dims)
             wanted.setdefault(store.data.start, (store, []))[1].append((key, value))
@@ -421,15 +422,15 @@ def write_merged_ort(model: torch.nn.Module, out_dir: Path, source_dir: Path | N
     """
     started = time.perf_counter()
     if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+        raise InputError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     state = _check_model(model)
     source_dir = Path(source_dir) if source_dir is not None else bundled.base_en_dir()
     out_dir = Path(out_dir)
     missing = [n for n in (ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE) if not (source_dir / n).is_file()]
     if missing:
-        raise ValueError(f"{ROUTE_A_ERROR}: {source_dir} lacks {', '.join(missing)}")
+        raise InputError(f"{ROUTE_A_ERROR}: {source_dir} lacks {', '.join(missing)}")
     if out_dir.exists() and out_dir.resolve() == source_dir.resolve():
-        raise ValueError(f"write_merged_ort: out_dir {out_dir} is the source folder; choose another")
+        raise InputError(f"write_merged_ort: out_dir {out_dir} is the source folder; choose another")
     encoder_sources, decoder_sources = ort_weight_sources(moonshine_base_config())
     stats = {"requantized": 0, "new_scale": 0, "differing_tensors": 0, "changed_tensors": 0, "changed_values": 0,
              "float_tensors": 0, "groups": {}}

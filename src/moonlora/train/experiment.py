@@ -50,6 +50,7 @@ from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, CANDIDATE_ADAPTER_DIR
 from moonlora.data.splits import split_train_val
 from moonlora.eval.stats import compare_results
 from moonlora.train.loop import IntervalEval, TrainResult, TrainState, TrainStream, train
+from moonlora.errors import InputError, MissingInput
 
 PRE_TRAINING_PHASES = ("setup", "baseline")
 
@@ -108,7 +109,7 @@ def load_run_data(config: ExperimentConfig) -> RunData:
     dataset = load_manifest(config.dataset_path)
     kept, filtering = filter_by_duration(dataset.utterances, config.max_seconds)
     if len(kept) < 2:
-        raise ValueError(f"{config.dataset_path}: {len(kept)} clip(s) left after --max-seconds {config.max_seconds}; "
+        raise InputError(f"{config.dataset_path}: {len(kept)} clip(s) left after --max-seconds {config.max_seconds}; "
                          "need at least 2 (train and val)")
     split = split_train_val(kept, config.val_fraction, config.train.seed)
     checklist.check_val_split(len(split.val), config.min_val_clips, config.dataset_path)
@@ -187,7 +188,7 @@ def _check_resumable(run_dir: Path, config: ExperimentConfig) -> RunRecord:
         pass
     differing = _config_differences(saved, config.to_dict())
     if differing:
-        raise ValueError(f"{run_dir}: --resume needs the same settings; differing: {', '.join(differing)}")
+        raise InputError(f"{run_dir}: --resume needs the same settings; differing: {', '.join(differing)}")
     if record.finished:
         raise OutputExists(f"{run_dir}: the run already finished ({record.status}); nothing to resume — "
                            "pick another --output-dir for a new run")
@@ -202,7 +203,7 @@ def validate_run_dir(config: ExperimentConfig) -> RunRecord | None:
     run_dir = Path(config.output_dir)
     if config.resume:
         if not run_dir.is_dir():
-            raise FileNotFoundError(f"--output-dir {run_dir}: no such run folder; drop --resume to start a new run")
+            raise MissingInput(f"--output-dir {run_dir}: no such run folder; drop --resume to start a new run")
         return _check_resumable(run_dir, config)
     earlier = _reusable_failed_run(run_dir) if run_dir.is_dir() else None
     check_output_dir(run_dir, "--output-dir", RUN_KIND, RUN_ENTRIES, overwrite=config.overwrite or earlier is not None,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from moonlora.eval.contract import EvalContract, require_comparable
 from moonlora.runfolder import RUN_CONTROL_FIELDS, FoundRun, RunRecord, describe_state, read_record
+from moonlora.errors import InputError
 
 PASS, FAIL, NOT_ASSESSED, INCONCLUSIVE = "pass", "fail", "not assessed", "inconclusive"
 LOSS_WINDOW = 5  # steps averaged at each end of the loss curve
@@ -43,7 +44,7 @@ class DecideConfig:
 
     def __post_init__(self) -> None:
         if self.margin < 0 or self.h3_band < 0 or self.regression_factor <= 1:
-            raise ValueError("--margin and --h3-band must be >= 0, --regression-factor > 1")
+            raise InputError("--margin and --h3-band must be >= 0, --regression-factor > 1")
 
 
 @dataclass(frozen=True)
