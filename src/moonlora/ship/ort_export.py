@@ -329,6 +329,25 @@ def check_route_a(config) -> None:
                              f"({name} is {getattr(config, name, None)}, base-en has {getattr(base, name)})")
 
 
+def check_export_model(spec: str, export: str = "ort") -> None:
+    """Refuse (InputError, one line) a --model whose merged weights the bundled graphs cannot take, before any
+    run: `experiment --export ort` patches the bundled base-en graphs (route (a)). A model whose configuration
+    cannot be read here is left to the model loader, which names the problem."""
+    if spec.startswith(("bundled:", "ort:")):
+        return  # bundled:base-en is route (a) by construction; the loaders refuse anything else
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(spec, local_files_only=True)
+    except (OSError, ValueError):
+        return
+    try:
+        check_route_a(config)
+    except InputError as error:
+        raise InputError(f"--export {export} --model {spec}: {error}; drop --export and run moonlora export "
+                         "RUN --format ort after the run (it takes moonlora's ONNX route)") from None
+
+
 def _check_model(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """The merged float32 state of `model`, after checking it is Moonshine base."""
     if hasattr(model, "merge_and_unload"):  # a PeftModel: merge a copy, leave the caller's model as is

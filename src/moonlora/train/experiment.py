@@ -36,6 +36,7 @@ from moonlora.configs import ExperimentConfig
 from moonlora.eval.contract import EvalContract, require_comparable
 from moonlora.verdict.decide import parity_outcome
 from moonlora.eval.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
+from moonlora.model.device import check_device
 from moonlora.model.lora import attach_lora, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.data.manifest import Manifest, Utterance, load_manifest
 from moonlora.model.loading import LoadedModel, load_model, require_torch
@@ -562,12 +563,23 @@ class RunSession:
                 self.start.lock.release()
 
 
+def check_run_settings(config: ExperimentConfig) -> None:
+    """What the config cannot check without torch or the model's files, before any data is read or folder
+    written: the device exists here, and --export can take the model."""
+    check_device(config.decode.device)
+    if config.export:
+        from moonlora.ship.ort_export import check_export_model
+
+        check_export_model(config.model, config.export)
+
+
 def run_experiment(config: ExperimentConfig, progress: bool = True,
                    baseline_store: BaselineStore | None = None) -> RunRecord:
     """Run the whole protocol; returns the run record also written to experiment_metrics.json.
 
     `baseline_store` (sweeps) shares baseline scores between runs measured under one contract.
     """
+    check_run_settings(config)
     earlier = validate_run_dir(config) if is_main_process() else None
     data = load_run_data(config)  # bad manifests fail here, before the folder is touched
     session = RunSession(start_run(config, earlier))
