@@ -499,7 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "for the moonshine-voice runtime. Each folder gets manifest.json: source run and its eval "
                          "contracts, base, adapter and merged-weights hashes, precision and quantization, tool "
                          "versions.", cmd_export)
-    export.add_argument("source", metavar="RUN_OR_ADAPTER", help="a finished run folder, or an adapter folder")
+    export.add_argument("source", metavar="RUN_OR_ADAPTER",
+                        help="a finished run folder, a run whose training finished and whose --export failed (the "
+                             "export is finished here, without retraining), or an adapter folder")
     export.add_argument("--out", required=True, help="a new folder for the exported model")
     export.add_argument("--format", default="hf", choices=["hf", "ort", "both"],
                         help="hf: merged transformers checkpoint; ort: int8 .ort graphs for the moonshine-voice "

@@ -216,12 +216,19 @@ class ExperimentConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ExperimentConfig:
-        """The config back from `to_dict()` output (e.g. a saved experiment_config.json)."""
+    def from_dict(cls, data: dict, source: str = "experiment config") -> ExperimentConfig:
+        """The config back from `to_dict()` output (e.g. a saved experiment_config.json); one that is not
+        (another tool's, or an older moonlora's with other fields) is a ConfigError naming `source`."""
         nested = {"train": TrainConfig, "lora": LoraSettings, "audio": AudioConfig, "decode": DecodeConfig}
-        values = {key: _typed(nested[key], value) if key in nested and isinstance(value, dict) else value
-                  for key, value in data.items()}
-        return _typed(cls, values)
+        try:
+            values = {key: _typed(nested[key], value) if key in nested and isinstance(value, dict) else value
+                      for key, value in data.items()}
+            return _typed(cls, values)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+        except (TypeError, AttributeError, ValueError) as error:
+            raise ConfigError(f"{source}: not an experiment config this moonlora can read ({error}); written by "
+                              "another tool or another moonlora version") from None
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,8 @@ def read_config_dict(run_dir: str | Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise RunRecordError(f"{path}: unreadable run config ({error})") from None
+    if not isinstance(config, dict):
+        raise RunRecordError(f"{path}: not a run config (a JSON object), but a {type(config).__name__}")
     config.pop("written_by", None)
     return config
 

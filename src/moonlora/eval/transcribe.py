@@ -49,7 +49,7 @@ def run_settings(adapter: str | None) -> RunSettings | None:
     run_dir = folder if (folder / CONFIG_OF_RUN).is_file() else folder.parent
     if not (run_dir / CONFIG_OF_RUN).is_file():
         return None
-    config = ExperimentConfig.from_dict(read_config_dict(run_dir))
+    config = ExperimentConfig.from_dict(read_config_dict(run_dir), source=str(run_dir / CONFIG_OF_RUN))
     chosen = folder / ADAPTER_DIR if run_dir == folder else folder
     return RunSettings(run_dir, str(chosen), config.model, config.audio.rms_target_dbfs,
                        config.decode.result_dict())

@@ -31,7 +31,7 @@ from moonlora.configs import DEFAULT_MODEL
 from moonlora.errors import ModelSourceError, MoonloraError
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.provenance import provenance
-from moonlora.runfolder import ADAPTER_DIR, METRICS_FILE, RunRecord, RunRecordError, read_record
+from moonlora.runfolder import ADAPTER_DIR, METRICS_FILE, RunRecord, RunRecordError, read_record, run_state
 
 EXPORT_KIND = "export"
 MANIFEST_NAME = "manifest.json"
@@ -62,6 +62,12 @@ class ExportResult:
     manifests: dict  # format -> manifest
 
 
+def export_failed(record: RunRecord, run_dir: Path) -> bool:
+    """The run trained, chose and scored its adapter, then ended in its export phase (`experiment --export`):
+    `moonlora export` finishes the export without retraining (the run's record keeps its status)."""
+    return record.phase == "export" and run_state(record, run_dir) in ("failed", "interrupted", "died")
+
+
 def resolve_source(source: str | Path, model: str | None) -> ExportSource:
     """A finished run folder (its adapter and base model), or an adapter folder (with --model)."""
     path = Path(source)
@@ -72,9 +78,10 @@ def resolve_source(source: str | Path, model: str | None) -> ExportSource:
             record = read_record(run_dir)
         except RunRecordError as error:
             raise ExportError(str(error)) from None
-        if not record.finished:
-            raise ExportError(f"{run_dir}: the run is {record.status} at {record.phase}; only a finished run has "
-                              "a chosen adapter to export (resume it first)")
+        if not (record.finished or export_failed(record, run_dir)):
+            raise ExportError(f"{run_dir}: the run is {record.status} at {record.phase}; only a finished run (or one "
+                              "whose training finished and whose export failed) has a chosen adapter to export "
+                              "(resume it first)")
         adapter_dir = run_dir / ADAPTER_DIR
         if not (adapter_dir / "adapter_config.json").is_file():
             raise ExportError(f"{adapter_dir}: no adapter_config.json; the run folder has no adapter to export")
