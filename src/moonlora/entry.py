@@ -15,11 +15,16 @@ def _interrupt(signum, frame):
 
 
 def main() -> int:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # cli.main installs its own and restores this one
+    """SIGTERM is a KeyboardInterrupt from the first line (cli.main installs its own, then restores this one)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
-        from moonlora.cli import main as cli_main
-    except KeyboardInterrupt:
-        print("moonlora: interrupted", file=sys.stderr)
-        return 130
-    return cli_main()
+        try:
+            from moonlora.cli import main as cli_main
+        except KeyboardInterrupt:
+            print("moonlora: interrupted", file=sys.stderr)
+            return 130
+        return cli_main()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
