@@ -25,6 +25,10 @@ ENCODER_MODES = ("auto", "per-clip", "batched")  # DecodeConfig.encoder
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
 
 
+class UnreadableConfig(ConfigError, TypeError):
+    """A saved config whose fields are not this moonlora's (another tool's file, or another version's)."""
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """How a file becomes Moonshine input."""
@@ -227,8 +231,8 @@ class ExperimentConfig:
         except ConfigError as error:
             raise ConfigError(f"{source}: {error}") from None
         except (TypeError, AttributeError, ValueError) as error:
-            raise ConfigError(f"{source}: not an experiment config this moonlora can read ({error}); written by "
-                              "another tool or another moonlora version") from None
+            raise UnreadableConfig(f"{source}: not an experiment config this moonlora can read ({error}); written "
+                                   "by another tool or another moonlora version") from None
 
 
 @dataclass(frozen=True)
