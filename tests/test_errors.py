@@ -1,6 +1,7 @@
 """moonlora's own errors are one line and exit 2; anything else is a bug: traceback, one line, exit 70.
 Settings are refused before any work, and a run whose export failed can still be exported."""
 
+import errno
 import json
 import math
 import subprocess
@@ -50,6 +51,22 @@ def test_any_other_error_is_a_bug_with_its_traceback(error, monkeypatch, capsys)
     assert "Traceback" in err and f"{type(error).__name__}: {error}" in err
     last = err.strip().splitlines()[-1]
     assert last.startswith("moonlora: bug:") and "a bug in moonlora" in last and "no run log was written" in last
+
+
+def test_what_the_machine_refuses_is_one_line_naming_the_file(monkeypatch, capsys):
+    def read_only(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/out/summary.json")
+
+    monkeypatch.setattr(cli, "cmd_diagnose", read_only)
+    code, err = run_cli(["diagnose", "--manifests", "m.jsonl", "--max-seconds", "8"], capsys)
+    assert code == 2 and one_line_error(err) and "/data/out/summary.json: Permission denied" in err
+
+    def vanished(args):  # a file moonlora itself expected: a bug, not the user's doing
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/tmp/run/.staging")
+
+    monkeypatch.setattr(cli, "cmd_diagnose", vanished)
+    code, err = run_cli(["diagnose", "--manifests", "m.jsonl", "--max-seconds", "8"], capsys)
+    assert code == 70 and "Traceback" in err and "a bug in moonlora" in err
 
 
 def test_a_bug_in_a_run_names_the_run_log(monkeypatch, capsys, tmp_path):
@@ -174,6 +191,15 @@ def test_a_device_this_machine_lacks_is_refused_before_any_data(monkeypatch, cap
     code, err = run_cli(["experiment", "--output-dir", str(tmp_path / "run"), "--dataset-path", "nope.jsonl",
                          "--manifest-path", "nope.jsonl", "--device", "cuda:0"], capsys)
     assert code == 2 and one_line_error(err) and "no CUDA GPU" in err and not (tmp_path / "run").exists()
+
+
+def test_a_sweep_refuses_a_missing_device_before_any_run(monkeypatch, capsys, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = run_cli(["sweep", "--output-dir", str(tmp_path / "sweep"), "--dataset-path", "d.jsonl",
+                         "--manifest-path", "m.jsonl", "--seed", "1", "--seed", "2", "--device", "cuda"], capsys)
+    assert code == 2 and one_line_error(err) and "no CUDA GPU" in err and not (tmp_path / "sweep").exists()
 
 
 def test_export_with_beams_is_refused_before_the_run_folder(capsys, tmp_path):

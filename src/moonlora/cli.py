@@ -9,6 +9,7 @@ README's commands table, rendered by `commands_markdown`) comes from the config 
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import shlex
 import signal
@@ -35,6 +36,8 @@ from moonlora.data.synth.domains import DOMAINS
 # Errors that come from what the user passed (moonlora.errors): one line, exit code 2, no traceback.
 # Anything else is a bug in moonlora: its traceback, one line saying so, exit code BUG_EXIT.
 USER_ERRORS = (MoonloraError,)
+# What the machine refuses (permissions, a read-only or full disk) is no bug either: one line naming the file.
+ENVIRONMENT_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 BUG_EXIT = 70  # sysexits' EX_SOFTWARE
 
 EXIT_CODES = (
@@ -284,7 +287,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          grid_file=str(grid.path) if grid.path else None, resume=args.resume, overwrite=args.overwrite)
     quiet_model_logs(args)
     from moonlora.sweep import verdict_table
+    from moonlora.train.experiment import check_run_settings
 
+    check_run_settings(config.base)  # device and export, before any run: the axes vary neither
     try:
         result = run_sweep(config, progress=not args.quiet, command=shlex.join(["moonlora", *args.argv]))
     except KeyboardInterrupt:
@@ -742,6 +747,12 @@ def bug_line(error: BaseException, args: argparse.Namespace | None) -> str:
             f"input; please report it with the traceback above; {where}")
 
 
+def bug(error: BaseException, args: argparse.Namespace | None) -> int:
+    traceback.print_exc()
+    print(bug_line(error, args), file=sys.stderr)
+    return BUG_EXIT
+
+
 def main(argv: list[str] | None = None) -> int:
     previous = _interrupt_on_sigterm()
     args = None
@@ -757,10 +768,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moonlora: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            return bug(error, args)
+        print(f"moonlora: error: {error.filename or 'a file'}: {error.strerror} (check the folder's permissions "
+              "and free space)", file=sys.stderr)
+        return 2
     except Exception as error:  # not moonlora's own error type: a bug, keep the traceback
-        traceback.print_exc()
-        print(bug_line(error, args), file=sys.stderr)
-        return BUG_EXIT
+        return bug(error, args)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
