@@ -319,3 +319,10 @@ def test_a_run_whose_export_failed_is_exported_without_retraining(tiny_model_dir
     MoonshineForConditionalGeneration.from_pretrained(tmp_path / "shipped")
     assert "export" in cli.subcommand_parser("export").format_help() and "whose --export failed" in \
         cli.subcommand_parser("export").format_help()
+
+
+@pytest.mark.parametrize("flag, value", [("--margin", "nan"), ("--margin", "-0.01"), ("--h3-band", "inf"),
+                                         ("--regression-factor", "nan"), ("--regression-factor", "1")])
+def test_decide_thresholds_are_range_checked(flag, value, capsys, tmp_path):
+    code, err = run_cli(["decide", str(tmp_path), flag, value], capsys)
+    assert code == 2 and one_line_error(err) and flag in err

@@ -23,6 +23,7 @@ where it stands instead of an error. Run folders are read through `moonlora.runf
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,10 @@ class DecideConfig:
     regression_factor: float = 2.0  # sanity: "catastrophic" = more than this times the baseline WER
 
     def __post_init__(self) -> None:
-        if self.margin < 0 or self.h3_band < 0 or self.regression_factor <= 1:
-            raise InputError("--margin and --h3-band must be >= 0, --regression-factor > 1")
+        in_range = 0 <= self.margin < 1 and 0 <= self.h3_band < math.inf and 1 < self.regression_factor < math.inf
+        if not in_range:  # also refuses NaN
+            raise InputError("--margin must lie in [0, 1), --h3-band be >= 0, --regression-factor above 1 (all finite); "
+                             f"got {self.margin}, {self.h3_band}, {self.regression_factor}")
 
 
 @dataclass(frozen=True)
