@@ -197,8 +197,9 @@ class ExperimentConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
         for flag, margin in (("--canary-margin", self.canary_margin), ("--export-margin", self.export_margin)):
-            if not 0.0 <= margin < 1.0:  # also refuses NaN
-                raise ConfigError(f"{flag} is an absolute WER difference in [0, 1) (0.02 = 2 WER points), got {margin}")
+            if not _at_least(margin, 0.0):
+                raise ConfigError(f"{flag} is an absolute WER difference, a finite number >= 0 (0.02 = 2 WER "
+                                  f"points), got {margin}")
         if self.bootstrap_resamples < 1:
             raise ConfigError(f"bootstrap_resamples must be >= 1, got {self.bootstrap_resamples}")
         if self.train.replay_ratio > 0 and not self.replay_manifest:

@@ -44,10 +44,10 @@ class DecideConfig:
     regression_factor: float = 2.0  # sanity: "catastrophic" = more than this times the baseline WER
 
     def __post_init__(self) -> None:
-        in_range = 0 <= self.margin < 1 and 0 <= self.h3_band < math.inf and 1 < self.regression_factor < math.inf
+        in_range = 0 <= self.margin < math.inf and 0 <= self.h3_band < math.inf and 1 < self.regression_factor < math.inf
         if not in_range:  # also refuses NaN
-            raise InputError("--margin must lie in [0, 1), --h3-band be >= 0, --regression-factor above 1 (all finite); "
-                             f"got {self.margin}, {self.h3_band}, {self.regression_factor}")
+            raise InputError("--margin and --h3-band must be >= 0, --regression-factor above 1, all finite; got "
+                             f"{self.margin}, {self.h3_band}, {self.regression_factor}")
 
 
 @dataclass(frozen=True)
