@@ -36,8 +36,14 @@ from moonlora.data.synth.domains import DOMAINS
 # Errors that come from what the user passed (moonlora.errors): one line, exit code 2, no traceback.
 # Anything else is a bug in moonlora: its traceback, one line saying so, exit code BUG_EXIT.
 USER_ERRORS = (MoonloraError,)
-# What the machine refuses (permissions, a read-only or full disk) is no bug either: one line naming the file.
-ENVIRONMENT_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+# What the machine refuses (permissions, a read-only or full disk, a path through a file) is no bug either:
+# one line naming the file, with what to check.
+ENVIRONMENT_ERRNOS = {
+    errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+    errno.EROFS: "the file system is read-only", errno.ENOSPC: "free some disk space", errno.EDQUOT: "over quota",
+    errno.ENOTDIR: "a part of the path is a file", errno.EISDIR: "it is a folder, not a file",
+    errno.ENAMETOOLONG: "shorten the path", errno.ELOOP: "the path's symlinks loop",
+}
 BUG_EXIT = 70  # sysexits' EX_SOFTWARE
 
 EXIT_CODES = (
@@ -771,8 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if error.errno not in ENVIRONMENT_ERRNOS:
             return bug(error, args)
-        print(f"moonlora: error: {error.filename or 'a file'}: {error.strerror} (check the folder's permissions "
-              "and free space)", file=sys.stderr)
+        print(f"moonlora: error: {error.filename or 'a file'}: {error.strerror} ({ENVIRONMENT_ERRNOS[error.errno]})",
+              file=sys.stderr)
         return 2
     except Exception as error:  # not moonlora's own error type: a bug, keep the traceback
         return bug(error, args)
