@@ -62,16 +62,43 @@ def test_diagnose_loads_no_model_stack(tmp_path):
     assert json.loads(report.read_text())["written_by"] == "written by moonlora diagnose"
 
 
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A real finished run folder (tiny model, two updates) in runs/."""
+    from conftest import tone_set
+    from moonlora.train.experiment import run_experiment
+
+    root = tmp_path_factory.mktemp("light")
+    data = {"train": tone_set(root / "d", "train", 12), "main": tone_set(root / "d", "main", 4, seed0=50)}
+    run = root / "runs" / "run-a"
+    record = run_experiment(ExperimentConfig(
+        output_dir=str(run), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
+        model=str(tiny_model_dir), bootstrap_resamples=100, min_val_clips=1,
+        train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3),
+        lora=LoraSettings(r=2, alpha=4, dropout=0.0), decode=DecodeConfig(batch_size=8, device="cpu")),
+        progress=False)
+    assert record.finished
+    return run
+
+
 @pytest.mark.parametrize("command", ["decide", "report"])
-def test_verdict_commands_load_no_model_stack(command, tmp_path):
-    run = tmp_path / "runs" / "run-a"
-    run.mkdir(parents=True)
-    (run / "experiment_metrics.json").write_text("{}")
-    argv = ["decide", str(run)] if command == "decide" else ["report", str(run.parent)]
+def test_verdict_commands_load_no_model_stack(command, finished_run):
+    from moonlora.verdict.decide import decide
+
+    argv = ["decide", str(finished_run)] if command == "decide" else ["report", str(finished_run.parent)]
     code = ("import contextlib, io, json, sys\nfrom moonlora.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-            f"    main({argv!r})  # the exit code is not the point here, the imports are\n" + REPORT_HEAVY)
-    assert heavy_modules(run_python(code)) == []
+            "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:\n"
+            f"    code = main({argv!r})\n"
+            "print(json.dumps([code, out.getvalue(), err.getvalue()]))\n" + REPORT_HEAVY)
+    result = run_python(code)
+    assert heavy_modules(result) == []
+    exit_code, out, err = json.loads(result.stdout.strip().splitlines()[-2])
+    if command == "decide":  # the documented code of the verdict (1 = FAIL), nothing on stderr
+        assert exit_code == (0 if decide([finished_run]).passed else 1) and err == ""
+        assert "primary" in out.lower() and ("PASS" in out or "FAIL" in out)
+    else:
+        assert exit_code == 0 and err == "" and "run-a" in out
+        assert (finished_run.parent / "training_report.md").is_file() and (finished_run.parent / "report.html").is_file()
 
 
 def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -70,7 +70,8 @@ def test_encoder_matches_onnxruntime(model, waveform, ort_encoder_output):
     with torch.no_grad():
         hidden = model.model.encoder(torch.from_numpy(waveform)).last_hidden_state.numpy()
     assert hidden.shape == ort_encoder_output.shape
-    assert np.abs(hidden - ort_encoder_output).max() <= 1e-3
+    difference = np.abs(hidden - ort_encoder_output).max()
+    assert difference <= 1.5e-4, difference  # the README's claim (Models: bundled:base-en)
 
 
 def test_greedy_tokens_match_onnxruntime(model, waveform, ort_sessions, ort_encoder_output):

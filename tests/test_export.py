@@ -19,6 +19,7 @@ from moonlora.model.lora import attach_lora
 from moonlora.data.manifest import load_manifest
 from moonlora.model.loading import load_model, weights_sha256
 from moonlora.outputs import OutputExists
+from moonlora.errors import ModelSourceError
 
 
 def save_non_identity_adapter(model_spec: str, folder, rank: int, b_scale: float):
@@ -119,7 +120,7 @@ def test_bad_export_sources_are_one_line_errors(tiny_model_dir, tmp_path, capsys
     data = {"train": tone_set(tmp_path / "d", "train", 12), "main": tone_set(tmp_path / "d", "main", 4, seed0=50)}
     broken = ExperimentConfig(output_dir=str(tmp_path / "failed"), dataset_path=str(data["train"]),
                               manifest_path=str(data["main"]), model=str(tmp_path / "no-model"), min_val_clips=1)
-    with pytest.raises(Exception):
+    with pytest.raises(ModelSourceError, match="not a folder, a hub id"):
         run_experiment(dataclasses.replace(broken), progress=False)
     assert main(["export", str(tmp_path / "failed"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

@@ -23,7 +23,6 @@ from moonlora.configs import ExperimentConfig
 from moonlora.outputs import MARKER, html_signature, write_json
 from moonlora.runfolder import write_config_dict
 
-OTHER_BRANCH = "issue 19 item 2/3: other branch"
 CASES: dict[str, tuple] = {}  # name -> (setup, what the line says, exit code, why it is expected to fail)
 
 
@@ -472,25 +471,25 @@ def _(sandbox):
             "--manifest-path", manifest(sandbox), "--device", "cpu"]
 
 
-# --- bad settings (validated before any work: the other branch of issue 19) ----------------------------------------
+# --- bad settings (validated before any work) -------------------------------------------------------------------------
 
 
-@case("demo: --max-steps 0", "--max-steps", xfail=OTHER_BRANCH)
+@case("demo: --max-steps 0", "--max-steps")
 def _(sandbox):
     return ["demo", "--output-dir", str(sandbox / "parent" / "demo"), "--max-steps", "0"]
 
 
-@case("demo: a repeated seed", "--seeds", xfail=OTHER_BRANCH)
+@case("demo: a repeated seed", "--seeds")
 def _(sandbox):
     return ["demo", "--output-dir", str(sandbox / "parent" / "demo"), "--seeds", "1", "1"]
 
 
-@case("experiment: --canary-margin -1", "--canary-margin", xfail=OTHER_BRANCH)
+@case("experiment: --canary-margin -1", "--canary-margin")
 def _(sandbox):
     return experiment_argv(sandbox, sandbox / "parent" / "run", "--canary-margin", "-1", "--min-val-clips", "1", "--allow-leakage")
 
 
-@case("experiment: --export ort with --num-beams 2", "--num-beams", xfail=OTHER_BRANCH)
+@case("experiment: --export ort with --num-beams 2", "--num-beams")
 def _(sandbox):
     return experiment_argv(sandbox, sandbox / "parent" / "run", "--export", "ort", "--num-beams", "2", "--min-val-clips", "1", "--allow-leakage")
 

@@ -113,12 +113,18 @@ def test_float32_export_decodes_like_torch(exported, tiny_model_dir, tone_manife
     assert result.contract.runtime["precision"] == "float32"
 
 
-def test_int8_export_runs_and_reports_agreement(exported, tiny_model_dir, tone_manifest):
+# Measured: the int8 export gives torch's greedy token ids on 4 of the 5 clips (int8 rounding flips a
+# near-tie of the tiny random model in the fifth); fewer means the int8 graphs drifted from torch.
+INT8_AGREEING_CLIPS = 4
+
+
+def test_int8_export_agrees_with_torch(exported, tiny_model_dir, tone_manifest):
     torch_ids, _ = _token_ids(load_model(str(tiny_model_dir), device="cpu"), tone_manifest)
     loaded = load_model(f"ort:{exported[True]['folder']}", device="cpu")
     assert loaded.precision == "int8"
     ort_ids, result = _token_ids(loaded, tone_manifest)
     assert result.contract.runtime["precision"] == "int8"
-    same = sum(a == b for a, b in zip(ort_ids, torch_ids))
-    print(f"int8 vs torch: {same}/{len(torch_ids)} clips with identical greedy token ids")
     assert len(ort_ids) == len(torch_ids) and all(ids for ids in ort_ids)
+    assert len({tuple(ids) for ids in torch_ids}) > 1  # the clips decode differently: agreement is not vacuous
+    same = sum(a == b for a, b in zip(ort_ids, torch_ids))
+    assert same >= INT8_AGREEING_CLIPS, f"int8 vs torch: {same}/{len(torch_ids)} clips with identical token ids"

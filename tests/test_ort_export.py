@@ -149,6 +149,27 @@ def test_identity_round_trip_is_byte_identical(base_model, source_dir, tmp_path)
     assert report["bytes_changed"] == {ENCODER_FILE: 0, DECODER_FILE: 0}
 
 
+@pytest.mark.integration
+def test_export_of_an_all_zero_adapter_is_byte_identical_to_the_bundled_graphs(source_dir, tmp_path):
+    """Through `moonlora export` itself: a real saved LoRA adapter on bundled:base-en, every LoRA weight zero."""
+    from moonlora.configs import LoraSettings
+    from moonlora.model.loading import load_model
+    from moonlora.model.lora import attach_lora
+    from moonlora.ship.export import export
+
+    peft_model = attach_lora(load_model("bundled:base-en", device="cpu").model, LoraSettings(r=2, dropout=0.0), seed=0)
+    with torch.no_grad():
+        lora_weights = [p for name, p in peft_model.named_parameters() if "lora_" in name]
+        for parameter in lora_weights:
+            parameter.zero_()
+    assert lora_weights
+    peft_model.save_pretrained(tmp_path / "adapter")
+    result = export(tmp_path / "adapter", tmp_path / "ort", export_format="ort", model="bundled:base-en")
+    assert result.manifest["quantization"]["route"].startswith("a:") and result.manifest["adapter_sha256"]
+    for name in (ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE):
+        assert (tmp_path / "ort" / name).read_bytes() == (source_dir / name).read_bytes(), name
+
+
 @pytest.fixture(scope="module")
 def perturbed(base_model, tmp_path_factory):
     """The base model plus a seeded rank-8 delta on every adapted weight (largest entry 2% of the weight's

@@ -17,6 +17,7 @@ from moonlora.verdict.decide import decide
 from moonlora.train.experiment import run_experiment
 from moonlora.outputs import OutputError, OutputExists
 from moonlora.runfolder import RunLock, RunLocked, read_record
+from moonlora.errors import ModelSourceError
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_overwrite_replaces_only_a_moonlora_run(tiny_model_dir, data, tmp_path):
 def test_a_run_that_failed_before_training_can_be_rerun_without_overwrite(tiny_model_dir, data, tmp_path):
     run_dir = tmp_path / "typo"
     broken = dataclasses.replace(config_for(tiny_model_dir, data, run_dir, max_steps=1), model=str(tmp_path / "nope"))
-    with pytest.raises(Exception):
+    with pytest.raises(ModelSourceError, match="not a folder, a hub id"):
         run_experiment(broken, progress=False)
     first = read_record(run_dir)
     assert first.status == "failed" and first.phase == "setup"

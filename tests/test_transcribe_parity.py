@@ -11,6 +11,10 @@ from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, Train
 from moonlora.train.experiment import run_experiment
 
 
+# Not the defaults (beam 1, 6.5 tokens/s + 2): a transcribe that ignored the run's decode settings would differ.
+RUN_DECODE = DecodeConfig(batch_size=8, device="cpu", num_beams=2, tokens_per_second=4.0, extra_tokens=3)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_model_dir):
     folder = tmp_path_factory.mktemp("parity")
@@ -21,7 +25,7 @@ def run(tmp_path_factory, tiny_model_dir):
         train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3,
                           device="cpu"),
         lora=LoraSettings(r=2, alpha=4, dropout=0.0), audio=AudioConfig(rms_target_dbfs=-25.0),
-        decode=DecodeConfig(batch_size=8, device="cpu"))
+        decode=RUN_DECODE)
     record = run_experiment(config, progress=False)
     return folder / "run", data, record
 
@@ -36,7 +40,7 @@ def test_a_runs_adapter_is_scored_under_the_runs_model_audio_and_decode(run, tmp
     tuned = record.tuned["main"].contract
     assert summary["contract"]["audio"] == tuned["audio"] and summary["contract"]["audio"]["rms_target_dbfs"] == -25.0
     assert summary["contract"]["model_sha256"] == tuned["model_sha256"]  # the run's base model, not the default
-    assert summary["contract"]["decode"] == tuned["decode"]
+    assert summary["contract"]["decode"] == tuned["decode"] == RUN_DECODE.result_dict() != DecodeConfig().result_dict()
     if adapter in ("adapter", "."):  # the selected adapter: the very texts of the run's tuned score
         assert summary["contract"] == tuned
         ours = [json.loads(line)["hyp"] for line in (out / "transcripts.jsonl").read_text().splitlines()]

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moonlora.configs import ExperimentConfig
+from moonlora.errors import MoonloraError
 from moonlora.runfolder import (ADAPTER_DIR, CANDIDATE_ADAPTER_DIRS, CONFIG_FILE, METRICS_FILE, RunRecordError,
                                 read_config_dict)
 
 ADAPTER_CONFIG = "adapter_config.json"  # what PEFT's save_pretrained writes into every adapter folder
 
 
-class AdapterError(ValueError):
+class AdapterError(MoonloraError, ValueError):
     """A path that names neither a run nor an adapter folder (one line, naming it)."""
 
 

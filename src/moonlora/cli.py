@@ -9,37 +9,46 @@ README's commands table, rendered by `commands_markdown`) comes from the config 
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import shlex
 import signal
 import sys
 import threading
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
 from moonlora import markdown
-from moonlora.data.audio import AudioConfig, AudioError
+from moonlora.data.audio import AudioConfig
 from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
 from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, DecodeConfig, DemoConfig,
                               ExperimentConfig, ExportConfig, SynthConfig, TranscribeConfig, default_of, flag_default,
                               flag_type, parse_targets)
-from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP, CompareError
-from moonlora.eval.contract import ContractMismatch
+from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP
 from moonlora.verdict.decide import DecideConfig
 from moonlora.data.diagnose import DiagnoseConfig
-from moonlora.errors import ModelSourceError
-from moonlora.data.manifest import ManifestError
-from moonlora.outputs import OutputError, OutputExists, check_output_file, write_json
-from moonlora.runfolder import RunLocked, RunRecordError, is_main_process
+from moonlora.errors import MoonloraError, one_line
+from moonlora.outputs import check_output_file, write_json
+from moonlora.runfolder import CONFIG_FILE, METRICS_FILE, is_main_process, latest_checkpoint_step
 from moonlora.sweep import AXES, RUN_CONTROL, GridFile, SweepConfig, load_grid, run_sweep, verdict_table
 from moonlora.sweep import check_output as check_sweep_output
 from moonlora.data.synth.build import build_domain
 from moonlora.data.synth.domains import DOMAINS
 from moonlora.train.output_dir import validate_run_dir
 
-# Errors that come from what the user passed: one line, exit code 2, no traceback.
-USER_ERRORS = (ManifestError, ModelSourceError, AudioError, ContractMismatch, OutputExists, OutputError,
-               RunRecordError, RunLocked, CompareError, FileExistsError, FileNotFoundError, ValueError)
+# Errors that come from what the user passed (moonlora.errors): one line, exit code 2, no traceback.
+# Anything else is a bug in moonlora: its traceback, one line saying so, exit code BUG_EXIT.
+USER_ERRORS = (MoonloraError,)
+# What the machine refuses (permissions, a read-only or full disk, a path through a file) is no bug either:
+# one line naming the file, with what to check.
+ENVIRONMENT_ERRNOS = {
+    errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+    errno.EROFS: "the file system is read-only", errno.ENOSPC: "free some disk space", errno.EDQUOT: "over quota",
+    errno.ENOTDIR: "a part of the path is a file", errno.EISDIR: "it is a folder, not a file",
+    errno.ENAMETOOLONG: "shorten the path", errno.ELOOP: "the path's symlinks loop",
+}
+BUG_EXIT = 70  # sysexits' EX_SOFTWARE
 
 EXIT_CODES = (
     (0, "success"),
@@ -47,6 +56,7 @@ EXIT_CODES = (
         "`diagnose`: a manifest could not be loaded"),
     (2, "a user error (bad value, missing or unreadable input, an output that would replace earlier results): "
         "one line on stderr"),
+    (BUG_EXIT, "a bug in moonlora: the traceback, then one line saying so and where the run's log is"),
     (130, "interrupted (Ctrl-C or SIGTERM): one line on stderr; an experiment resumes with --resume"),
 )
 
@@ -195,11 +205,21 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     try:
         metrics = run_experiment(config, progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"moonlora: interrupted; a checkpoint is in {args.output_dir}: rerun with --resume", file=sys.stderr)
+        print(interrupted_run_line(Path(args.output_dir)), file=sys.stderr)
         return 130
     if is_main_process():  # other ranks of a multi-process run stay quiet
         print_experiment(metrics)
     return 0
+
+
+def interrupted_run_line(run_dir: Path) -> str:
+    """What an interrupted experiment left: a checkpoint to resume from, a run that resumes from step 0, or nothing."""
+    if latest_checkpoint_step(run_dir) is not None:
+        return f"moonlora: interrupted; a checkpoint is in {run_dir}: rerun with --resume"
+    if (run_dir / METRICS_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
+        return (f"moonlora: interrupted before the first checkpoint; rerun with --resume to continue the run in "
+                f"{run_dir} (training starts at step 0)")
+    return "moonlora: interrupted before the run folder was written; nothing to resume"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -209,6 +229,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                    overwrite=args.overwrite)
     check_sweep_output(config)  # refused before the model stack loads (run_sweep checks again)
     quiet_model_logs(args)
+    from moonlora.train.experiment import check_run_settings
+
+    check_run_settings(config.base)  # device and export, before any run: the axes vary neither
     try:
         result = run_sweep(config, progress=not args.quiet, command=shlex.join(["moonlora", *args.argv]))
     except KeyboardInterrupt:
@@ -426,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "versions.", cmd_export)
     export.add_argument("source", metavar="RUN_OR_ADAPTER",
                         help="a finished run's adapter (RUN, RUN/adapter, RUN/adapter-best or RUN/adapter-last: on "
-                             "the run's own base model), or a plain adapter folder")
+                             "the run's own base model), a run whose training finished and whose --export failed "
+                             "(the export is finished here, without retraining), or a plain adapter folder")
     export.add_argument("--out", required=True, help="a new folder for the exported model")
     export_defaults = ExportConfig()
     export.add_argument("--format", default=export_defaults.format, choices=list(ExportConfig.formats),
@@ -643,8 +667,32 @@ def _interrupt_on_sigterm():
     return signal.SIG_DFL if previous is None else previous
 
 
+def run_log(args: argparse.Namespace | None) -> Path | None:
+    """The file that keeps the failed run's record (experiment: the run record; sweep: sweep.json), if written."""
+    for folder in (getattr(args, "output_dir", None), getattr(args, "out", None)):
+        for name in (METRICS_FILE, "sweep.json"):
+            if folder and (Path(folder) / name).is_file():
+                return Path(folder) / name
+    return None
+
+
+def bug_line(error: BaseException, args: argparse.Namespace | None) -> str:
+    """The line after a bug's traceback: what happened, that it is moonlora's fault, where the log is."""
+    log = run_log(args)
+    where = f"the run's log (with this traceback) is {log}" if log else "no run log was written"
+    return (f"moonlora: bug: {type(error).__name__}: {one_line(error)} — this is a bug in moonlora, not in your "
+            f"input; please report it with the traceback above; {where}")
+
+
+def bug(error: BaseException, args: argparse.Namespace | None) -> int:
+    traceback.print_exc()
+    print(bug_line(error, args), file=sys.stderr)
+    return BUG_EXIT
+
+
 def main(argv: list[str] | None = None) -> int:
     previous = _interrupt_on_sigterm()
+    args = None
     try:
         argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)
@@ -652,11 +700,19 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = list(argv)
         return args.handler(args)
     except USER_ERRORS as error:
-        print(f"moonlora: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
+        print(f"moonlora: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("moonlora: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            return bug(error, args)
+        print(f"moonlora: error: {error.filename or 'a file'}: {error.strerror} ({ENVIRONMENT_ERRNOS[error.errno]})",
+              file=sys.stderr)
+        return 2
+    except Exception as error:  # not moonlora's own error type: a bug, keep the traceback
+        return bug(error, args)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -16,6 +16,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
 
+from moonlora.errors import ConfigError
+
 SAMPLE_RATE = 16_000  # Moonshine's only input rate
 PIPELINE_VERSION = "1"  # bump when load_audio changes what it returns
 
@@ -25,6 +27,10 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")  # moonlora.model.device.DTYPES
 ENCODER_MODES = ("auto", "per-clip", "batched")  # DecodeConfig.encoder
 # The experiment plan's targets: attention projections and MLPs of every encoder/decoder layer.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+
+
+class UnreadableConfig(ConfigError, TypeError):
+    """A saved config whose fields are not this moonlora's (another tool's file, or another version's)."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,9 @@ class AudioConfig:
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"Moonshine needs {SAMPLE_RATE} Hz input, got sample_rate={self.sample_rate}")
+            raise ConfigError(f"Moonshine needs {SAMPLE_RATE} Hz input, got sample_rate={self.sample_rate}")
         if self.rms_target_dbfs is not None and not -60.0 <= self.rms_target_dbfs <= 0.0:
-            raise ValueError(f"rms_target_dbfs must lie in [-60, 0] dBFS, got {self.rms_target_dbfs}")
+            raise ConfigError(f"rms_target_dbfs must lie in [-60, 0] dBFS, got {self.rms_target_dbfs}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "pipeline_version": PIPELINE_VERSION}
@@ -70,17 +76,17 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.tokens_per_second > 0 or self.extra_tokens < 1:
-            raise ValueError("tokens_per_second must be > 0 and extra_tokens >= 1")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.tokens_per_second > 0 and math.isfinite(self.tokens_per_second)) or self.extra_tokens < 1:
+            raise ConfigError("tokens_per_second must be > 0 and extra_tokens >= 1")
         if self.dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if not _device_name(self.device):
-            raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+            raise ConfigError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.encoder not in ENCODER_MODES:
-            raise ValueError(f"encoder must be one of {', '.join(ENCODER_MODES)}, got {self.encoder!r}")
+            raise ConfigError(f"encoder must be one of {', '.join(ENCODER_MODES)}, got {self.encoder!r}")
 
     def token_cap(self, seconds: float) -> int:
         return math.ceil(self.tokens_per_second * seconds) + self.extra_tokens
@@ -115,11 +121,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = {
             "--max-steps must be >= 1": self.max_steps >= 1,
-            "--learning-rate must be > 0": self.learning_rate > 0,
+            "--learning-rate must be a finite number > 0": self.learning_rate > 0 and math.isfinite(self.learning_rate),
             "--batch-size must be >= 1": self.batch_size >= 1,
             "--grad-accum must be >= 1": self.grad_accum >= 1,
             "--warmup-steps must be in [0, max-steps)": 0 <= self.warmup_steps < max(self.max_steps, 1),
             "--eval-interval must be >= 1": self.eval_interval >= 1,
+            "--seed must be >= 0": self.seed >= 0,
+            "weight_decay must be a finite number >= 0": _at_least(self.weight_decay, 0.0),
+            "max_grad_norm must be a finite number > 0": self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm),
             "--replay-ratio must be in [0, 1)": 0.0 <= self.replay_ratio < 1.0,
             "mixed_precision must be auto, no or bf16": self.mixed_precision in ("auto", "no", "bf16"),
             "gradient_checkpointing must be auto, on or off": self.gradient_checkpointing in ("auto", "on", "off"),
@@ -128,7 +137,7 @@ class TrainConfig:
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
-            raise ValueError("; ".join(failed))
+            raise ConfigError("; ".join(failed))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,13 +154,15 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if self.r < 1:
-            raise ValueError(f"--lora-r must be >= 1, got {self.r}")
+            raise ConfigError(f"--lora-r must be >= 1, got {self.r}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ConfigError(f"--lora-alpha must be a finite number > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
-            raise ValueError("--target-modules needs at least one module name")
+            raise ConfigError("--target-modules needs at least one module name")
         if len(self.target_modules) > 1 and set(self.target_modules) & set(self.presets):
-            raise ValueError(f"--target-modules: a preset ({', '.join(self.presets)}) stands alone, "
+            raise ConfigError(f"--target-modules: a preset ({', '.join(self.presets)}) stands alone, "
                              f"got {','.join(self.target_modules)}")
 
     def to_dict(self) -> dict:
@@ -187,34 +198,54 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ValueError(f"--max-seconds must be > 0, got {self.max_seconds}")
-        if self.wer_stop_threshold is not None and self.wer_stop_threshold <= 0:
-            raise ValueError(f"--wer-stop-threshold must be > 0, got {self.wer_stop_threshold}")
+            raise ConfigError(f"--max-seconds must be > 0, got {self.max_seconds}")
+        if self.wer_stop_threshold is not None and not (self.wer_stop_threshold > 0
+                                                        and math.isfinite(self.wer_stop_threshold)):
+            raise ConfigError(f"--wer-stop-threshold must be a finite number > 0, got {self.wer_stop_threshold}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        for flag, margin in (("--canary-margin", self.canary_margin), ("--export-margin", self.export_margin)):
+            if not _at_least(margin, 0.0):
+                raise ConfigError(f"{flag} is an absolute WER difference, a finite number >= 0 (0.02 = 2 WER "
+                                  f"points), got {margin}")
+        if self.bootstrap_resamples < 1:
+            raise ConfigError(f"bootstrap_resamples must be >= 1, got {self.bootstrap_resamples}")
         if self.train.replay_ratio > 0 and not self.replay_manifest:
-            raise ValueError("--replay-ratio needs --replay-manifest")
+            raise ConfigError("--replay-ratio needs --replay-manifest")
         if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other")
+            raise ConfigError("--resume and --overwrite exclude each other")
         if self.export not in (None, "ort"):
-            raise ValueError(f"--export must be ort, got {self.export!r}")
+            raise ConfigError(f"--export must be ort, got {self.export!r}")
+        if self.export and self.decode.num_beams != 1:
+            raise ConfigError(f"--export {self.export} scores the export with onnxruntime, which decodes greedily: "
+                              f"use --num-beams 1 (got {self.decode.num_beams}), or drop --export and run "
+                              "moonlora export after the run")
         if self.select not in ("best", "last"):
-            raise ValueError(f"--select must be best or last, got {self.select!r}")
+            raise ConfigError(f"--select must be best or last, got {self.select!r}")
         if self.min_val_clips < 1:
-            raise ValueError(f"--min-val-clips must be >= 1, got {self.min_val_clips}")
+            raise ConfigError(f"--min-val-clips must be >= 1, got {self.min_val_clips}")
         if (self.train.device, self.train.dtype) != (self.decode.device, self.decode.dtype):
-            raise ValueError(f"train and decode must name one device and dtype (one model trains and decodes), got "
+            raise ConfigError(f"train and decode must name one device and dtype (one model trains and decodes), got "
                              f"train {self.train.device}/{self.train.dtype}, decode {self.decode.device}/{self.decode.dtype}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ExperimentConfig:
-        """The config back from `to_dict()` output (e.g. a saved experiment_config.json)."""
+    def from_dict(cls, data: dict, source: str = "experiment config") -> ExperimentConfig:
+        """The config back from `to_dict()` output (e.g. a saved experiment_config.json); one that is not
+        (another tool's, or an older moonlora's with other fields) is a ConfigError naming `source`."""
         nested = {"train": TrainConfig, "lora": LoraSettings, "audio": AudioConfig, "decode": DecodeConfig}
         data = _train_device_from_decode(data)
-        values = {key: _typed(nested[key], value) if key in nested and isinstance(value, dict) else value
-                  for key, value in data.items()}
-        return _typed(cls, values)
+        try:
+            values = {key: _typed(nested[key], value) if key in nested and isinstance(value, dict) else value
+                      for key, value in data.items()}
+            return _typed(cls, values)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+        except (TypeError, AttributeError, ValueError) as error:
+            raise UnreadableConfig(f"{source}: not an experiment config this moonlora can read ({error}); written "
+                                   "by another tool or another moonlora version") from None
 
     @classmethod
     def from_flags(cls, values: dict) -> ExperimentConfig:
@@ -340,11 +371,11 @@ def _by_path(values: dict) -> dict:
     for key, value in values.items():
         name = FLAG_ALIASES.get(key, key)
         if name not in EXPERIMENT_FLAGS:
-            raise ValueError(f"{key.replace('_', '-')}: not an experiment setting")
+            raise ConfigError(f"{key.replace('_', '-')}: not an experiment setting")
         try:
             typed = flag_value(name, value)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{name.replace('_', '-')} = {value!r}: {error}") from None
+            raise ConfigError(f"{name.replace('_', '-')} = {value!r}: {error}") from None
         by_path.update(dict.fromkeys(flag_paths(name), typed))
     return by_path
 
@@ -410,12 +441,27 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if not self.seeds:
-            raise ValueError("--seeds needs at least one seed")
+            raise ConfigError("--seeds needs at least one seed")
+        repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        if repeated:
+            raise ConfigError(f"--seeds: {', '.join(map(str, repeated))} given twice; each seed is one run, "
+                              "give each once")
+        if self.max_steps < 1:
+            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
+        try:
+            DecodeConfig(device=self.device)
+        except ConfigError as error:
+            raise ConfigError(f"--device: {error}") from None
 
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
             return Path(self.output_dir)
         return Path("outputs") / f"demo-{_stamp()}"
+
+
+def _at_least(value: float, low: float) -> bool:
+    """A finite number >= low (NaN and infinity are not)."""
+    return math.isfinite(value) and value >= low
 
 
 @dataclass(frozen=True)

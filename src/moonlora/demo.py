@@ -58,9 +58,24 @@ def experiment_config(config: DemoConfig, data: Path, canary: Path, run_dir: Pat
     )
 
 
+def check_settings(config: DemoConfig, out_dir: Path) -> None:
+    """Every run's settings and the device, before any data is synthesized: the experiment configs are built
+    (and so validated) with the paths they will get."""
+    for seed in config.seeds:
+        experiment_config(config, out_dir / "atc", out_dir / "canary" / "canary.jsonl", run_dir(out_dir, seed), seed)
+    from moonlora.model.device import check_device
+
+    check_device(config.device)
+
+
+def run_dir(out_dir: Path, seed: int) -> Path:
+    return out_dir / "runs" / f"atc-seed{seed}"
+
+
 def run_demo(config: DemoConfig, progress: bool = True) -> DemoResult:
     started = time.perf_counter()
     out_dir = check_output(config)  # before torch loads
+    check_settings(config, out_dir)
     claim_output_dir(out_dir, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite, require_empty=True)
     from moonlora.verdict.decide import decide
     from moonlora.train.experiment import run_experiment
@@ -70,9 +85,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> DemoResult:
     domain = build_domain("atc", n=config.domain_clips, seed=0, out_dir=out_dir / "atc", progress=progress)
     beckett = {"audio_filepath": str(bundled.beckett_wav_path()), "text": bundled.BECKETT_TEXT, "speaker": "beckett"}
     canary = build_canary(out_dir / "canary", [beckett], sentences=config.canary_sentences, seed=0, progress=progress)
-    run_dirs = [out_dir / "runs" / f"atc-seed{seed}" for seed in config.seeds]
-    runs = [run_experiment(experiment_config(config, domain.out_dir, canary, run_dir, seed), progress=progress)
-            for seed, run_dir in zip(config.seeds, run_dirs)]
+    run_dirs = [run_dir(out_dir, seed) for seed in config.seeds]
+    runs = [run_experiment(experiment_config(config, domain.out_dir, canary, folder, seed), progress=progress)
+            for seed, folder in zip(config.seeds, run_dirs)]
     decision = decide(run_dirs)
     write_json(out_dir / "decision.json", decision.to_dict(), command=OUTPUT_KIND)
     markdown, html = out_dir / "training_report.md", out_dir / "report.html"

@@ -1,10 +1,44 @@
-"""Errors that come from what the user passed; the CLI prints them as one line (exit code 2).
+"""moonlora's own error types: what the user can fix, said in one line.
 
-Torch-free, so the CLI can name them without loading the model stack.
+The CLI prints a `MoonloraError` as one line on stderr and exits 2; any other exception is a bug
+in moonlora and keeps its traceback (`moonlora.cli.main`). So raise one of these, with a message
+that names the flag or file and says what to do, wherever the user's input, files or tools are at
+fault — never a bare ValueError or FileNotFoundError.
+
+Torch-free (stdlib only), so the CLI can name them without loading the model stack.
 """
 
 from __future__ import annotations
 
 
-class ModelSourceError(RuntimeError):
+class MoonloraError(Exception):
+    """An error the user can fix; the message names the flag, file or tool and says what to do."""
+
+
+class InputError(MoonloraError, ValueError):
+    """A flag value, setting or input file that cannot be used."""
+
+
+class ConfigError(InputError):
+    """A setting out of its range, or settings that exclude each other (the config dataclasses' checks)."""
+
+
+class MissingInput(MoonloraError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class ModelSourceError(MoonloraError, RuntimeError):
     """A --model or --adapter value that cannot be loaded; the message says what to do."""
+
+
+class DeviceError(InputError):
+    """A --device this machine does not have."""
+
+
+class ToolError(MoonloraError, RuntimeError):
+    """An outside tool (eSpeak NG, torch.onnx, onnxruntime) failed; the message names the tool."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line."""
+    return " ".join(str(error).splitlines()) or type(error).__name__

@@ -32,6 +32,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from moonlora.errors import MoonloraError
+
 MARKER = ".moonlora-output.json"
 SIGNATURE = "written by moonlora"  # opens every single file we write, followed by the command's name
 SIGNATURE_WINDOW = 1024
@@ -41,11 +43,11 @@ SIGNED_OPENINGS = (re.compile(rb"<!-- " + SIGNATURE.encode() + rb" " + COMMAND_N
 PROBE_PREFIX = ".moonlora-probe-"
 
 
-class OutputExists(FileExistsError):
+class OutputExists(MoonloraError, FileExistsError):
     """An output would replace earlier results."""
 
 
-class OutputError(ValueError):
+class OutputError(MoonloraError, ValueError):
     """An output path cannot be used or written (wrong kind, unwritable, disk full)."""
 
 

@@ -37,6 +37,7 @@ from moonlora.configs import ExperimentConfig
 from moonlora.data.manifest import file_sha256
 from moonlora.outputs import OutputError, write_json
 from moonlora.schema import SchemaError, list_of, mapping_of, reader, typed
+from moonlora.errors import MissingInput, MoonloraError
 
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (2, 3)  # 2: the same record with its config, data, lora, checklist and export parity untyped
@@ -69,15 +70,15 @@ TRANSCRIPTS_FILE = "transcripts.jsonl"  # one JSON row per clip
 SUMMARY_FILE = "summary.json"  # the corpus scores and the eval contract
 
 
-class RunRecordError(ValueError):
+class RunRecordError(MoonloraError, ValueError):
     """A run record that cannot be read (missing, corrupt, or from another schema version)."""
 
 
-class RunLocked(RuntimeError):
+class RunLocked(MoonloraError, RuntimeError):
     """Another process holds the run folder."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MoonloraError, ValueError):
     """No usable checkpoint where one is needed."""
 
 
@@ -417,6 +418,8 @@ def read_config_dict(run_dir: str | Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise RunRecordError(f"{path}: unreadable run config ({error})") from None
+    if not isinstance(config, dict):
+        raise RunRecordError(f"{path}: not a run config (a JSON object), but a {type(config).__name__}")
     config.pop("written_by", None)
     return config
 
@@ -771,7 +774,7 @@ def discover_runs(runs_dir: str | Path) -> tuple[list[FoundRun], list[Unreadable
     """Readable runs sorted by start time then id, and the unreadable folders with reasons."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise FileNotFoundError(f"{runs_dir}: no such folder")
+        raise MissingInput(f"{runs_dir}: no such folder")
     runs, unreadable = [], []
     for folder in candidate_dirs(runs_dir):
         run_id = folder.name if folder == runs_dir else folder.relative_to(runs_dir).as_posix()

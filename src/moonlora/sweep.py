@@ -28,6 +28,7 @@ from moonlora.configs import ExperimentConfig, flag_value
 from moonlora.outputs import OutputExists, check_output_dir, claim_output_dir, write_json
 from moonlora.runfolder import METRICS_FILE, RUN_CONTROL_FIELDS, RunRecord, RunRecordError, read_record, run_state
 from moonlora.schema import SchemaError, list_of, reader, typed
+from moonlora.errors import MissingInput, MoonloraError
 
 OUTPUT_KIND = "sweep"
 SWEEP_FILE = "sweep.json"
@@ -66,7 +67,7 @@ RUN_CONTROL = ("output_dir", *RUN_CONTROL_FIELDS)  # set per run by the sweep, n
 REQUIRED = ("dataset_path", "manifest_path")  # experiment flags without a default
 
 
-class SweepError(ValueError):
+class SweepError(MoonloraError, ValueError):
     """A grid file or sweep folder that cannot be used (one line, naming the file)."""
 
 
@@ -216,7 +217,7 @@ def check_output(config: SweepConfig) -> Path:
     sweep_file = folder / SWEEP_FILE
     if config.resume:
         if not sweep_file.is_file():
-            raise FileNotFoundError(f"--output-dir {folder}: holds no {SWEEP_FILE}; drop --resume to start a sweep")
+            raise MissingInput(f"--output-dir {folder}: holds no {SWEEP_FILE}; drop --resume to start a sweep")
         saved = read_sweep(folder).config
         current = config.to_dict()
         differing = [key for key in ("base", "axes") if json.loads(json.dumps(saved.get(key))) !=

@@ -14,9 +14,10 @@ import soundfile as sf
 import soxr
 
 from moonlora.configs import PIPELINE_VERSION, SAMPLE_RATE, AudioConfig  # noqa: F401  (read here by the pipeline's users)
+from moonlora.errors import MoonloraError
 
 
-class AudioError(ValueError):
+class AudioError(MoonloraError, ValueError):
     """A file that cannot be turned into a waveform (missing, unreadable, empty)."""
 
 

@@ -28,6 +28,7 @@ from moonlora.data.audio import SAMPLE_RATE, AudioError, load_audio
 from moonlora.data.manifest import SkippedRow, Utterance, load_manifest, write_manifest
 from moonlora.outputs import claim_output_dir
 from moonlora.progress import progress_bar
+from moonlora.errors import InputError
 
 # name -> (low Hz, high Hz, soft-clip drive or None)
 BANDS: dict[str, tuple[float, float, float | None]] = {
@@ -59,17 +60,17 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if not str(self.manifest).strip() or not str(self.out_dir).strip():
-            raise ValueError("manifest and out_dir must both be given")
+            raise InputError("manifest and out_dir must both be given")
         if self.noise_snr_db is None and self.band is None and self.speed is None:
-            raise ValueError("nothing to do: give at least one of noise_snr_db, band, speed")
+            raise InputError("nothing to do: give at least one of noise_snr_db, band, speed")
         _check_snr(self.noise_snr_db)
         _check_speed(self.speed)
         if self.band is not None and self.band not in BANDS:
-            raise ValueError(f"unknown band {self.band!r}; known: {', '.join(BANDS)}")
+            raise InputError(f"unknown band {self.band!r}; known: {', '.join(BANDS)}")
         if self.noise_color not in NOISE_COLORS:
-            raise ValueError(f"unknown noise_color {self.noise_color!r}; known: {', '.join(NOISE_COLORS)}")
+            raise InputError(f"unknown noise_color {self.noise_color!r}; known: {', '.join(NOISE_COLORS)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
 
     def to_dict(self) -> dict:
         row = asdict(self)
@@ -82,7 +83,7 @@ def _check_snr(snr_db: float | None) -> None:
         return
     low, high = SNR_RANGE_DB
     if isinstance(snr_db, bool) or not isinstance(snr_db, (int, float)) or not low <= snr_db <= high:
-        raise ValueError(f"noise_snr_db must be a number in [{low:g}, {high:g}] dB, got {snr_db!r}")
+        raise InputError(f"noise_snr_db must be a number in [{low:g}, {high:g}] dB, got {snr_db!r}")
 
 
 def _check_speed(speed: float | None) -> None:
@@ -90,9 +91,9 @@ def _check_speed(speed: float | None) -> None:
         return
     low, high = SPEED_RANGE
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not low < speed < high:
-        raise ValueError(f"speed must be a number strictly between {low:g} and {high:g}, got {speed!r}")
+        raise InputError(f"speed must be a number strictly between {low:g} and {high:g}, got {speed!r}")
     if speed == 1.0:
-        raise ValueError("speed 1.0 changes nothing; leave speed out instead")
+        raise InputError("speed 1.0 changes nothing; leave speed out instead")
 
 
 @dataclass
@@ -206,10 +207,10 @@ def _prepare_out_dir(out_dir: Path, manifest_path: Path, utterances: list[Uttera
     """
     clips_dir = out_dir / "clips"
     if (out_dir / MANIFEST_NAME).resolve() == manifest_path.resolve():
-        raise ValueError(f"--out {out_dir}: output manifest would replace the input manifest {manifest_path}")
+        raise InputError(f"--out {out_dir}: output manifest would replace the input manifest {manifest_path}")
     for utterance in utterances:
         if utterance.audio_filepath.resolve().is_relative_to(clips_dir.resolve()):  # --overwrite would remove it
-            raise ValueError(
+            raise InputError(
                 f"--out {out_dir}: its clips/ folder holds original audio ({utterance.audio_filepath}); "
                 "choose another --out so originals are never touched"
             )

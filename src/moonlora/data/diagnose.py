@@ -19,6 +19,7 @@ from moonlora.data.leakage import Leak, find_leaks
 from moonlora.data.manifest import Manifest, ManifestError, Utterance, load_manifest
 from moonlora.data.splits import split_train_val
 from moonlora.data.text import normalize
+from moonlora.errors import InputError
 
 SHORT_SECONDS = 1.0  # Moonshine hallucinates on clips shorter than this ...
 LONG_SECONDS = 30.0  # ... and longer than this
@@ -40,17 +41,17 @@ class DiagnoseConfig:
         object.__setattr__(self, "manifests", tuple(str(m) for m in self.manifests))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         if not self.manifests:
-            raise ValueError("give at least one manifest")
+            raise InputError("give at least one manifest")
         if not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
-            raise ValueError(f"max_seconds must be a positive number, got {self.max_seconds}")
+            raise InputError(f"max_seconds must be a positive number, got {self.max_seconds}")
         if not self.thresholds:
-            raise ValueError("give at least one duration threshold")
+            raise InputError("give at least one duration threshold")
         if any(not (math.isfinite(t) and t > 0) for t in self.thresholds):
-            raise ValueError(f"thresholds must be positive numbers, got {list(self.thresholds)}")
+            raise InputError(f"thresholds must be positive numbers, got {list(self.thresholds)}")
         if any(a >= b for a, b in zip(self.thresholds, self.thresholds[1:])):
-            raise ValueError(f"thresholds must be strictly increasing, got {list(self.thresholds)}")
+            raise InputError(f"thresholds must be strictly increasing, got {list(self.thresholds)}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+            raise InputError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from moonlora.data.audio import AudioError, header_duration
 from moonlora.data.text import has_words, normalize
+from moonlora.errors import MoonloraError
 
 AUDIO_KEYS = ("audio_filepath", "audio", "path", "wav", "audio_path")
 TEXT_KEYS = ("text", "transcript", "transcription", "sentence")
@@ -21,7 +22,7 @@ DURATION_KEYS = ("duration", "seconds")
 SPEAKER_KEYS = ("speaker", "speaker_id")
 
 
-class ManifestError(ValueError):
+class ManifestError(MoonloraError, ValueError):
     """The manifest as a whole cannot be used (missing file, no usable row)."""
 
 

@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 
 from moonlora.data.manifest import Utterance
+from moonlora.errors import InputError
 
 MIN_SPEAKERS = 3
 MIN_CLIPS = 10
@@ -38,7 +39,7 @@ class Split:
 def split_train_val(utterances: list[Utterance], val_fraction: float = 0.2, seed: int = 42) -> Split:
     """Split clips into train and val; the same input and seed give the same split."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+        raise InputError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
     utterances = list(utterances)
     n = len(utterances)
     speakers = sorted({u.speaker for u in utterances if u.speaker is not None})

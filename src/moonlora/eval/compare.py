@@ -36,6 +36,7 @@ from moonlora.markdown import ci_cell, short
 from moonlora.runfolder import SUMMARY_FILE as SUMMARY
 from moonlora.runfolder import TRANSCRIPTS_FILE as TRANSCRIPTS
 from moonlora.runfolder import read_numbered_transcripts
+from moonlora.errors import MoonloraError
 TEXT_FIELDS = ("utt_id", "audio_filepath", "ref", "hyp", "hyp_norm")
 COUNT_FIELDS = ("ref_words", "substitutions", "deletions", "insertions")
 DEFAULT_MARGIN = 0.005  # 0.5 WER points
@@ -44,7 +45,7 @@ BOOTSTRAP_SEED, CONFIDENCE = 0, 0.95
 WRITTEN_BY = "pass a folder written by moonlora transcribe --output-dir"
 
 
-class CompareError(ValueError):
+class CompareError(MoonloraError, ValueError):
     """A folder that is not a readable scored output, or two folders that scored different manifests."""
 
 

@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, fields
 from moonlora.data.audio import AudioConfig
 from moonlora.configs import DecodeConfig
 from moonlora.data.text import normalizer_id
+from moonlora.errors import MoonloraError
 
 
-class ContractMismatch(ValueError):
+class ContractMismatch(MoonloraError, ValueError):
     """Two results measured under different protocols."""
 
 

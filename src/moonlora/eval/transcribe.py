@@ -18,6 +18,7 @@ from moonlora.configs import TranscribeConfig
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.runfolder import SUMMARY_FILE, TRANSCRIPTS_FILE
 from moonlora.runfolder import CONFIG_FILE as CONFIG_OF_RUN
+from moonlora.errors import InputError
 
 if TYPE_CHECKING:
     from moonlora.eval.evaluate import EvalResult
@@ -45,7 +46,7 @@ def with_run_settings(config: TranscribeConfig, given: set[str]) -> TranscribeCo
                "--dtype": (config.decode.dtype, run.decode.dtype)}
     for flag, (given_value, run_value) in current.items():
         if flag in given and given_value != run_value:
-            raise ValueError(f"{flag} {given_value} conflicts with the run this adapter comes from ({source}: "
+            raise InputError(f"{flag} {given_value} conflicts with the run this adapter comes from ({source}: "
                              f"{run_value}); drop {flag} to score the adapter under the run's own settings")
     decode = replace(config.decode, **run.decode.result_dict())
     return replace(config, adapter=str(resolved.adapter_dir), model=run.model,

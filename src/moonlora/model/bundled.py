@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from moonlora.errors import MoonloraError
+
 BUNDLED_PACKAGE = "moonshine_cpp"
 BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
 
 
-class BundledModelMissing(RuntimeError):
+class BundledModelMissing(MoonloraError, RuntimeError):
     """The moonshine-cpp wheel is not installed (it exists for Linux x86_64 only)."""
 
 

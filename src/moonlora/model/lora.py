@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from moonlora.configs import DEFAULT_TARGETS, LoraSettings
+from moonlora.errors import InputError
 
 # `--target-modules` presets. "decoder" leaves the encoder without a trainable weight, so training
 # encodes each clip once per run and trains the decoder alone (train.EncoderCache). PEFT matches a
@@ -40,7 +41,7 @@ def attach_lora(model: torch.nn.Module, settings: LoraSettings, seed: int) -> to
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return get_peft_model(model, peft_config(settings))
     except ValueError as error:
-        raise ValueError(f"--target-modules {','.join(settings.target_modules)}: {error}") from None
+        raise InputError(f"--target-modules {','.join(settings.target_modules)}: {error}") from None
 
 
 def trainable_summary(model: torch.nn.Module) -> dict:

@@ -29,10 +29,10 @@ from pathlib import Path
 
 from moonlora.adapters import ADAPTER_CONFIG, AdapterError, ResolvedAdapter, resolve_adapter
 from moonlora.configs import DEFAULT_MODEL, ExportConfig
-from moonlora.errors import ModelSourceError
+from moonlora.errors import ModelSourceError, MoonloraError
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.provenance import provenance
-from moonlora.runfolder import RunRecord, RunRecordError, read_record
+from moonlora.runfolder import RunRecord, RunRecordError, read_record, run_state
 
 EXPORT_KIND = "export"
 MANIFEST_NAME = "manifest.json"
@@ -44,7 +44,7 @@ ENTRIES = {"hf": HF_ENTRIES, "ort": ORT_ENTRIES, "both": ("hf", "ort")}
 KNOWN_ENTRIES = tuple(dict.fromkeys(name for names in ENTRIES.values() for name in names))  # any format's
 
 
-class ExportError(ValueError):
+class ExportError(MoonloraError, ValueError):
     """What to export cannot be found or used."""
 
 
@@ -71,6 +71,12 @@ class ExportResult:
     manifests: dict  # format -> manifest
 
 
+def export_failed(record: RunRecord, run_dir: Path) -> bool:
+    """The run trained, chose and scored its adapter, then ended in its export phase (`experiment --export`):
+    `moonlora export` finishes the export without retraining (the run's record keeps its status)."""
+    return record.phase == "export" and run_state(record, run_dir) in ("failed", "interrupted", "died")
+
+
 def resolve_source(source: str | Path, model: str | None) -> ExportSource:
     """A finished run's adapter (RUN, RUN/adapter, RUN/adapter-best, RUN/adapter-last) on the run's own
     base model, or a plain adapter folder on --model."""
@@ -84,9 +90,10 @@ def resolve_source(source: str | Path, model: str | None) -> ExportSource:
         record = read_record(adapter.run_dir)
     except RunRecordError as error:
         raise ExportError(str(error)) from None
-    if not record.finished:
-        raise ExportError(f"{adapter.run_dir}: the run is {record.status} at {record.phase}; only a finished run has "
-                          "a chosen adapter to export (resume it first)")
+    if not (record.finished or export_failed(record, adapter.run_dir)):
+        raise ExportError(f"{adapter.run_dir}: the run is {record.status} at {record.phase}; only a finished run (or "
+                          "one whose training finished and whose export failed) has a chosen adapter to export "
+                          "(resume it first)")
     if not (adapter.adapter_dir / ADAPTER_CONFIG).is_file():
         raise ExportError(f"{adapter.adapter_dir}: no {ADAPTER_CONFIG}; the run folder has no adapter to export")
     trained_on = adapter.config.model

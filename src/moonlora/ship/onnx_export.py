@@ -35,10 +35,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from moonlora.errors import ToolError
+
 ENCODER_FILE = "encoder_model.ort"
 DECODER_FILE = "decoder_model_merged.ort"
 TOKENIZER_FILE = "tokenizer.bin"
 OPSET = 17
+
+
+@contextlib.contextmanager
+def _tool(name: str, what: str):
+    """A failure inside an outside tool becomes one line naming the tool and what it was doing (ToolError);
+    the original error stays chained for a debugger."""
+    try:
+        yield
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        raise ToolError(f"{name} failed while {what} ({type(error).__name__}: {first}); the model may not export "
+                        "through moonlora's ONNX route (route b): --format hf still writes the merged model") from error
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -185,12 +199,13 @@ def export_onnx_graphs(model: nn.Module, out_dir: Path) -> dict[str, Path]:
     encoder_path, decoder_path = out_dir / "encoder_model.onnx", out_dir / "decoder_model_merged.onnx"
     with torch.no_grad(), _traceable_rotary():
         waveform = torch.randn(1, 16000)
-        torch.onnx.export(
-            _Encoder(model), (waveform,), str(encoder_path), dynamo=False, opset_version=OPSET,
-            input_names=["input_values"], output_names=["last_hidden_state"],
-            dynamic_axes={"input_values": {0: "batch_size", 1: "num_samples"},
-                          "last_hidden_state": {0: "batch_size", 1: "encoder_sequence_length"}},
-        )
+        with _tool("torch.onnx.export", "exporting the encoder"):
+            torch.onnx.export(
+                _Encoder(model), (waveform,), str(encoder_path), dynamo=False, opset_version=OPSET,
+                input_names=["input_values"], output_names=["last_hidden_state"],
+                dynamic_axes={"input_values": {0: "batch_size", 1: "num_samples"},
+                              "last_hidden_state": {0: "batch_size", 1: "encoder_sequence_length"}},
+            )
         decoder = _MergedDecoder(model)
         layers, head_dim = decoder.num_layers, decoder.decoder.layers[0].self_attn.head_dim
         enc_len, past_len = 7, 3
@@ -210,11 +225,12 @@ def export_onnx_graphs(model: nn.Module, out_dir: Path) -> dict[str, Path]:
         for name in present_names:
             length = "total_decoder_sequence_length" if ".decoder." in name else "encoder_sequence_length_out"
             dynamic[name] = {0: "batch_size", 2: length}
-        torch.onnx.export(
-            decoder, args, str(decoder_path), dynamo=False, opset_version=OPSET,
-            input_names=["input_ids", "encoder_hidden_states", *past_names, "use_cache_branch"],
-            output_names=["logits", *present_names], dynamic_axes=dynamic,
-        )
+        with _tool("torch.onnx.export", "exporting the merged decoder"):
+            torch.onnx.export(
+                decoder, args, str(decoder_path), dynamo=False, opset_version=OPSET,
+                input_names=["input_ids", "encoder_hidden_states", *past_names, "use_cache_branch"],
+                output_names=["logits", *present_names], dynamic_axes=dynamic,
+            )
     return {"encoder": encoder_path, "decoder": decoder_path}
 
 
@@ -222,7 +238,8 @@ def quantize_int8(source: Path, target: Path) -> Path:
     """Dynamic int8 quantization of the weights (onnxruntime.quantization; needs `onnx`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    with _tool("onnxruntime.quantization.quantize_dynamic", f"quantizing {source.name} to int8"):
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
     return target
 
 
@@ -233,8 +250,9 @@ def convert_to_ort(onnx_dir: Path, out_dir: Path) -> None:
                "--optimization_style", "Fixed"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"convert_onnx_models_to_ort failed ({done.returncode}):\n{tail}")
+        last = ((done.stdout + done.stderr).strip().splitlines() or ["no output"])[-1][:300]
+        raise ToolError(f"onnxruntime.tools.convert_onnx_models_to_ort failed (exit code {done.returncode}: {last}); "
+                        "the ONNX graphs could not become .ort files: --format hf still writes the merged model")
 
 
 def export_onnx(model: nn.Module, out_dir: str | Path, quantize: bool = True,
@@ -267,7 +285,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, quantize: bool = True,
     shutil.copy2(source, out_dir / TOKENIZER_FILE)
     for name in (ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE):
         if not (out_dir / name).is_file():
-            raise RuntimeError(f"export_onnx: {out_dir / name} was not written")
+            raise ToolError(f"onnxruntime.tools.convert_onnx_models_to_ort: {out_dir / name} was not written")
     return {
         "folder": str(out_dir),
         "encoder": str(out_dir / ENCODER_FILE),

@@ -59,12 +59,17 @@ import onnxruntime.tools.ort_format_model  # noqa: F401  (puts ort_flatbuffers_p
 import torch
 from ort_flatbuffers_py import fbs
 
+from moonlora.errors import InputError, ToolError
 from moonlora.model import bundled
 from moonlora.model.convert import OrtGraph, OrtScope, moonshine_base_config, ort_weight_sources
 
 ENCODER_FILE = "encoder_model.ort"
 DECODER_FILE = "decoder_model_merged.ort"
 TOKENIZER_FILE = "tokenizer.bin"
+class GraphPatchError(ToolError, ValueError):
+    """The bundled graphs are not what route (a) patches, or the weights do not fit them (one line, naming the graph)."""
+
+
 ROUTE_A_ERROR = "route (a) needs the bundled base-en graphs"
 
 _INT8 = fbs.TensorDataType.TensorDataType.INT8
@@ -117,12 +122,12 @@ def _blob(tensor: fbs.Tensor.Tensor, path: Path) -> _Blob:
     name = tensor.Name().decode()
     dtype = {_INT8: np.int8, _FLOAT: np.float32}.get(tensor.DataType())
     if dtype is None or tensor.RawDataIsNone() or tensor.ExternalDataOffset() >= 0:
-        raise ValueError(f"{path}: initializer {name!r} is not int8/float32 raw data; cannot patch it in place")
+        raise GraphPatchError(f"{path}: initializer {name!r} is not int8/float32 raw data; cannot patch it in place")
     offset = tensor._tab.Offset(_RAW_DATA_FIELD)
     start, length = tensor._tab.Vector(offset), tensor._tab.VectorLen(offset)
     dims = tuple(int(d) for d in tensor.DimsAsNumpy()) if tensor.DimsLength() else ()
     if length != int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize:
-        raise ValueError(f"{path}: initializer {name!r} holds {length} bytes, not its shape {dims}")
+        raise GraphPatchError(f"{path}: initializer {name!r} holds {length} bytes, not its shape {dims}")
     return _Blob(name, start, length, dtype, dims)
 
 
@@ -137,7 +142,7 @@ class _GraphFile(OrtGraph):
         try:
             super().__init__(path)
         except ValueError as error:
-            raise ValueError(f"{error}; {ROUTE_A_ERROR}") from None
+            raise GraphPatchError(f"{error}; {ROUTE_A_ERROR}") from None
 
     def trace(self, scope: OrtScope, name: str) -> tuple[_Store, bool] | None:
         """The store behind value `name` and whether the value is its transpose; None if not a weight."""
@@ -183,7 +188,7 @@ class _GraphFile(OrtGraph):
                 store = _Store(_blob(quantized, self.path), _blob(scale, self.path), _blob(zero_point, self.path))
                 if store.scale.dtype != np.float32 or store.zero_point.dtype != np.float32 or \
                         store.scale.dims != (1,) or store.zero_point.dims != (1,):
-                    raise ValueError(f"{self.path}: {store.data.name!r} is not quantized per tensor with "
+                    raise GraphPatchError(f"{self.path}: {store.data.name!r} is not quantized per tensor with "
                                      "float32 scale and zero point; this scheme is not supported")
                 return store, False
         return None
@@ -200,11 +205,11 @@ class _GraphFile(OrtGraph):
                 traced = [t for t in traced if t is not None and int(np.prod(t[0].data.dims)) > 1]
             traced = [t for t in traced if t is not None]
             if len(traced) != 1:
-                raise ValueError(f"{self.path}: node {node_name!r} has {len(traced)} stored weight inputs, "
+                raise GraphPatchError(f"{self.path}: node {node_name!r} has {len(traced)} stored weight inputs, "
                                  f"expected 1; {ROUTE_A_ERROR}")
             found.append(traced[0])
         if not found:
-            raise ValueError(f"{self.path}: no node named {node_name!r}; {ROUTE_A_ERROR}")
+            raise GraphPatchError(f"{self.path}: no node named {node_name!r}; {ROUTE_A_ERROR}")
         return found
 
 
@@ -265,7 +270,8 @@ def requantize(w: np.ndarray, scale: np.float32, zero_point: np.float32,
     """int8 levels for w: with the old scale if every value rounds inside [-128, 127], else a new one
     (nearest rounding, or stochastic with `rng`)."""
     if not np.isfinite(w).all():
-        raise ValueError("a merged weight holds NaN or infinity")
+        raise InputError("a merged weight holds NaN or infinity: the adapter diverged; train it again with a lower "
+                         "--learning-rate")
     levels = _round_to_levels(w, scale, zero_point, rng)
     new_scale = bool(levels.min() < _QMIN or levels.max() > _QMAX)
     if new_scale:
@@ -290,11 +296,11 @@ class _Patch:
     def write(self, blob: _Blob, values: np.ndarray, who: str) -> None:
         data = np.ascontiguousarray(values, dtype=blob.dtype).tobytes()
         if len(data) != blob.length:
-            raise ValueError(f"{self.path}: {who} has {len(data)} bytes for {blob.name!r} of {blob.length}")
+            raise GraphPatchError(f"{self.path}: {who} has {len(data)} bytes for {blob.name!r} of {blob.length}")
         if blob.start in self._written:
             previous, previous_who = self._written[blob.start]
             if previous != data:
-                raise ValueError(f"{self.path}: initializer {blob.name!r} is shared by {previous_who} and {who}, "
+                raise GraphPatchError(f"{self.path}: initializer {blob.name!r} is shared by {previous_who} and {who}, "
                                  "which need different values; the graph cannot hold both")
             return
         self._written[blob.start] = (data, who)
@@ -321,11 +327,30 @@ def check_route_a(config) -> None:
     """Refuse (one-line ValueError) a model whose architecture is not the bundled Moonshine base."""
     base = moonshine_base_config()
     if config is None or getattr(config, "model_type", None) != "moonshine":
-        raise ValueError(f"{ROUTE_A_ERROR}: the model is not a Moonshine model")
+        raise InputError(f"{ROUTE_A_ERROR}: the model is not a Moonshine model")
     for name in _SHAPE_FIELDS:
         if getattr(config, name, None) != getattr(base, name):
-            raise ValueError(f"{ROUTE_A_ERROR}: the model is not Moonshine base "
+            raise InputError(f"{ROUTE_A_ERROR}: the model is not Moonshine base "
                              f"({name} is {getattr(config, name, None)}, base-en has {getattr(base, name)})")
+
+
+def check_export_model(spec: str, export: str = "ort") -> None:
+    """Refuse (InputError, one line) a --model whose merged weights the bundled graphs cannot take, before any
+    run: `experiment --export ort` patches the bundled base-en graphs (route (a)). A model whose configuration
+    cannot be read here is left to the model loader, which names the problem."""
+    if spec.startswith(("bundled:", "ort:")):
+        return  # bundled:base-en is route (a) by construction; the loaders refuse anything else
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(spec, local_files_only=True)
+    except (OSError, ValueError):
+        return
+    try:
+        check_route_a(config)
+    except InputError as error:
+        raise InputError(f"--export {export} --model {spec}: {error}; drop --export and run moonlora export "
+                         "RUN --format ort after the run (it takes moonlora's ONNX route)") from None
 
 
 def _check_model(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -343,7 +368,7 @@ def _patch_file(graph: _GraphFile, sources: dict, state: dict[str, np.ndarray], 
     wanted: dict[int, tuple[_Store, list[tuple[str, np.ndarray]]]] = {}
     for key, (node_name, index, transpose) in sources.items():
         if key not in state:
-            raise ValueError(f"{ROUTE_A_ERROR}: the model has no weight {key!r}")
+            raise InputError(f"{ROUTE_A_ERROR}: the model has no weight {key!r}")
         for store, store_is_transposed in graph.weight_inputs(node_name, index):
             value = state[key]
             if transpose != store_is_transposed:
@@ -351,7 +376,7 @@ def _patch_file(graph: _GraphFile, sources: dict, state: dict[str, np.ndarray], 
             if value.shape != store.data.dims:
                 if value.size != int(np.prod(store.data.dims)) or \
                         [d for d in value.shape if d != 1] != [d for d in store.data.dims if d != 1]:
-                    raise ValueError(f"{ROUTE_A_ERROR}: {key!r} has shape {tuple(state[key].shape)}, the graph "
+                    raise InputError(f"{ROUTE_A_ERROR}: {key!r} has shape {tuple(state[key].shape)}, the graph "
                                      f"stores {store.data.name!r} as {store.data.dims}")
                 value = value.reshape(store.data.dims)
             wanted.setdefault(store.data.start, (store, []))[1].append((key, value))
@@ -361,7 +386,7 @@ def _patch_file(graph: _GraphFile, sources: dict, state: dict[str, np.ndarray], 
         value = uses[0][1]
         for key, other in uses[1:]:
             if not np.array_equal(other, value):
-                raise ValueError(f"{graph.path}: {store.data.name!r} holds both {keys[0]!r} and {key!r} (tied in "
+                raise GraphPatchError(f"{graph.path}: {store.data.name!r} holds both {keys[0]!r} and {key!r} (tied in "
                                  "the graph), but the model's values differ; the graph cannot hold both")
         if not store.quantized:
             patch.write(store.data, value, who)
@@ -421,15 +446,15 @@ def write_merged_ort(model: torch.nn.Module, out_dir: Path, source_dir: Path | N
     """
     started = time.perf_counter()
     if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+        raise InputError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     state = _check_model(model)
     source_dir = Path(source_dir) if source_dir is not None else bundled.base_en_dir()
     out_dir = Path(out_dir)
     missing = [n for n in (ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE) if not (source_dir / n).is_file()]
     if missing:
-        raise ValueError(f"{ROUTE_A_ERROR}: {source_dir} lacks {', '.join(missing)}")
+        raise InputError(f"{ROUTE_A_ERROR}: {source_dir} lacks {', '.join(missing)}")
     if out_dir.exists() and out_dir.resolve() == source_dir.resolve():
-        raise ValueError(f"write_merged_ort: out_dir {out_dir} is the source folder; choose another")
+        raise InputError(f"write_merged_ort: out_dir {out_dir} is the source folder; choose another")
     encoder_sources, decoder_sources = ort_weight_sources(moonshine_base_config())
     stats = {"requantized": 0, "new_scale": 0, "differing_tensors": 0, "changed_tensors": 0, "changed_values": 0,
              "float_tensors": 0, "groups": {}}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from moonlora.data.leakage import Leak, find_leaks
 from moonlora.data.manifest import Manifest
+from moonlora.errors import InputError, MoonloraError
 from moonlora.runfolder import Checklist, HeadroomCheck, LeakageCheck, SufficiencyCheck, ValSplitCheck
 
 HEADROOM_WER = 0.05  # the plan: "flag if < 5%"
@@ -21,13 +22,13 @@ SUFFICIENT_TRAIN_CLIPS = 200  # the plan: "minimum viable sample count (e.g., 20
 MAX_NAMED_ROWS = 3
 
 
-class LeakageError(ValueError):
+class LeakageError(MoonloraError, ValueError):
     """Training data shared with an evaluated manifest (one line, naming the rows)."""
 
 
 def check_val_split(val_clips: int, min_val_clips: int, dataset_path: str) -> ValSplitCheck:
     if val_clips < min_val_clips:
-        raise ValueError(f"{dataset_path}: the val split has {val_clips} clip(s), fewer than --min-val-clips "
+        raise InputError(f"{dataset_path}: the val split has {val_clips} clip(s), fewer than --min-val-clips "
                          f"{min_val_clips}; every choice (best step, early stop) would rest on it — add clips, raise "
                          "--val-fraction, or lower --min-val-clips knowingly")
     return ValSplitCheck(clips=val_clips, minimum=min_val_clips)

@@ -35,6 +35,7 @@ from moonlora.train import checklist
 from moonlora.configs import ExperimentConfig
 from moonlora.eval.contract import EvalContract, require_comparable
 from moonlora.eval.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
+from moonlora.model.device import check_device
 from moonlora.model.lora import attach_lora, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.data.manifest import Manifest, Utterance, load_manifest
 from moonlora.model.loading import LoadedModel, load_model, require_torch
@@ -50,6 +51,7 @@ from moonlora.data.splits import split_train_val
 from moonlora.eval.stats import compare_results
 from moonlora.train.loop import IntervalEval, TrainResult, TrainState, TrainStream, adapter_loaded, train
 from moonlora.train.output_dir import check_resumable, validate_run_dir
+from moonlora.errors import InputError
 
 
 def say(line: str) -> None:
@@ -94,7 +96,7 @@ def load_run_data(config: ExperimentConfig) -> RunData:
     dataset = load_manifest(config.dataset_path)
     kept, filtering = filter_by_duration(dataset.utterances, config.max_seconds)
     if len(kept) < 2:
-        raise ValueError(f"{config.dataset_path}: {len(kept)} clip(s) left after --max-seconds {config.max_seconds}; "
+        raise InputError(f"{config.dataset_path}: {len(kept)} clip(s) left after --max-seconds {config.max_seconds}; "
                          "need at least 2 (train and val)")
     split = split_train_val(kept, config.val_fraction, config.train.seed)
     val_split = checklist.check_val_split(len(split.val), config.min_val_clips, config.dataset_path)
@@ -527,12 +529,23 @@ def score_tuned(session: RunSession, tunable: LoadedModel, data: RunData, baseli
         session.note(export_note(record.export_parity))
 
 
+def check_run_settings(config: ExperimentConfig) -> None:
+    """What the config cannot check without torch or the model's files, before any data is read or folder
+    written: the device exists here, and --export can take the model."""
+    check_device(config.decode.device)
+    if config.export:
+        from moonlora.ship.ort_export import check_export_model
+
+        check_export_model(config.model, config.export)
+
+
 def run_experiment(config: ExperimentConfig, progress: bool = True,
                    baseline_store: BaselineStore | None = None) -> RunRecord:
     """Run the whole protocol; returns the run record also written to experiment_metrics.json.
 
     `baseline_store` (sweeps) shares baseline scores between runs measured under one contract.
     """
+    check_run_settings(config)
     earlier = validate_run_dir(config) if is_main_process() else None
     data = load_run_data(config)  # bad manifests fail here, before the folder is touched
     session = RunSession(start_run(config, earlier))

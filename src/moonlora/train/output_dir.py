@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from moonlora.configs import ExperimentConfig
+from moonlora.errors import InputError, MissingInput
 from moonlora.outputs import OutputExists, check_output_dir
 from moonlora.runfolder import (LOCK_FILE, RUN_CONTROL_FIELDS, RUN_ENTRIES, RUN_KIND, RunRecord, RunRecordError,
                                 latest_checkpoint_step, read_config_dict, read_record, run_state)
@@ -50,7 +51,7 @@ def check_resumable(run_dir: Path, config: ExperimentConfig) -> RunRecord:
         pass
     differing = config_differences(saved, config.to_dict())
     if differing:
-        raise ValueError(f"{run_dir}: --resume needs the same settings; differing: {', '.join(differing)}")
+        raise InputError(f"{run_dir}: --resume needs the same settings; differing: {', '.join(differing)}")
     if record.finished:
         raise OutputExists(f"{run_dir}: the run already finished ({record.status}); nothing to resume — "
                            "pick another --output-dir for a new run")
@@ -65,7 +66,7 @@ def validate_run_dir(config: ExperimentConfig) -> RunRecord | None:
     run_dir = Path(config.output_dir)
     if config.resume:
         if not run_dir.is_dir():
-            raise FileNotFoundError(f"--output-dir {run_dir}: no such run folder; drop --resume to start a new run")
+            raise MissingInput(f"--output-dir {run_dir}: no such run folder; drop --resume to start a new run")
         return check_resumable(run_dir, config)
     earlier = reusable_failed_run(run_dir) if run_dir.is_dir() else None
     check_output_dir(run_dir, "--output-dir", RUN_KIND, RUN_ENTRIES, overwrite=config.overwrite or earlier is not None,

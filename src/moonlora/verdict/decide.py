@@ -24,12 +24,14 @@ where it stands instead of an error. Run folders are read through `moonlora.runf
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from moonlora.comparison import FAIL, INCONCLUSIVE, PASS, Comparison
 from moonlora.eval.contract import EvalContract, require_comparable
 from moonlora.runfolder import RUN_CONTROL_FIELDS, FoundRun, RunRecord, describe_state, read_record
+from moonlora.errors import InputError
 
 NOT_ASSESSED = "not assessed"
 LOSS_WINDOW = 5  # steps averaged at each end of the loss curve
@@ -44,8 +46,10 @@ class DecideConfig:
     regression_factor: float = 2.0  # sanity: "catastrophic" = more than this times the baseline WER
 
     def __post_init__(self) -> None:
-        if self.margin < 0 or self.h3_band < 0 or self.regression_factor <= 1:
-            raise ValueError("--margin and --h3-band must be >= 0, --regression-factor > 1")
+        in_range = 0 <= self.margin < math.inf and 0 <= self.h3_band < math.inf and 1 < self.regression_factor < math.inf
+        if not in_range:  # also refuses NaN
+            raise InputError("--margin and --h3-band must be >= 0, --regression-factor above 1, all finite; got "
+                             f"{self.margin}, {self.h3_band}, {self.regression_factor}")
 
 
 @dataclass(frozen=True)

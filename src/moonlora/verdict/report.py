@@ -18,6 +18,7 @@ from moonlora import markdown
 from moonlora.verdict.tables import (CANDIDATE_COLUMNS, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells, delta_cell,
                                     manifest_cells, matrix_cells, status_text)
 from moonlora.runfolder import FoundRun, RunRecord, UnreadableRun, discover_runs
+from moonlora.errors import MissingInput
 
 MARKDOWN_NAME = "training_report.md"
 HTML_NAME = "report.html"
@@ -104,7 +105,7 @@ def build_report(runs_dir: Path, out_markdown: Path | None = None, out_html: Pat
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise FileNotFoundError(f"{runs_dir}: no such folder")
+        raise MissingInput(f"{runs_dir}: no such folder")
     out_markdown = check_output_file(out_markdown or runs_dir / MARKDOWN_NAME, "--out", overwrite, "report")
     out_html = check_output_file(out_html or runs_dir / HTML_NAME, "--html", overwrite, "report")
     from moonlora.verdict.html import render_html  # matplotlib loads only here

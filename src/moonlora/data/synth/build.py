@@ -10,6 +10,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from moonlora.errors import InputError
 from moonlora.outputs import claim_output_dir
 from moonlora.progress import progress_bar
 from moonlora.data.synth import espeak
@@ -108,16 +109,16 @@ def build_domain(
 
 def _check_args(domain, n, test_fraction, train_voices, test_voices) -> None:
     if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(sorted(DOMAINS))}")
+        raise InputError(f"unknown domain {domain!r}; known: {', '.join(sorted(DOMAINS))}")
     if n < 2:
-        raise ValueError("n must be at least 2 (one train and one test clip)")
+        raise InputError("n must be at least 2 (one train and one test clip)")
     if not 0 < test_fraction < 1:
-        raise ValueError("test_fraction must be strictly between 0 and 1")
+        raise InputError("test_fraction must be strictly between 0 and 1")
     if not train_voices or not test_voices:
-        raise ValueError("train_voices and test_voices must both be non-empty")
+        raise InputError("train_voices and test_voices must both be non-empty")
     shared = set(train_voices) & set(test_voices)
     if shared:
-        raise ValueError(f"train and test voices must be disjoint; shared: {sorted(shared)}")
+        raise InputError(f"train and test voices must be disjoint; shared: {sorted(shared)}")
     for voice in (*train_voices, *test_voices):
         espeak.check_voice(voice)  # fail before writing any clip
 
@@ -131,7 +132,7 @@ def _unique_texts(domain: str, n: int, rng: random.Random) -> list[str]:
             texts.setdefault(text)
         if len(texts) == n:
             return list(texts)
-    raise ValueError(f"domain {domain!r} could not produce {n} distinct utterances")
+    raise InputError(f"domain {domain!r} could not produce {n} distinct utterances")
 
 
 def _plan_clips(texts, test_fraction, train_voices, test_voices, rng) -> list[_Clip]:

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from moonlora.errors import ToolError
+
 SAMPLE_RATE = 16000
 PAD_SECONDS = 0.5  # without padding Moonshine tends to stop decoding at once
 
@@ -55,10 +57,10 @@ def _locate() -> tuple[str, Path]:
         import espeakng_loader
 
         return str(espeakng_loader.get_library_path()), Path(espeakng_loader.get_data_path())
-    except ImportError as exc:
-        raise RuntimeError(
-            "eSpeak NG needs the espeakng-loader package (`uv add espeakng-loader`)"
-        ) from exc
+    except ImportError:
+        raise ToolError(
+            "eSpeak NG: the espeakng-loader package is missing; install it (`uv add espeakng-loader`)"
+        ) from None
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -102,11 +104,13 @@ class _Engine:
         try:
             lib = ctypes.CDLL(self.lib_path)
         except OSError as exc:
-            raise RuntimeError(f"cannot load eSpeak NG library {self.lib_path}") from exc
+            raise ToolError(f"eSpeak NG: cannot load its library {self.lib_path} ({exc}); reinstall "
+                            "espeakng-loader") from None
         _declare(lib)
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_RETRIEVAL, 0, str(self.data_path).encode(), 0)
         if rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed (data path {self.data_path})")
+            raise ToolError(f"eSpeak NG: espeak_Initialize failed (data path {self.data_path}); reinstall "
+                            "espeakng-loader")
         lib.espeak_SetSynthCallback(self._callback)
         self.lib, self.native_rate = lib, rate
         # Initialize seeds eSpeak's breath-noise generator from the clock; pin it.
@@ -125,10 +129,10 @@ class _Engine:
         _, _, variant = voice.partition("+")
         # eSpeak silently ignores an unknown "+variant", so check the file ourselves.
         if variant and not (self.data_path / "voices" / "!v" / variant).is_file():
-            raise RuntimeError(f"unknown eSpeak voice variant {variant!r} in {voice!r}")
+            raise ToolError(f"eSpeak NG: unknown eSpeak voice variant {variant!r} in {voice!r}")
         err = self.lib.espeak_SetVoiceByName(voice.encode())
         if err != 0:
-            raise RuntimeError(f"unknown eSpeak voice {voice!r} (espeak error {err})")
+            raise ToolError(f"eSpeak NG: unknown eSpeak voice {voice!r} (espeak error {err})")
 
     def synth_native(self, text: str) -> np.ndarray:
         """Synthesize with the current voice/params; int16 at the native rate."""
@@ -138,7 +142,7 @@ class _Engine:
             data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_AUTO, None, None
         )
         if err != 0:
-            raise RuntimeError(f"espeak_Synth failed with error {err}")
+            raise ToolError(f"eSpeak NG: espeak_Synth failed with error {err} on {text[:40]!r}")
         self.lib.espeak_Synchronize()
         chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
@@ -150,7 +154,7 @@ def _engine() -> _Engine:
 
 
 def check_voice(voice: str) -> None:
-    """Raise RuntimeError if eSpeak NG does not know `voice`."""
+    """Raise ToolError (a RuntimeError) if eSpeak NG does not know `voice`."""
     eng = _engine()
     with eng.lock:
         eng.set_voice(voice)
