@@ -299,7 +299,8 @@ def test_a_run_whose_export_failed_is_exported_without_retraining(tiny_model_dir
     config = ExperimentConfig(
         output_dir=str(tmp_path / "run"), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
         model=str(tiny_model_dir), bootstrap_resamples=100, min_val_clips=1, export="ort",
-        train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3),
+        train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3,
+                          device="cpu"),
         lora=LoraSettings(r=2, alpha=4, dropout=0.0), decode=DecodeConfig(batch_size=8, device="cpu"))
     monkeypatch.setattr(experiment, "check_run_settings", lambda config: None)  # the export must fail late here
 

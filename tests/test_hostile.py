@@ -506,9 +506,11 @@ def no_slow_work(monkeypatch):
     import moonlora.data.augment
     import moonlora.demo
     import moonlora.model.loading
+    import moonlora.train.experiment  # imported before patching: its own name for load_model must not stay a tripwire
     from moonlora.data.synth import espeak
 
     monkeypatch.setattr(moonlora.model.loading, "load_model", tripwire)
+    monkeypatch.setattr(moonlora.train.experiment, "load_model", tripwire)
     monkeypatch.setattr(espeak, "synthesize", tripwire)
     monkeypatch.setattr(moonlora.data.augment, "load_audio", tripwire)
     monkeypatch.setattr(moonlora.demo, "build_domain", tripwire)
