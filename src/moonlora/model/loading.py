@@ -4,6 +4,11 @@
   transformers checkpoint in the user cache, once, and rebuilt when the wheel's files change.
 - a local `save_pretrained` directory, or a Hugging Face Hub id such as
   `UsefulSensors/moonshine-tiny`, through plain `from_pretrained`.
+Every torch load reads config.json's `model_type` first and loads the checkpoint with that model
+family's class (`moonlora.model.families`), then checks what it got before anything uses it
+(`check_loaded`): no missing, unexpected or reshaped weights, a tokenizer that fits the embedding,
+16 kHz features. An adapter is checked the same way against the model it is attached to.
+
 - `ort:DIR` (or a folder holding `encoder_model.ort` / `decoder_model_merged.ort`, without the
   prefix), and `ort:bundled:base-en` for the wheel's own folder: the ONNX Runtime graphs a user
   deploys, scored through onnxruntime (`moonlora.eval.ort_decoder`). No adapter: merge and export first.
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -20,35 +26,36 @@ import socket
 import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import torch
 from platformdirs import user_cache_dir
 from safetensors import SafetensorError, safe_open
-from transformers import (
-    AutoFeatureExtractor,
-    AutoTokenizer,
-    MoonshineForConditionalGeneration,
-    Wav2Vec2FeatureExtractor,
-)
+from transformers import AutoFeatureExtractor, AutoTokenizer, Wav2Vec2FeatureExtractor
+from transformers.utils import cached_file
 
 from moonlora.model import bundled
 from moonlora.data.audio import SAMPLE_RATE
 from moonlora.configs import DEFAULT_MODEL
 from moonlora.model.device import DTYPES, resolve_device
-from moonlora.errors import ModelSourceError
+from moonlora.errors import IncompleteModelError, ModelSourceError
+from moonlora.model.families import MOONSHINE, ModelFamily, family_for
 
 BUNDLED_PREFIX = "bundled:"
 ORT_PREFIX = "ort:"
-BUNDLED_MODELS = ("base-en",)
+BUNDLED_MODELS = MOONSHINE.bundled
 CONVERTER_VERSION = "1"  # bump when convert.py changes what it writes
 COMPLETE_MARKER = "moonlora_source.json"
 ADAPTER_MATH_KEYS = ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # What transformers, peft, safetensors and torch.load raise for a damaged or mismatched local file.
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
+NAMES_SHOWN = 3  # names a refusal lists before "..."
+ADAPTER_FIX = "pass the --model the adapter was trained on"
 
 
 @dataclass
@@ -65,10 +72,16 @@ class LoadedModel:
     adapter_path: str | None = None
     runtime: str = "torch"  # torch | onnxruntime
     precision: str = "float32"  # torch: the dtype it was loaded in; onnxruntime: read from the graphs
+    model_type: str = MOONSHINE.model_type  # its family's key (the onnxruntime graphs are Moonshine's)
+    load_check: dict | None = None  # LoadCheck.to_dict() of a torch load; None where moonlora did not check
 
     @property
     def has_adapter(self) -> bool:
         return hasattr(self.model, "peft_config")
+
+    @property
+    def family(self) -> ModelFamily:
+        return family_for(self.model_type)
 
     def runtime_dict(self) -> dict:
         """The eval contract's `runtime` field."""
@@ -132,10 +145,12 @@ def _load_failure(folder: Path, error: BaseException, problem: str, damaged_fix:
     return ModelSourceError(f"{folder}: {problem} ({type(error).__name__}: {_first_line(error)}); {fix}")
 
 
-def _load_local(folder: Path, damaged_fix: str):
+def _load_local(folder: Path, damaged_fix: str) -> TorchCheckpoint:
     """`_from_pretrained` of a local folder; a failure becomes a one-line ModelSourceError."""
     try:
         return _from_pretrained(str(folder), local_only=True)
+    except ModelSourceError:
+        raise
     except LOAD_ERRORS as error:
         raise _load_failure(
             folder, error, "not a Moonshine save_pretrained folder", damaged_fix,
@@ -194,14 +209,153 @@ def _hub_reachable() -> bool:
     return True
 
 
-def _from_pretrained(location: str, local_only: bool):
-    model = MoonshineForConditionalGeneration.from_pretrained(location, local_files_only=local_only)
+class TorchCheckpoint(NamedTuple):
+    """A checkpoint loaded by its family's class and checked (`check_loaded`)."""
+
+    model: torch.nn.Module
+    feature_extractor: object
+    tokenizer: object
+    family: ModelFamily
+    check: LoadCheck
+
+
+@dataclass(frozen=True)
+class LoadCheck:
+    """What the loader verified before anything used the model; the eval contract records it."""
+
+    tensors: int  # in the loaded state dict, each read from the checkpoint (none missing, unexpected or reshaped)
+    vocabulary: int  # tokenizer ids, every one a row of the embedding
+    embedding_rows: int
+    sampling_rate: int  # of the feature extractor
+
+    def to_dict(self) -> dict:
+        return {"status": "complete", **asdict(self)}
+
+
+def read_model_type(location: str, local_only: bool) -> object:
+    """config.json's `model_type` of a folder or hub id, read before any weights (None when absent)."""
+    folder = Path(location).expanduser()
+    path = folder / "config.json" if folder.is_dir() else Path(cached_file(location, "config.json", local_files_only=local_only))
+    config = json.loads(path.read_text(encoding="utf-8"))
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+def local_model_family(spec: str) -> ModelFamily | None:
+    """The family of a local model folder, from its config.json alone (no weights read); refuses a
+    model type moonlora has no family for. None where only loading can tell (bundled, hub, ort, a
+    folder whose config.json is absent, unreadable or names no type)."""
+    folder = Path(spec).expanduser()
+    if spec.startswith((BUNDLED_PREFIX, ORT_PREFIX)) or not (folder / "config.json").is_file():
+        return None
+    try:
+        model_type = read_model_type(str(folder), local_only=True)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return None if model_type is None else family_for(model_type, source=str(folder))
+
+
+class _CapturedLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextmanager
+def captured_load_report():
+    """The LOAD REPORT table transformers logs for missing, unexpected or reshaped weights, kept off
+    the console: the loader refuses such a model in one line of its own (`check_loaded`)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    handler, propagate = _CapturedLog(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def load_weights(family: ModelFamily, location: str, local_only: bool) -> tuple[torch.nn.Module, dict, list[str]]:
+    """The family's model from `location`, transformers' loading info and its captured load report.
+
+    Reshaped weights are reported, not raised, so that `check_loaded` names them like the others.
+    """
+    with captured_load_report() as report:
+        model, info = family.transformers_model().from_pretrained(
+            location, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True,
+        )
+    return model, info, report
+
+
+def _named(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (", ..." if len(names) > NAMES_SHOWN else "")
+
+
+def weight_problems(info: dict) -> list[str]:
+    """Each kind of weight that did not load, with its count and first names."""
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    reshaped = sorted(info.get("mismatched_keys") or ())  # (name, checkpoint shape, model shape)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weight(s) missing from the checkpoint ({_named(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weight(s) the model does not have ({_named(unexpected)})")
+    if reshaped:
+        shapes = [f"{name} {list(saved)} vs {list(expected)}" for name, saved, expected in reshaped]
+        problems.append(f"{len(reshaped)} weight(s) of another shape than config.json says ({_named(shapes)})")
+    errors = [str(message).strip() for message in info.get("error_msgs") or ()]
+    problems += [f"load error: {message.splitlines()[0]}" for message in errors if message]
+    return problems
+
+
+def _vocabulary_problem(family: ModelFamily, model: torch.nn.Module, tokenizer) -> str | None:
+    """Every tokenizer id needs an embedding row; at most `reserved_vocab_slots` rows may be unused
+    (Moonshine: 32000 pieces + 768 reserved = 32768), and the end token must be the model's."""
+    vocabulary, rows = len(tokenizer), model.get_input_embeddings().weight.shape[0]
+    if not vocabulary <= rows <= vocabulary + family.reserved_vocab_slots:
+        return (f"the tokenizer's {vocabulary} ids do not fit the embedding's {rows} rows "
+                f"(a {family.name} tokenizer leaves at most {family.reserved_vocab_slots} rows unused)")
+    if tokenizer.eos_token_id != model.config.eos_token_id:
+        return f"the tokenizer ends text with id {tokenizer.eos_token_id}, the model with {model.config.eos_token_id}"
+    return None
+
+
+def check_loaded(where: str, family: ModelFamily, model: torch.nn.Module, info: dict, feature_extractor,
+                 tokenizer) -> LoadCheck:
+    """Refuse, in one IncompleteModelError line naming `where` and the model type, a model whose
+    weights did not all load or whose tokenizer or feature extractor does not fit it."""
+    problems = weight_problems(info)
+    vocabulary = _vocabulary_problem(family, model, tokenizer)
+    if vocabulary:
+        problems.append(vocabulary)
+    sampling_rate = getattr(feature_extractor, "sampling_rate", None)
+    if sampling_rate != family.sampling_rate:
+        problems.append(f"the feature extractor is set to {sampling_rate} Hz, not {family.sampling_rate}")
+    if problems:
+        raise IncompleteModelError(
+            f"{where}: the {family.model_type} model did not load completely: {'; '.join(problems)}; "
+            "pass the complete folder save_pretrained wrote (weights, config.json, tokenizer, preprocessor "
+            "config of one model)"
+        )
+    return LoadCheck(tensors=len(model.state_dict()), vocabulary=len(tokenizer),
+                     embedding_rows=model.get_input_embeddings().weight.shape[0], sampling_rate=sampling_rate)
+
+
+def _from_pretrained(location: str, local_only: bool) -> TorchCheckpoint:
+    family = family_for(read_model_type(location, local_only), source=location)
+    model, info, _ = load_weights(family, location, local_only)
     feature_extractor = AutoFeatureExtractor.from_pretrained(location, local_files_only=local_only)
     tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-    return model, feature_extractor, tokenizer
+    check = check_loaded(location, family, model, info, feature_extractor, tokenizer)
+    return TorchCheckpoint(model, feature_extractor, tokenizer, family, check)
 
 
-def _load_hub(spec: str):
+def _load_hub(spec: str) -> TorchCheckpoint:
     try:  # already in the local Hugging Face cache: works offline
         return _from_pretrained(spec, local_only=True)
     except OSError:
@@ -266,15 +420,61 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.
             "directory a moonlora run wrote"
         )
     try:
-        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
+        with warnings.catch_warnings():
+            # peft calls a transformers API deprecated in 5.x (not ours to fix), and warns about adapter
+            # weights it skipped: check_adapter refuses those in one line instead.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+            warnings.filterwarnings("ignore", module=r"peft\.")
+            wrapped = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False, ignore_mismatched_sizes=True)
     except LOAD_ERRORS as error:
         raise _load_failure(
             adapter_dir, error, "cannot load the adapter onto this model",
             damaged_fix="copy the adapter directory again from its run, or train it again",
-            fix="pass the --model the adapter was trained on",
+            fix=ADAPTER_FIX,
         ) from None
+    check_adapter(adapter_dir, wrapped)
+    return wrapped
+
+
+def adapter_file_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's name and shape in a saved adapter's weights file (read after PEFT loaded it)."""
+    safetensors_file = adapter_dir / ADAPTER_WEIGHTS[0]
+    if safetensors_file.is_file():
+        with safe_open(str(safetensors_file), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    state = torch.load(adapter_dir / ADAPTER_WEIGHTS[1], map_location="cpu", weights_only=True)
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+
+
+def adapter_problems(saved: dict[str, tuple[int, ...]], loaded: dict[str, tuple[int, ...]]) -> list[str]:
+    """How a saved adapter's tensors differ from the adapter weights the model holds after loading it."""
+    not_in_model = sorted(saved.keys() - loaded.keys())
+    not_in_file = sorted(loaded.keys() - saved.keys())
+    reshaped = sorted(name for name in saved.keys() & loaded.keys() if saved[name] != loaded[name])
+    problems = []
+    if not_in_model:
+        problems.append(f"{len(not_in_model)} of its {len(saved)} weights target layers this model lacks "
+                        f"({_named(not_in_model)})")
+    if not_in_file:
+        problems.append(f"{len(not_in_file)} adapted layer weights of this model are not in it ({_named(not_in_file)})")
+    if reshaped:
+        shapes = [f"{name} {list(saved[name])} vs {list(loaded[name])}" for name in reshaped]
+        problems.append(f"{len(reshaped)} of its weights have another shape here ({_named(shapes)})")
+    return problems
+
+
+def check_adapter(adapter_dir: Path, wrapped: torch.nn.Module) -> None:
+    """Refuse an adapter whose weights do not all land on this model (PEFT skips them with a warning)."""
+    from peft import get_peft_model_state_dict
+
+    loaded = {name: tuple(tensor.shape) for name, tensor in get_peft_model_state_dict(wrapped).items()}
+    problems = adapter_problems(adapter_file_shapes(adapter_dir), loaded)
+    if problems:
+        model_type = getattr(wrapped.config, "model_type", None)
+        raise IncompleteModelError(
+            f"{adapter_dir}: cannot load the adapter onto this model ({model_type}): {'; '.join(problems)}; "
+            f"{ADAPTER_FIX}"
+        )
 
 
 def ort_folder(spec: str) -> Path | None:
@@ -340,12 +540,10 @@ def load_model(
     if folder is not None:
         return load_ort(spec, folder, device=device, dtype=dtype, adapter=adapter)
     if spec.startswith(BUNDLED_PREFIX):
-        checkpoint = bundled_checkpoint(spec[len(BUNDLED_PREFIX):])
-        model, feature_extractor, tokenizer = _load_local(
-            checkpoint, damaged_fix=f"delete {checkpoint} and rerun to convert the bundled model again"
-        )
+        folder = bundled_checkpoint(spec[len(BUNDLED_PREFIX):])
+        checkpoint = _load_local(folder, damaged_fix=f"delete {folder} and rerun to convert the bundled model again")
     elif Path(spec).expanduser().is_dir():
-        model, feature_extractor, tokenizer = _load_local(
+        checkpoint = _load_local(
             Path(spec).expanduser(), damaged_fix="copy the model folder again, or save_pretrained it again"
         )
     elif Path(spec).expanduser().exists() or spec.count("/") != 1:
@@ -353,12 +551,12 @@ def load_model(
             f"--model {spec!r}: not a folder, a hub id (owner/name), ort:DIR or {DEFAULT_MODEL}"
         )
     else:
-        model, feature_extractor, tokenizer = _load_hub(spec)
-    base_hash = weights_sha256(model)
-    if adapter is not None:
-        model = attach_adapter(model, adapter)
+        checkpoint = _load_hub(spec)
+    base_hash = weights_sha256(checkpoint.model)
+    model = checkpoint.model if adapter is None else attach_adapter(checkpoint.model, adapter)
     model = model.to(device=resolve_device(device), dtype=DTYPES[dtype]).eval()
     return LoadedModel(
-        model=model, feature_extractor=feature_extractor, tokenizer=tokenizer, source=spec,
+        model=model, feature_extractor=checkpoint.feature_extractor, tokenizer=checkpoint.tokenizer, source=spec,
         weights_sha256=base_hash, adapter_path=None if adapter is None else str(adapter), precision=dtype,
+        model_type=checkpoint.family.model_type, load_check=checkpoint.check.to_dict(),
     )
