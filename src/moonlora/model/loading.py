@@ -446,19 +446,23 @@ def adapter_file_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in state.items()}
 
 
+def _short(adapter_key: str) -> str:
+    return adapter_key.removeprefix("base_model.model.")
+
+
 def adapter_problems(saved: dict[str, tuple[int, ...]], loaded: dict[str, tuple[int, ...]]) -> list[str]:
     """How a saved adapter's tensors differ from the adapter weights the model holds after loading it."""
-    not_in_model = sorted(saved.keys() - loaded.keys())
-    not_in_file = sorted(loaded.keys() - saved.keys())
+    not_in_model = [_short(name) for name in sorted(saved.keys() - loaded.keys())]
+    not_in_file = [_short(name) for name in sorted(loaded.keys() - saved.keys())]
     reshaped = sorted(name for name in saved.keys() & loaded.keys() if saved[name] != loaded[name])
     problems = []
     if not_in_model:
         problems.append(f"{len(not_in_model)} of its {len(saved)} weights target layers this model lacks "
                         f"({_named(not_in_model)})")
     if not_in_file:
-        problems.append(f"{len(not_in_file)} adapted layer weights of this model are not in it ({_named(not_in_file)})")
+        problems.append(f"it lacks {len(not_in_file)} weights of the layers it adapts here ({_named(not_in_file)})")
     if reshaped:
-        shapes = [f"{name} {list(saved[name])} vs {list(loaded[name])}" for name in reshaped]
+        shapes = [f"{_short(name)} {list(saved[name])} vs {list(loaded[name])}" for name in reshaped]
         problems.append(f"{len(reshaped)} of its weights have another shape here ({_named(shapes)})")
     return problems
 

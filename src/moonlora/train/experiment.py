@@ -36,9 +36,9 @@ from moonlora.configs import ExperimentConfig
 from moonlora.eval.contract import EvalContract, require_comparable
 from moonlora.verdict.decide import parity_outcome
 from moonlora.eval.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
-from moonlora.model.lora import attach_lora, lora_delta_norm, lora_is_identity, trainable_summary
+from moonlora.model.lora import attach_lora, check_targets, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.data.manifest import Manifest, Utterance, load_manifest
-from moonlora.model.loading import LoadedModel, load_model, require_torch
+from moonlora.model.loading import LoadedModel, load_model, local_model_family, require_torch
 from moonlora.outputs import OutputError, OutputExists, check_output_dir, claim_output_dir
 from moonlora.provenance import provenance
 from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, CANDIDATE_ADAPTER_DIRS, CANDIDATE_SCORE_DIRS, CANDIDATES,
@@ -299,7 +299,8 @@ def baseline_results(loaded: LoadedModel, data: RunData, config: ExperimentConfi
     this very contract (resume), or from the sweep's shared store; decoded otherwise."""
     results, missing, shared = {}, {}, []
     for name, manifest in data.eval_sets.items():
-        expected = EvalContract.build(manifest.content_hash, config.audio, config.decode, loaded.weights_sha256, None)
+        expected = EvalContract.build(manifest.content_hash, config.audio, config.decode, loaded.weights_sha256, None,
+                                      model_type=loaded.model_type)
         stored = read_eval(run_dir / BASELINE_DIR / name, manifest) if config.resume else None
         if stored is not None and stored.contract == expected:
             results[name] = stored
@@ -569,6 +570,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
     """
     earlier = validate_run_dir(config) if is_main_process() else None
     data = load_run_data(config)  # bad manifests fail here, before the folder is touched
+    local_model_family(config.model)  # and a model folder of a family moonlora cannot load
     session = RunSession(start_run(config, earlier))
     record, run_dir = session.record, session.start.run_dir
     writer = None
@@ -579,6 +581,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         session.note_checklist(data.checklist)
         loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype)
         require_torch(loaded, "training")
+        check_targets(loaded.model, config.lora.target_modules)  # a typo fails here, before any decode
         record.provenance = {**provenance(), "model_sha256": loaded.weights_sha256}
         session.save(phase="baseline")
         baseline = baseline_results(loaded, data, config, run_dir, progress, baseline_store)
