@@ -18,7 +18,8 @@ from moonlora.cli import main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
 from moonlora.errors import IncompleteModelError, LoraTargetError, ModelFamilyError
 from moonlora.model.families import FAMILIES, MOONSHINE, family_for
-from moonlora.model.loading import captured_load_report, load_model, load_weights, local_model_family
+from moonlora.model.loading import load_model, load_weights, local_model_family
+from moonlora.model.verify import captured_load_report
 from moonlora.model.lora import check_targets
 from moonlora.train import experiment as experiment_module
 from moonlora.train.experiment import run_experiment

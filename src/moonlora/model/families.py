@@ -11,15 +11,17 @@ How to add a model family (e.g. Moonshine Streaming, model type `moonshine_strea
 2. Give it LoRA `target_presets` for every name in `LoraSettings.presets` ("all", "decoder"),
    written with the family's own module names (PEFT matches a string preset with re.fullmatch
    against each module's full name, a list by module-name suffix).
-3. Say what its encoder can do: `exact_padded_batches` only if a padded batch gives each clip the
-   states it gets alone (Moonshine: `model.encoder.encode_batched_exact`); otherwise decoding
-   encodes clip by clip.
-4. Name its `export_routes` (empty: `moonlora export --format ort` refuses it) and its vocabulary
-   rule (`reserved_vocab_slots`: embedding rows allowed beyond the tokenizer's pieces).
+3. Say what its encoder can do: `exact_padded_batches` only if a padded batch can give each clip
+   the states it gets alone (Moonshine: `moonlora.model.encoder.encode_batched_exact`); otherwise
+   a batch policy must encode clip by clip.
+4. Name its `export_routes` (empty while it has none: `--format ort` must then be refused before any
+   work) and its vocabulary rule (`reserved_vocab_slots`: embedding rows allowed beyond the
+   tokenizer's pieces).
 5. Tests: a tiny random-init model of the family built in a fixture (tests/conftest.py), loaded
    through `load_model` (tests/test_model_loading.py), and each loader refusal for it.
-Decode, evaluate, training and the verdict read the family from `LoadedModel.model_type`; they
-need no change for a family whose model has the encoder-decoder `generate` interface.
+The loader hands the family on with the model (`LoadedModel.model_type`, `LoadedModel.family`) and
+the eval contract records the type, so the stages that differ by family (encoder batch policy,
+LoRA presets, export route) ask the family instead of testing a class or a model name.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class ModelFamily:
     name: str  # for messages and docs
     model_class: str  # transformers class that loads the checkpoint (imported lazily)
     config_class: str  # transformers config class of that model
-    hub_ids: tuple[str, ...]  # published checkpoints (`--model owner/name`)
-    bundled: tuple[str, ...]  # names moonlora converts itself (`--model bundled:NAME`); a save_pretrained folder always works
+    hub_ids: tuple[str, ...]  # published checkpoints (`--model owner/name`); any save_pretrained folder works too
+    bundled: tuple[str, ...]  # names moonlora converts itself (`--model bundled:NAME`)
     # `--target-modules` presets (keys: LoraSettings.presets): a regex string or a list of module names.
     target_presets: dict[str, str | tuple[str, ...]] = field(hash=False)
     exact_padded_batches: bool  # the encoder has an exact batched path (padding never changes a clip's states)

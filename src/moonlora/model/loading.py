@@ -3,22 +3,22 @@
 - `bundled:base-en` (default): Moonshine base converted from the moonshine-cpp wheel into a
   transformers checkpoint in the user cache, once, and rebuilt when the wheel's files change.
 - a local `save_pretrained` directory, or a Hugging Face Hub id such as
-  `UsefulSensors/moonshine-tiny`, through plain `from_pretrained`.
-Every torch load reads config.json's `model_type` first and loads the checkpoint with that model
-family's class (`moonlora.model.families`), then checks what it got before anything uses it
-(`check_loaded`): no missing, unexpected or reshaped weights, a tokenizer that fits the embedding,
-16 kHz features. An adapter is checked the same way against the model it is attached to.
-
+  `UsefulSensors/moonshine-tiny`, through `from_pretrained` of its model family's class.
 - `ort:DIR` (or a folder holding `encoder_model.ort` / `decoder_model_merged.ort`, without the
   prefix), and `ort:bundled:base-en` for the wheel's own folder: the ONNX Runtime graphs a user
   deploys, scored through onnxruntime (`moonlora.eval.ort_decoder`). No adapter: merge and export first.
+
+Every torch load reads config.json's `model_type` first and loads the checkpoint with that model
+family's class (`moonlora.model.families`), then checks what it got before anything uses it
+(`check_loaded`): no missing, unexpected or reshaped weights, a tokenizer that fits the embedding,
+16 kHz features. An adapter is checked the same way against the model it is attached to
+(`check_adapter`). Each refusal is one line naming the folder, the model type and what did not load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import pickle
 import shutil
@@ -26,8 +26,7 @@ import socket
 import tempfile
 import warnings
 import zipfile
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlparse
@@ -42,8 +41,10 @@ from moonlora.model import bundled
 from moonlora.data.audio import SAMPLE_RATE
 from moonlora.configs import DEFAULT_MODEL
 from moonlora.model.device import DTYPES, resolve_device
-from moonlora.errors import IncompleteModelError, ModelSourceError
+from moonlora.errors import ModelSourceError
 from moonlora.model.families import MOONSHINE, ModelFamily, family_for
+from moonlora.model.verify import (ADAPTER_FIX, ADAPTER_WEIGHTS, LoadCheck, captured_load_report, check_adapter,
+                                   check_loaded)
 
 BUNDLED_PREFIX = "bundled:"
 ORT_PREFIX = "ort:"
@@ -51,11 +52,8 @@ BUNDLED_MODELS = MOONSHINE.bundled
 CONVERTER_VERSION = "1"  # bump when convert.py changes what it writes
 COMPLETE_MARKER = "moonlora_source.json"
 ADAPTER_MATH_KEYS = ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out")
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # What transformers, peft, safetensors and torch.load raise for a damaged or mismatched local file.
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
-NAMES_SHOWN = 3  # names a refusal lists before "..."
-ADAPTER_FIX = "pass the --model the adapter was trained on"
 
 
 @dataclass
@@ -219,23 +217,13 @@ class TorchCheckpoint(NamedTuple):
     check: LoadCheck
 
 
-@dataclass(frozen=True)
-class LoadCheck:
-    """What the loader verified before anything used the model; the eval contract records it."""
-
-    tensors: int  # in the loaded state dict, each read from the checkpoint (none missing, unexpected or reshaped)
-    vocabulary: int  # tokenizer ids, every one a row of the embedding
-    embedding_rows: int
-    sampling_rate: int  # of the feature extractor
-
-    def to_dict(self) -> dict:
-        return {"status": "complete", **asdict(self)}
-
-
 def read_model_type(location: str, local_only: bool) -> object:
     """config.json's `model_type` of a folder or hub id, read before any weights (None when absent)."""
     folder = Path(location).expanduser()
-    path = folder / "config.json" if folder.is_dir() else Path(cached_file(location, "config.json", local_files_only=local_only))
+    if folder.is_dir():
+        path = folder / "config.json"
+    else:
+        path = Path(cached_file(location, "config.json", local_files_only=local_only))
     config = json.loads(path.read_text(encoding="utf-8"))
     return config.get("model_type") if isinstance(config, dict) else None
 
@@ -254,30 +242,6 @@ def local_model_family(spec: str) -> ModelFamily | None:
     return None if model_type is None else family_for(model_type, source=str(folder))
 
 
-class _CapturedLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@contextmanager
-def captured_load_report():
-    """The LOAD REPORT table transformers logs for missing, unexpected or reshaped weights, kept off
-    the console: the loader refuses such a model in one line of its own (`check_loaded`)."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    handler, propagate = _CapturedLog(), logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-
-
 def load_weights(family: ModelFamily, location: str, local_only: bool) -> tuple[torch.nn.Module, dict, list[str]]:
     """The family's model from `location`, transformers' loading info and its captured load report.
 
@@ -288,62 +252,6 @@ def load_weights(family: ModelFamily, location: str, local_only: bool) -> tuple[
             location, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True,
         )
     return model, info, report
-
-
-def _named(names: list[str]) -> str:
-    shown = ", ".join(names[:NAMES_SHOWN])
-    return shown + (", ..." if len(names) > NAMES_SHOWN else "")
-
-
-def weight_problems(info: dict) -> list[str]:
-    """Each kind of weight that did not load, with its count and first names."""
-    missing = sorted(info.get("missing_keys") or ())
-    unexpected = sorted(info.get("unexpected_keys") or ())
-    reshaped = sorted(info.get("mismatched_keys") or ())  # (name, checkpoint shape, model shape)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} weight(s) missing from the checkpoint ({_named(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} weight(s) the model does not have ({_named(unexpected)})")
-    if reshaped:
-        shapes = [f"{name} {list(saved)} vs {list(expected)}" for name, saved, expected in reshaped]
-        problems.append(f"{len(reshaped)} weight(s) of another shape than config.json says ({_named(shapes)})")
-    errors = [str(message).strip() for message in info.get("error_msgs") or ()]
-    problems += [f"load error: {message.splitlines()[0]}" for message in errors if message]
-    return problems
-
-
-def _vocabulary_problem(family: ModelFamily, model: torch.nn.Module, tokenizer) -> str | None:
-    """Every tokenizer id needs an embedding row; at most `reserved_vocab_slots` rows may be unused
-    (Moonshine: 32000 pieces + 768 reserved = 32768), and the end token must be the model's."""
-    vocabulary, rows = len(tokenizer), model.get_input_embeddings().weight.shape[0]
-    if not vocabulary <= rows <= vocabulary + family.reserved_vocab_slots:
-        return (f"the tokenizer's {vocabulary} ids do not fit the embedding's {rows} rows "
-                f"(a {family.name} tokenizer leaves at most {family.reserved_vocab_slots} rows unused)")
-    if tokenizer.eos_token_id != model.config.eos_token_id:
-        return f"the tokenizer ends text with id {tokenizer.eos_token_id}, the model with {model.config.eos_token_id}"
-    return None
-
-
-def check_loaded(where: str, family: ModelFamily, model: torch.nn.Module, info: dict, feature_extractor,
-                 tokenizer) -> LoadCheck:
-    """Refuse, in one IncompleteModelError line naming `where` and the model type, a model whose
-    weights did not all load or whose tokenizer or feature extractor does not fit it."""
-    problems = weight_problems(info)
-    vocabulary = _vocabulary_problem(family, model, tokenizer)
-    if vocabulary:
-        problems.append(vocabulary)
-    sampling_rate = getattr(feature_extractor, "sampling_rate", None)
-    if sampling_rate != family.sampling_rate:
-        problems.append(f"the feature extractor is set to {sampling_rate} Hz, not {family.sampling_rate}")
-    if problems:
-        raise IncompleteModelError(
-            f"{where}: the {family.model_type} model did not load completely: {'; '.join(problems)}; "
-            "pass the complete folder save_pretrained wrote (weights, config.json, tokenizer, preprocessor "
-            "config of one model)"
-        )
-    return LoadCheck(tensors=len(model.state_dict()), vocabulary=len(tokenizer),
-                     embedding_rows=model.get_input_embeddings().weight.shape[0], sampling_rate=sampling_rate)
 
 
 def _from_pretrained(location: str, local_only: bool) -> TorchCheckpoint:
@@ -434,51 +342,6 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.
         ) from None
     check_adapter(adapter_dir, wrapped)
     return wrapped
-
-
-def adapter_file_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Each tensor's name and shape in a saved adapter's weights file (read after PEFT loaded it)."""
-    safetensors_file = adapter_dir / ADAPTER_WEIGHTS[0]
-    if safetensors_file.is_file():
-        with safe_open(str(safetensors_file), framework="pt") as handle:
-            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-    state = torch.load(adapter_dir / ADAPTER_WEIGHTS[1], map_location="cpu", weights_only=True)
-    return {name: tuple(tensor.shape) for name, tensor in state.items()}
-
-
-def _short(adapter_key: str) -> str:
-    return adapter_key.removeprefix("base_model.model.")
-
-
-def adapter_problems(saved: dict[str, tuple[int, ...]], loaded: dict[str, tuple[int, ...]]) -> list[str]:
-    """How a saved adapter's tensors differ from the adapter weights the model holds after loading it."""
-    not_in_model = [_short(name) for name in sorted(saved.keys() - loaded.keys())]
-    not_in_file = [_short(name) for name in sorted(loaded.keys() - saved.keys())]
-    reshaped = sorted(name for name in saved.keys() & loaded.keys() if saved[name] != loaded[name])
-    problems = []
-    if not_in_model:
-        problems.append(f"{len(not_in_model)} of its {len(saved)} weights target layers this model lacks "
-                        f"({_named(not_in_model)})")
-    if not_in_file:
-        problems.append(f"it lacks {len(not_in_file)} weights of the layers it adapts here ({_named(not_in_file)})")
-    if reshaped:
-        shapes = [f"{_short(name)} {list(saved[name])} vs {list(loaded[name])}" for name in reshaped]
-        problems.append(f"{len(reshaped)} of its weights have another shape here ({_named(shapes)})")
-    return problems
-
-
-def check_adapter(adapter_dir: Path, wrapped: torch.nn.Module) -> None:
-    """Refuse an adapter whose weights do not all land on this model (PEFT skips them with a warning)."""
-    from peft import get_peft_model_state_dict
-
-    loaded = {name: tuple(tensor.shape) for name, tensor in get_peft_model_state_dict(wrapped).items()}
-    problems = adapter_problems(adapter_file_shapes(adapter_dir), loaded)
-    if problems:
-        model_type = getattr(wrapped.config, "model_type", None)
-        raise IncompleteModelError(
-            f"{adapter_dir}: cannot load the adapter onto this model ({model_type}): {'; '.join(problems)}; "
-            f"{ADAPTER_FIX}"
-        )
 
 
 def ort_folder(spec: str) -> Path | None:
