@@ -27,7 +27,9 @@ LoRA presets, export route) ask the family instead of testing a class or a model
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from moonlora.configs import DEFAULT_TARGETS, SAMPLE_RATE
 from moonlora.errors import ModelFamilyError
@@ -44,7 +46,7 @@ class ModelFamily:
     hub_ids: tuple[str, ...]  # published checkpoints (`--model owner/name`); any save_pretrained folder works too
     bundled: tuple[str, ...]  # names moonlora converts itself (`--model bundled:NAME`)
     # `--target-modules` presets (keys: LoraSettings.presets): a regex string or a list of module names.
-    target_presets: dict[str, str | tuple[str, ...]] = field(hash=False)
+    target_presets: Mapping[str, str | tuple[str, ...]] = field(hash=False)
     exact_padded_batches: bool  # the encoder has an exact batched path (padding never changes a clip's states)
     export_routes: tuple[str, ...]  # `moonlora export --format ort` routes, tried in order (see ship.export)
     reserved_vocab_slots: int  # embedding rows allowed beyond the tokenizer's vocabulary
@@ -68,10 +70,10 @@ MOONSHINE = ModelFamily(
     config_class="MoonshineConfig",
     hub_ids=("UsefulSensors/moonshine-tiny", "UsefulSensors/moonshine-base"),
     bundled=("base-en",),
-    target_presets={
+    target_presets=MappingProxyType({
         "all": tuple(DEFAULT_TARGETS),
         "decoder": r"(.*\.)?decoder\.layers\.\d+\.(self_attn|encoder_attn|mlp)\.(" + "|".join(DEFAULT_TARGETS) + ")",
-    },
+    }),
     exact_padded_batches=True,
     # "bundled-graphs": the merged weights written into the bundled base-en .ort graphs (base shape only);
     # "onnx-export": moonlora's own torch.onnx export, int8, ORT format (any Moonshine shape).
