@@ -18,7 +18,7 @@ from moonlora.cli import main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
 from moonlora.errors import IncompleteModelError, LoraTargetError, ModelFamilyError
 from moonlora.model.families import FAMILIES, MOONSHINE, family_for
-from moonlora.model.loading import load_model, load_weights, local_model_family
+from moonlora.model.loading import load_model, load_weights, model_skeleton
 from moonlora.model.verify import captured_load_report
 from moonlora.model.lora import check_targets
 from moonlora.train import experiment as experiment_module
@@ -133,12 +133,20 @@ def test_a_hub_style_tokenizer_with_the_reserved_tokens_fits(model_copy):
 
 
 def test_a_streaming_folder_is_refused_naming_the_folder_and_type(tiny_streaming_dir):
-    for refuse in (lambda: local_model_family(str(tiny_streaming_dir)),
+    for refuse in (lambda: model_skeleton(str(tiny_streaming_dir)),
                    lambda: load_model(str(tiny_streaming_dir), device="cpu")):
         with pytest.raises(ModelFamilyError) as error:
             refuse()
         assert one_line(error).startswith(f"{tiny_streaming_dir}: model type 'moonshine_streaming' is not a model family")
-    assert local_model_family(str(tiny_streaming_dir.parent / "absent")) is None
+
+
+def test_a_skeleton_has_the_module_names_and_no_weights(tiny_model_dir, tmp_path):
+    skeleton = model_skeleton(str(tiny_model_dir))
+    loaded = load_model(str(tiny_model_dir), device="cpu").model
+    assert [name for name, _ in skeleton.named_modules()] == [name for name, _ in loaded.named_modules()]
+    assert {parameter.device.type for parameter in skeleton.parameters()} == {"meta"}
+    for elsewhere in (tmp_path / "absent", "ort:bundled:base-en", "nobody/not-in-the-cache"):
+        assert model_skeleton(str(elsewhere)) is None
 
 
 def run_cli(args, capsys):
@@ -259,6 +267,16 @@ def test_a_target_typo_fails_the_run_before_any_decode(tiny_model_dir, data, tmp
     with pytest.raises(LoraTargetError, match="--target-modules q_projj: q_projj names no layer"):
         run_experiment(experiment_config(tiny_model_dir, data, tmp_path / "run", target_modules=("q_projj",)),
                        progress=False)
+    assert not (tmp_path / "run").exists()  # checked on the model's config, before the folder is made
+
+
+def test_the_loaded_model_is_checked_again_where_its_config_was_not_at_hand(tiny_model_dir, data, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(experiment_module, "model_skeleton", lambda spec: None)  # e.g. a hub id not cached yet
+    monkeypatch.setattr(experiment_module, "evaluate_sets", lambda *args, **kwargs: pytest.fail("decoded"))
+    with pytest.raises(LoraTargetError, match="--target-modules q_projj: q_projj names no layer"):
+        run_experiment(experiment_config(tiny_model_dir, data, tmp_path / "run", target_modules=("q_projj",)),
+                       progress=False)
 
 
 @pytest.mark.integration
@@ -271,4 +289,4 @@ def test_a_target_typo_on_the_base_model_fails_within_15_cpu_seconds(data, tmp_p
                             "--min-val-clips", "1", "--device", "cpu"], capsys)
     assert time.process_time() - started < FAST_SECONDS
     assert_refused_in_one_line(code, err, 0, "--target-modules q_projj", "no layer of this Moonshine model")
-    assert not (run_dir / "baseline").exists()
+    assert not run_dir.exists()

@@ -228,18 +228,40 @@ def read_model_type(location: str, local_only: bool) -> object:
     return config.get("model_type") if isinstance(config, dict) else None
 
 
-def local_model_family(spec: str) -> ModelFamily | None:
-    """The family of a local model folder, from its config.json alone (no weights read); refuses a
-    model type moonlora has no family for. None where only loading can tell (bundled, hub, ort, a
-    folder whose config.json is absent, unreadable or names no type)."""
+def _config_location(spec: str) -> str | None:
+    """The folder or hub id whose config.json describes `spec`'s torch model; None for onnxruntime
+    models and for anything `load_model` refuses by its name alone."""
     folder = Path(spec).expanduser()
-    if spec.startswith((BUNDLED_PREFIX, ORT_PREFIX)) or not (folder / "config.json").is_file():
+    if spec.startswith(ORT_PREFIX):
+        return None
+    if spec.startswith(BUNDLED_PREFIX):
+        return str(bundled_checkpoint(spec[len(BUNDLED_PREFIX):]))
+    if folder.is_dir():
+        return str(folder)
+    return spec if not folder.exists() and spec.count("/") == 1 else None
+
+
+def model_skeleton(spec: str) -> torch.nn.Module | None:
+    """The model `spec` names, built on the meta device from its config.json alone (module names and
+    shapes, no weights: well under a second), so settings can be checked before any folder is made or
+    weights read. Refuses a model type moonlora has no family for. None where the config is not at
+    hand (onnxruntime, a hub id not in the local cache, a config that only loading can judge)."""
+    location = _config_location(spec)
+    if location is None:
         return None
     try:
-        model_type = read_model_type(str(folder), local_only=True)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        model_type = read_model_type(location, local_only=True)
+    except (OSError, ValueError):  # not cached, unreadable or not JSON: loading names the file
         return None
-    return None if model_type is None else family_for(model_type, source=str(folder))
+    if model_type is None:
+        return None
+    family = family_for(model_type, source=location)
+    try:
+        config = family.transformers_config().from_pretrained(location, local_files_only=True)
+        with torch.device("meta"):
+            return family.transformers_model()(config)
+    except LOAD_ERRORS:
+        return None
 
 
 def load_weights(family: ModelFamily, location: str, local_only: bool) -> tuple[torch.nn.Module, dict, list[str]]:

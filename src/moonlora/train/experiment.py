@@ -38,7 +38,7 @@ from moonlora.verdict.decide import parity_outcome
 from moonlora.eval.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
 from moonlora.model.lora import attach_lora, check_targets, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.data.manifest import Manifest, Utterance, load_manifest
-from moonlora.model.loading import LoadedModel, load_model, local_model_family, require_torch
+from moonlora.model.loading import LoadedModel, load_model, model_skeleton, require_torch
 from moonlora.outputs import OutputError, OutputExists, check_output_dir, claim_output_dir
 from moonlora.provenance import provenance
 from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, CANDIDATE_ADAPTER_DIRS, CANDIDATE_SCORE_DIRS, CANDIDATES,
@@ -208,6 +208,13 @@ def validate_run_dir(config: ExperimentConfig) -> RunRecord | None:
     check_output_dir(run_dir, "--output-dir", RUN_KIND, RUN_ENTRIES, overwrite=config.overwrite or earlier is not None,
                      require_empty=True, ignore=(LOCK_FILE,))
     return earlier
+
+
+def check_model_settings(config: ExperimentConfig) -> None:
+    """The model's family and the LoRA targets, checked on its config alone, before the folder exists."""
+    skeleton = model_skeleton(config.model)
+    if skeleton is not None:
+        check_targets(skeleton, config.lora.target_modules)
 
 
 def start_run(config: ExperimentConfig, earlier: RunRecord | None) -> RunStart:
@@ -570,7 +577,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
     """
     earlier = validate_run_dir(config) if is_main_process() else None
     data = load_run_data(config)  # bad manifests fail here, before the folder is touched
-    local_model_family(config.model)  # and a model folder of a family moonlora cannot load
+    check_model_settings(config)  # and a model of another family, or LoRA targets it lacks
     session = RunSession(start_run(config, earlier))
     record, run_dir = session.record, session.start.run_dir
     writer = None
