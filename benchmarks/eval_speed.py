@@ -79,8 +79,7 @@ def timed(run) -> dict:
 
 def ours(loaded, waveforms, config: DecodeConfig):
     durations = [len(w) / 16000 for w in waveforms]
-    clips, _ = decode_clips(loaded.model, loaded.feature_extractor, loaded.tokenizer, durations,
-                            lambda i: waveforms[i], config)
+    clips, _ = decode_clips(loaded.decoder(), durations, lambda i: waveforms[i], config)
     return [clip.text for clip in clips]
 
 

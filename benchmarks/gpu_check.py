@@ -68,8 +68,7 @@ def timed(device: str, run) -> dict:
 
 
 def ours(loaded, waveforms, config: DecodeConfig) -> list[str]:
-    clips, _ = decode_clips(loaded.model, loaded.feature_extractor, loaded.tokenizer,
-                            [len(w) / 16000 for w in waveforms], lambda i: waveforms[i], config)
+    clips, _ = decode_clips(loaded.decoder(), [len(w) / 16000 for w in waveforms], lambda i: waveforms[i], config)
     return [clip.text for clip in clips]
 
 

@@ -119,7 +119,7 @@ def tone_set(folder, name, count, seed0=0, speakers=4):
 
 def ort_greedy(decoder, encoder_hidden: np.ndarray, start: int, eos: int, max_new_tokens: int) -> list[int]:
     """Greedy decoding with the merged decoder, carrying its KV cache between steps (an oracle written
-    apart from moonlora.eval.ort_decoder, for tests of the converted and exported graphs)."""
+    apart from moonlora.model.ort, for tests of the converted and exported graphs)."""
     inputs = {i.name: i for i in decoder.get_inputs()}
     past_names = [n for n in inputs if n.startswith("past_key_values.")]
     _, heads, _, head_dim = inputs[past_names[0]].shape

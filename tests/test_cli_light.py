@@ -19,7 +19,8 @@ import soundfile as sf
 from moonlora.data.audio import AudioConfig
 from moonlora.data.augment import AugmentConfig
 from moonlora.cli import build_parser, commands_markdown
-from moonlora.configs import DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings, TrainConfig
+from moonlora.configs import (DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, LoraSettings, SynthConfig,
+                              TrainConfig)
 from moonlora.data.diagnose import DiagnoseConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -112,6 +113,10 @@ def test_defaults_come_from_the_config_dataclasses():
     diagnose, augment = options(commands["diagnose"]), options(commands["augment"])
     assert tuple(diagnose["--thresholds"].default) == DiagnoseConfig.thresholds
     assert augment["--noise-color"].default == AugmentConfig.noise_color
+    export, synth = options(commands["export"]), options(commands["synth"])
+    assert (export["--format"].default, export["--rounding"].default) == (ExportConfig.format, ExportConfig.rounding)
+    assert (synth["--domain"].default, synth["--n"].default, synth["--seed"].default) == (
+        SynthConfig.domain, SynthConfig.n, SynthConfig.seed)
 
 
 def test_experiment_names_its_two_batch_sizes_apart():
@@ -183,3 +188,69 @@ def test_ctrl_c_while_modules_load_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", interrupted_import)
     assert entry.main() == 130
     assert capsys.readouterr().err == "moonlora: interrupted\n"
+
+
+# One non-default value per experiment flag (valid on its own): each must set exactly its table's field.
+NON_DEFAULT = {
+    "max_steps": ["--max-steps", "7"], "learning_rate": ["--learning-rate", "0.003"],
+    "eval_interval": ["--eval-interval", "3"], "max_seconds": ["--max-seconds", "12.5"], "seed": ["--seed", "5"],
+    "wer_stop_threshold": ["--wer-stop-threshold", "1.1"], "model": ["--model", "some/model"],
+    "lora_r": ["--lora-r", "3"], "lora_alpha": ["--lora-alpha", "5"], "lora_dropout": ["--lora-dropout", "0.2"],
+    "target_modules": ["--target-modules", "q_proj, v_proj"], "train_batch_size": ["--batch-size", "3"],
+    "grad_accum": ["--grad-accum", "2"], "warmup_steps": ["--warmup-steps", "2"],
+    "mixed_precision": ["--mixed-precision", "bf16"], "gradient_checkpointing": ["--gradient-checkpointing", "off"],
+    "val_fraction": ["--val-fraction", "0.3"], "extra_manifest": ["--extra-manifest", "x.jsonl"],
+    "canary_manifest": ["--canary-manifest", "c.jsonl"], "canary_margin": ["--canary-margin", "0.05"],
+    "replay_manifest": ["--replay-manifest", "r.jsonl"], "replay_ratio": ["--replay-ratio", "0.25", "--replay-manifest", "r.jsonl"],  # needs one
+    "log_manifest_interval_wer": ["--log-manifest-interval-wer"], "export": ["--export", "ort"],
+    "export_margin": ["--export-margin", "0.01"], "select": ["--select", "last"],
+    "min_val_clips": ["--min-val-clips", "2"], "allow_leakage": ["--allow-leakage"],
+    "decode_batch_size": ["--decode-batch-size", "4"], "num_beams": ["--num-beams", "2"],
+    "device": ["--device", "cpu"], "encoder": ["--encoder", "batched"], "rms_target_dbfs": ["--rms-target-dbfs", "-20"],
+    "resume": ["--resume"], "overwrite": ["--overwrite"],
+}
+REQUIRED = ["--output-dir", "o", "--dataset-path", "d", "--manifest-path", "m"]
+
+
+def flattened(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_every_experiment_flag_is_in_the_flag_table_and_sets_exactly_its_field():
+    from moonlora.cli import experiment_settings
+    from moonlora.configs import EXPERIMENT_FLAGS
+
+    experiment = subparsers(build_parser())["experiment"]
+    dests = {a.dest for a in experiment._actions if a.option_strings and not isinstance(a, argparse._HelpAction)}
+    assert dests == set(EXPERIMENT_FLAGS) == set(NON_DEFAULT) | {"output_dir", "dataset_path", "manifest_path"}
+    default = ExperimentConfig.from_flags(experiment_settings(experiment.parse_args(REQUIRED)))
+    assert default == ExperimentConfig("o", "d", "m")  # every flag's default is its dataclass field's default
+    base = flattened(default.to_dict())
+    assert set(EXPERIMENT_FLAGS.values()) <= set(base)  # every path is an ExperimentConfig field
+    for name, argv in NON_DEFAULT.items():
+        config = ExperimentConfig.from_flags(experiment_settings(experiment.parse_args(REQUIRED + argv)))
+        changed = {path for path, value in flattened(config.to_dict()).items() if value != base[path]}
+        expected = {EXPERIMENT_FLAGS[name]} | ({"replay_manifest"} if name == "replay_ratio" else set())
+        assert changed == expected, f"--{name.replace('_', '-')} changed {changed}"
+
+
+def test_the_flag_table_types_values_and_refuses_in_one_line():
+    settings = {"output_dir": "o", "dataset_path": "d", "manifest_path": "m"}
+    config = ExperimentConfig.from_flags({**settings, "batch_size": "3", "target_modules": ["q_proj", "v_proj"],
+                                          "extra_manifest": "x.jsonl", "max_seconds": 10})
+    assert (config.train.batch_size, config.lora.target_modules) == (3, ("q_proj", "v_proj"))
+    assert config.extra_manifests == ("x.jsonl",) and config.max_seconds == 10.0
+    assert config.with_flags({"lora_r": 4, "seed": 9}).lora.r == 4 and config.with_flags({"seed": 9}).train.seed == 9
+    for values, message in [({"lora_rank": 4}, "lora-rank: not an experiment setting"),
+                            ({"max_steps": "many"}, "max-steps = 'many': invalid literal"),
+                            ({"allow_leakage": "yes"}, "allow-leakage = 'yes': give true or false"),
+                            ({"max_steps": None}, "max-steps = None: give a value")]:
+        with pytest.raises(ValueError, match=re.escape(message)) as error:
+            ExperimentConfig.from_flags({**settings, **values})
+        assert "\n" not in str(error.value)

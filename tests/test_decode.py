@@ -6,9 +6,10 @@ from peft import LoraConfig, get_peft_model
 
 from moonlora.data.audio import load_audio
 from moonlora.configs import DecodeConfig
-from moonlora.eval.decode import batch_order, decode_clips
+from moonlora.eval.decode import decode_clips
 from moonlora.eval.evaluate import evaluate_manifest
 from moonlora.data.manifest import load_manifest
+from moonlora.model.decoder import batch_order
 from moonlora.model.loading import adapter_sha256, load_model, weights_sha256
 from moonlora.data.audio import AudioConfig
 
@@ -16,7 +17,7 @@ from moonlora.data.audio import AudioConfig
 def decode_manifest(loaded, manifest, config):
     utterances = manifest.utterances
     clips, _ = decode_clips(
-        loaded.model, loaded.feature_extractor, loaded.tokenizer, [u.duration for u in utterances],
+        loaded.decoder(), [u.duration for u in utterances],
         lambda i: load_audio(utterances[i].audio_filepath), config,
     )
     return clips

@@ -47,7 +47,7 @@ def test_moonshine_voice_transcribes_the_export_as_moonlora_does(exported, tmp_p
         samples = load_audio(utterance.audio_filepath, AudioConfig())
         for line in transcriber.transcribe_without_streaming(samples.astype(np.float32).tolist(), 16000).lines:
             audio = np.asarray(line.audio_data, dtype=np.float32)
-            (clip,), _ = decode_clips(ours.model, ours.feature_extractor, ours.tokenizer, [audio.size / 16000],
+            (clip,), _ = decode_clips(ours.decoder(), [audio.size / 16000],
                                       lambda index: audio, DecodeConfig(device="cpu"))
             assert line.text == clip.text, utterance.utt_id
             lines += 1

@@ -8,8 +8,9 @@ from peft import LoraConfig, get_peft_model
 from moonlora.model import bundled
 from moonlora.data.audio import load_audio
 from moonlora.configs import DecodeConfig
-from moonlora.eval.decode import decode_clips, encoder_mode
+from moonlora.eval.decode import decode_clips
 from moonlora.model.encoder import conv_output_lengths, encode_batched_exact, encode_exact
+from moonlora.model.torch_decoder import encoder_mode
 
 TOLERANCE = 1e-4  # issue 11: batched states within 1e-4 of per-clip states
 
@@ -36,7 +37,7 @@ def max_valid_difference(model, feature_extractor, waveforms) -> float:
 
 def decode_in_memory(loaded, waveforms, config) -> list[list[int]]:
     durations = [len(w) / 16000 for w in waveforms]
-    clips, _ = decode_clips(loaded.model, loaded.feature_extractor, loaded.tokenizer, durations,
+    clips, _ = decode_clips(loaded.decoder(), durations,
                             lambda i: waveforms[i], config)
     return [clip.token_ids for clip in clips]
 

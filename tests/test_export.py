@@ -90,6 +90,20 @@ def test_export_of_a_run_through_the_cli(tiny_model_dir, tmp_path, capsys):
     assert weights_sha256(merged) == saved["merged_weights_sha256"]
     assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 2  # never overwritten silently
     assert "--out" in capsys.readouterr().err
+    # RUN/adapter-best and RUN/adapter-last are the run's adapters too: the run's model, source_run kept.
+    for name in ("adapter-best", "adapter-last"):
+        assert main(["--quiet", "export", str(tmp_path / "run" / name), "--out", str(tmp_path / name)]) == 0
+        candidate = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert candidate["base_model"] == str(tiny_model_dir) != "bundled:base-en"
+        assert candidate["source_run"] == str(tmp_path / "run")
+        assert candidate["source_adapter"] == str(tmp_path / "run" / name)
+        assert candidate["source_candidate"] == name.removeprefix("adapter-")
+        assert candidate["run_tuned_wer"]["main"] == record.candidates[candidate["source_candidate"]].main.wer
+    assert json.loads((tmp_path / "adapter-best" / "manifest.json").read_text())["adapter_sha256"] == \
+        saved["adapter_sha256"]  # --select best: adapter/ is adapter-best
+    assert main(["export", str(tmp_path / "run" / "adapter-last"), "--out", str(tmp_path / "x"),
+                 "--model", "bundled:base-en"]) == 2
+    assert "the run trained its adapter on" in capsys.readouterr().err
     # Not Moonshine base: route (b), moonlora's ONNX export, int8, loadable by the ORT backend.
     shipped = export(tmp_path / "run", tmp_path / "tiny-ort", export_format="ort")
     assert shipped.manifest["quantization"]["route"].startswith("b:") and shipped.manifest["precision"] == "int8"

@@ -65,7 +65,7 @@ def test_merged_decoder_matches_torch_step_by_step(exported, tiny_model_dir):
     """Teacher-forced: ORT steps with the KV cache give the logits of one torch forward pass."""
     from pathlib import Path
 
-    from moonlora.eval.ort_decoder import load_ort_model
+    from moonlora.model.ort import load_ort_model
 
     model = load_model(str(tiny_model_dir), device="cpu").model.eval()
     ort_model, _ = load_ort_model(Path(exported[False]["folder"]), "test")

@@ -13,15 +13,16 @@ from moonlora.model import bundled
 from moonlora.configs import DecodeConfig
 from moonlora.eval.contract import ContractMismatch, require_comparable
 from moonlora.errors import ModelSourceError
-from moonlora.model.loading import load_model
-from moonlora.eval.ort_decoder import (
+from moonlora.model.loading import bundled_feature_extractor, load_model
+from moonlora.eval.decode import decode_clips
+from moonlora.model.ort import (
     DECODER_FILE,
     ENCODER_FILE,
     EOS_ID,
     MODEL_FILES,
     TOKENIZER_FILE,
+    OrtDecoder,
     OrtModel,
-    decode_clips_ort,
 )
 
 # --- unit: greedy loop, KV cache and per-clip cap on fake sessions --------------------------------
@@ -77,7 +78,8 @@ def decode_fake(script, seconds, config=None):
     config = config or DecodeConfig()
     model, decoder = fake_model(script)
     wave = np.zeros(int(seconds * 16000), dtype=np.float32)
-    clips, _ = decode_clips_ort(model, FakeTokenizer(), [seconds], lambda i: wave, config)
+    clips, _ = decode_clips(OrtDecoder(model, bundled_feature_extractor(), FakeTokenizer()), [seconds],
+                            lambda i: wave, config)
     return clips[0], decoder
 
 
@@ -220,13 +222,12 @@ def test_contracts_differ_exactly_in_runtime_and_artifact(evaluated_pair):
 @pytest.mark.integration
 def test_tiny_cap_cuts_both_runtimes_alike(loaded_pair, parity_manifest):
     from moonlora.data.audio import AudioConfig, load_audio
-    from moonlora.eval.decode import decode_clips
 
     beckett = parity_manifest.utterances[0]
     wave = load_audio(beckett.audio_filepath, AudioConfig())
     config = DecodeConfig(tokens_per_second=0.5, device="cpu")  # ~10 s -> cap 7
     torch_clip, ort_clip = (
-        decode_clips(m.model, m.feature_extractor, m.tokenizer, [beckett.duration], lambda i: wave, config)[0][0]
+        decode_clips(m.decoder(), [beckett.duration], lambda i: wave, config)[0][0]
         for m in loaded_pair)
     assert ort_clip.token_cap_hit and torch_clip.token_cap_hit
     assert ort_clip == torch_clip and len(ort_clip.token_ids) == ort_clip.token_cap - 1

@@ -128,14 +128,10 @@ def test_a_bad_setting_in_the_grid_is_refused_before_anything_runs(grid, tmp_pat
 def test_the_example_grids_expand_into_the_plans_runs(name, runs, tmp_path):
     from pathlib import Path
 
-    from moonlora.cli import experiment_config, shared_experiment_args
-    from moonlora.sweep import SweepConfig, plan_runs, typed_axes
+    from moonlora.sweep import SweepConfig, plan_runs
 
     path = Path(__file__).resolve().parents[1] / "examples" / "sweeps" / f"{name}.toml"
-    grid = load_grid(path)
-    args = shared_experiment_args(grid.experiment, str(path))
-    args.output_dir, args.resume, args.overwrite = str(tmp_path), False, False
-    config = SweepConfig(str(tmp_path), experiment_config(args), typed_axes(grid.grid, str(path)))
+    config = SweepConfig.from_grid(load_grid(path), {}, output_dir=str(tmp_path))
     planned = plan_runs(config)
     assert len(planned) == runs and len({run.config.output_dir for run in planned}) == runs
     assert all(run.config.dataset_path == "data/atc/train.jsonl" for run in planned)
@@ -154,3 +150,54 @@ def test_a_foreign_folder_is_never_used_or_deleted_even_with_overwrite(grid, tmp
     assert (out / "notes.txt").read_text() == "not moonlora's" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert main(["--quiet", "sweep", str(path), "--output-dir", str(tmp_path / "none"), "--resume"]) == 2
     assert "drop --resume" in capsys.readouterr().err
+
+
+def write_grid(tmp_path, text: str):
+    path = tmp_path / "g.toml"
+    path.write_text(text)
+    return load_grid(path)
+
+
+def test_from_grid_puts_command_line_flags_over_the_grid_files_settings_and_axes(tmp_path):
+    from moonlora.sweep import SweepConfig
+
+    grid = write_grid(tmp_path, '[experiment]\ndataset-path = "t.jsonl"\nmanifest-path = "m.jsonl"\nbatch-size = 2\n'
+                                'lora-alpha = 4\nextra-manifest = ["x.jsonl", "y.jsonl"]\n'
+                                '[grid]\nseed = [1, 2]\ntarget-modules = [["q_proj", "v_proj"], "fc1,fc2"]\n')
+    config = SweepConfig.from_grid(grid, {"seed": ["7"], "lora-r": 3, "batch_size": "5", "lora_dropout": 0.1,
+                                          "rms_target_dbfs": -20.0}, output_dir=str(tmp_path / "s"), resume=True)
+    assert config.axes == {"seed": (7,), "target_modules": (("q_proj", "v_proj"), ("fc1", "fc2")), "lora_r": (3,)}
+    base = config.base
+    assert (base.train.batch_size, base.lora.dropout, base.lora.alpha, base.audio.rms_target_dbfs) == (5, 0.1, 4.0,
+                                                                                                        -20.0)
+    assert base.extra_manifests == ("x.jsonl", "y.jsonl") and base.output_dir == str(tmp_path / "s")
+    assert base.train.seed == 42 and base.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+    assert config.resume and config.grid_file == str(grid.path)
+
+
+def test_from_grid_takes_the_main_manifest_from_its_axis_and_needs_the_training_manifest(tmp_path):
+    from moonlora.sweep import SweepConfig
+
+    grid = write_grid(tmp_path, '[grid]\nmanifest-path = ["a.jsonl", "b.jsonl"]\n')
+    config = SweepConfig.from_grid(grid, {"dataset_path": "t.jsonl"}, output_dir="s")
+    assert config.base.manifest_path == "a.jsonl" and config.axes["manifest_path"] == ("a.jsonl", "b.jsonl")
+    with pytest.raises(SweepError, match="sweep needs --dataset-path"):
+        SweepConfig.from_grid(grid, {}, output_dir="s")
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ('output-dir = "x"\n', {}, "output-dir: not an experiment setting"),
+    ('lora-rank = 4\n', {}, "lora-rank: not an experiment setting"),
+    ('select = "worst"\n', {}, "--select must be best or last"),
+    ('[grid]\nseed = [1, "one"]\n', {}, "seed = 'one': invalid literal"),
+    ('[grid]\nseed = [1, 1]\n', {}, "seed: a value is listed twice"),
+    ('', {"max_steps": "many"}, "max-steps = 'many'"),  # an axis
+    ('', {"grad_accum": "many"}, "grad-accum = 'many'"),  # a shared setting
+])
+def test_from_grid_refuses_bad_settings_in_one_line_naming_the_grid_file(tmp_path, text, overrides, message):
+    from moonlora.sweep import SweepConfig
+
+    grid = write_grid(tmp_path, '[experiment]\ndataset-path = "t.jsonl"\nmanifest-path = "m.jsonl"\n' + text)
+    with pytest.raises(SweepError, match=re.escape(message)) as error:
+        SweepConfig.from_grid(grid, overrides, output_dir="s")
+    assert str(error.value).startswith(f"{grid.path}: ") and "\n" not in str(error.value)

@@ -25,7 +25,7 @@ def run(tmp_path_factory, tiny_model_dir):
     return folder / "run", data, record
 
 
-@pytest.mark.parametrize("adapter", ["adapter", "adapter-last", "."])
+@pytest.mark.parametrize("adapter", ["adapter", "adapter-best", "adapter-last", "."])
 def test_a_runs_adapter_is_scored_under_the_runs_model_audio_and_decode(run, tmp_path, adapter):
     run_dir, data, record = run
     out = tmp_path / "t"

@@ -20,8 +20,9 @@ from pathlib import Path
 from moonlora import markdown
 from moonlora.data.audio import AudioConfig, AudioError
 from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
-from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, DecodeConfig, DemoConfig, ExperimentConfig, LoraSettings,
-                              TrainConfig, TranscribeConfig, default_of)
+from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, DecodeConfig, DemoConfig,
+                              ExperimentConfig, ExportConfig, SynthConfig, TranscribeConfig, default_of, flag_default,
+                              flag_type, parse_targets)
 from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP, CompareError
 from moonlora.eval.contract import ContractMismatch
 from moonlora.verdict.decide import DecideConfig
@@ -30,6 +31,7 @@ from moonlora.errors import ModelSourceError
 from moonlora.data.manifest import ManifestError
 from moonlora.outputs import OutputError, OutputExists, check_output_file, write_json
 from moonlora.runfolder import RunLocked, RunRecordError, is_main_process
+from moonlora.sweep import AXES, RUN_CONTROL, GridFile, SweepConfig, load_grid, run_sweep, verdict_table
 from moonlora.data.synth.build import build_domain
 from moonlora.data.synth.domains import DOMAINS
 
@@ -175,33 +177,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
-    """The ExperimentConfig of parsed `experiment` flags (also each run of a sweep)."""
-    return ExperimentConfig(
-        output_dir=args.output_dir, dataset_path=args.dataset_path, manifest_path=args.manifest_path,
-        model=args.model, max_seconds=args.max_seconds, val_fraction=args.val_fraction,
-        wer_stop_threshold=args.wer_stop_threshold, extra_manifests=tuple(args.extra_manifest),
-        canary_manifest=args.canary_manifest, canary_margin=args.canary_margin,
-        replay_manifest=args.replay_manifest, log_manifest_interval_wer=args.log_manifest_interval_wer,
-        export=args.export, export_margin=args.export_margin, select=args.select,
-        min_val_clips=args.min_val_clips, allow_leakage=args.allow_leakage,
-        train=TrainConfig(
-            max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.train_batch_size,
-            grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, eval_interval=args.eval_interval,
-            seed=args.seed, mixed_precision=args.mixed_precision, replay_ratio=args.replay_ratio,
-            gradient_checkpointing=args.gradient_checkpointing,
-        ),
-        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                          target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())),
-        audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
-        decode=DecodeConfig(batch_size=args.decode_batch_size, num_beams=args.num_beams, device=args.device,
-                            encoder=args.encoder),
-        resume=args.resume, overwrite=args.overwrite,
-    )
+def experiment_settings(args: argparse.Namespace) -> dict:
+    """The experiment flags among parsed arguments (those given, for sweep), by flag name."""
+    return {name: value for name, value in vars(args).items() if name in EXPERIMENT_FLAGS}
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    config = experiment_config(args)
+    config = ExperimentConfig.from_flags(experiment_settings(args))
     quiet_model_logs(args)
     from moonlora.train.experiment import run_experiment
     from moonlora.verdict.report import print_experiment
@@ -216,64 +198,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def subcommand_parser(name: str) -> argparse.ArgumentParser:
-    return dict((n, p) for n, _, p in _subcommands(build_parser()))[name]
-
-
-def shared_experiment_args(settings: dict, source: str) -> argparse.Namespace:
-    """Experiment flags as parsed arguments: the experiment's defaults, then `settings` (flag dest ->
-    value from a grid file or the command line), each converted by its flag's own type."""
-    parser = subcommand_parser("experiment")
-    args = parser.parse_args(["--output-dir", "-", "--dataset-path", "-", "--manifest-path", "-"])
-    args.dataset_path = args.manifest_path = None
-    actions = {action.dest: action for action in parser._actions}
-    aliases = {option.lstrip("-").replace("-", "_"): action.dest for action in parser._actions
-               for option in action.option_strings}  # batch_size -> train_batch_size
-    for key, value in settings.items():
-        dest = aliases.get(key, key)
-        action = actions.get(dest)
-        if action is None or dest in RUN_CONTROL or dest == "help":
-            raise ValueError(f"{source}: {key.replace('_', '-')}: not an experiment setting")
-        try:
-            if dest == "target_modules" and isinstance(value, list):
-                value = ",".join(value)
-            elif dest == "extra_manifest":
-                value = [str(v) for v in (value if isinstance(value, list) else [value])]
-            elif action.nargs == 0:
-                if not isinstance(value, bool):
-                    raise ValueError("give true or false")
-            elif action.type is not None and value is not None:
-                value = action.type(value)
-            if action.choices and value is not None and value not in action.choices:
-                raise ValueError(f"one of {', '.join(map(str, action.choices))}")
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{source}: {dest.replace('_', '-')} = {value!r}: {error}") from None
-        setattr(args, dest, value)
-    return args
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from moonlora.sweep import GridFile, SweepConfig, load_grid, run_sweep, typed_axes
-
     grid = load_grid(args.grid) if args.grid else GridFile(None, {}, {})
-    given = {k: v for k, v in vars(args).items()
-             if k not in ("handler", "command", "quiet", "grid", "given_flags", "argv", *RUN_CONTROL)}
-    source = str(grid.path or "the command line")
-    shared = {**grid.experiment, **{k: v for k, v in given.items() if k not in SWEEP_AXES}}
-    axes = typed_axes({**grid.grid, **{k: v for k, v in given.items() if k in SWEEP_AXES}}, source)
-    base_args = shared_experiment_args(shared, source)
-    base_args.output_dir, base_args.resume, base_args.overwrite = args.output_dir, False, False
-    for required in ("dataset_path", "manifest_path"):
-        if getattr(base_args, required) is None and required not in axes:
-            raise ValueError(f"sweep needs --{required.replace('_', '-')} (a flag, or {required.replace('_', '-')} "
-                             "in the grid file's [experiment] table)")
-    if base_args.manifest_path is None:
-        base_args.manifest_path = str(axes["manifest_path"][0])
-    config = SweepConfig(output_dir=args.output_dir, base=experiment_config(base_args), axes=axes,
-                         grid_file=str(grid.path) if grid.path else None, resume=args.resume, overwrite=args.overwrite)
+    overrides = {name: value for name, value in experiment_settings(args).items() if name not in RUN_CONTROL}
+    config = SweepConfig.from_grid(grid, overrides, output_dir=args.output_dir, resume=args.resume,
+                                   overwrite=args.overwrite)
     quiet_model_logs(args)
-    from moonlora.sweep import verdict_table
-
     try:
         result = run_sweep(config, progress=not args.quiet, command=shlex.join(["moonlora", *args.argv]))
     except KeyboardInterrupt:
@@ -488,15 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "for the moonshine-voice runtime. Each folder gets manifest.json: source run and its eval "
                          "contracts, base, adapter and merged-weights hashes, precision and quantization, tool "
                          "versions.", cmd_export)
-    export.add_argument("source", metavar="RUN_OR_ADAPTER", help="a finished run folder, or an adapter folder")
+    export.add_argument("source", metavar="RUN_OR_ADAPTER",
+                        help="a finished run's adapter (RUN, RUN/adapter, RUN/adapter-best or RUN/adapter-last: on "
+                             "the run's own base model), or a plain adapter folder")
     export.add_argument("--out", required=True, help="a new folder for the exported model")
-    export.add_argument("--format", default="hf", choices=["hf", "ort", "both"],
+    export_defaults = ExportConfig()
+    export.add_argument("--format", default=export_defaults.format, choices=list(ExportConfig.formats),
                         help="hf: merged transformers checkpoint; ort: int8 .ort graphs for the moonshine-voice "
                              "runtime; both: hf/ and ort/")
-    export.add_argument("--rounding", default="stochastic", choices=["stochastic", "nearest"],
+    export.add_argument("--rounding", default=export_defaults.rounding, choices=["stochastic", "nearest"],
                         help="int8 rounding of the merged weights (ort): stochastic keeps small LoRA changes "
                              "unbiased; nearest drops every change under half a step")
-    export.add_argument("--model", default=None,
+    export.add_argument("--model", default=export_defaults.model,
                         help="base model of an adapter folder (a run folder names its own); none: bundled:base-en")
     add_overwrite_arg(export, "--out")
 
@@ -518,9 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth = add_command(commands, "synth", "build a synthetic domain (espeak-ng voices) with train/test manifests",
                         "Templated text spoken by espeak-ng voices (pip-installed, no system package); train and "
                         "test voices disjoint; deterministic for a seed.", cmd_synth)
-    synth.add_argument("--domain", default="atc", choices=tuple(DOMAINS), help="registered domain")
-    synth.add_argument("--n", type=int, default=300, help="number of utterances")
-    synth.add_argument("--seed", type=int, default=0, help="seed of texts, voices, rates and pitches")
+    synth_defaults = SynthConfig()
+    synth.add_argument("--domain", default=synth_defaults.domain, choices=tuple(DOMAINS), help="registered domain")
+    synth.add_argument("--n", type=int, default=synth_defaults.n, help="number of utterances")
+    synth.add_argument("--seed", type=int, default=synth_defaults.seed, help="seed of texts, voices, rates and pitches")
     synth.add_argument("--out", required=True,
                        help="output folder (clips/, train.jsonl, test.jsonl, synth_config.json)")
     synth.add_argument("--test-fraction", type=float,
@@ -546,10 +480,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SWEEP_AXES = ("learning_rate", "max_steps", "seed", "target_modules", "lora_r", "manifest_path")  # moonlora.sweep.AXES
-RUN_CONTROL = ("output_dir", "resume", "overwrite")
-
-
 class SweepArguments:
     """`sweep` takes every experiment flag: an axis flag is repeatable (one run per value); any other
     flag is a setting all runs share and shows no default of its own (the experiment's applies)."""
@@ -562,7 +492,7 @@ class SweepArguments:
         if dest in RUN_CONTROL:
             return None
         options.update(default=argparse.SUPPRESS, required=False)
-        if dest in SWEEP_AXES:
+        if dest in AXES:
             options.update(action="append", help=f"{options['help']}; an axis, repeatable: one run per value "
                                                  "(default: the experiment's, one run)")
         else:
@@ -570,83 +500,78 @@ class SweepArguments:
         return self.parser.add_argument(*flags, **options)
 
 
+def add_setting(parser, name: str, help: str, **options) -> None:
+    """Experiment flag `name` of configs.EXPERIMENT_FLAGS (and its aliases): dest, default and type come
+    from the table and the config field it maps to."""
+    flags = [f"--{flag.replace('_', '-')}" for flag in (name, *[a for a, n in FLAG_ALIASES.items() if n == name])]
+    kind = flag_type(name)
+    if kind is bool:
+        options.setdefault("action", "store_true")
+    elif kind is not tuple:
+        options.setdefault("type", kind)
+    if "default" not in options and "required" not in options:
+        options["default"] = flag_default(name)
+    parser.add_argument(*flags, dest=name, help=help, **options)
+
+
 def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
-    """The experiment plan's flags keep their names; the rest follow the config dataclasses."""
-    train, lora, decode = TrainConfig(), LoraSettings(), DecodeConfig()
-
-    def default(name: str):
-        return default_of(ExperimentConfig, name)
-
-    experiment.add_argument("--output-dir", required=True, help="the run folder (refused if it holds a run)")
-    experiment.add_argument("--dataset-path", required=True, help="training manifest (its val split guides choices)")
-    experiment.add_argument("--manifest-path", required=True, help="main held-out manifest (scored before and after)")
-    experiment.add_argument("--max-steps", type=int, default=train.max_steps, help="optimizer updates")
-    experiment.add_argument("--learning-rate", type=float, default=train.learning_rate, help="peak learning rate")
-    experiment.add_argument("--eval-interval", type=int, default=train.eval_interval,
-                            help="val-split WER every this many steps")
-    experiment.add_argument("--max-seconds", type=float, default=default("max_seconds"),
-                            help="drop training clips longer than this")
-    experiment.add_argument("--seed", type=int, default=train.seed, help="seed of the split, LoRA init and batches")
-    experiment.add_argument("--wer-stop-threshold", type=float, default=default("wer_stop_threshold"),
-                            help="stop when val WER exceeds baseline val WER times this (e.g. 1.1); none: never")
-    add_model_args(experiment, default("model"))
-    experiment.add_argument("--lora-r", type=int, default=lora.r, help="LoRA rank")
-    experiment.add_argument("--lora-alpha", type=float, default=lora.alpha, help="LoRA scaling numerator")
-    experiment.add_argument("--lora-dropout", type=float, default=lora.dropout, help="dropout on the LoRA input")
-    experiment.add_argument("--target-modules", default=",".join(lora.target_modules),
-                            help="comma-separated module names that get LoRA, or one preset: all (q/k/v/o_proj, fc1, "
-                                 "fc2 in encoder and decoder) or decoder (the same in the decoder only: the frozen "
-                                 "encoder's output is computed once per clip and cached; about 3x faster training and "
-                                 "less memory, but a higher WER on new voices, see docs/benchmarks.md)")
-    experiment.add_argument("--train-batch-size", "--batch-size", dest="train_batch_size", type=int,
-                            default=train.batch_size, help="training clips per micro-batch")
-    experiment.add_argument("--grad-accum", type=int, default=train.grad_accum, help="micro-batches per update")
-    experiment.add_argument("--warmup-steps", type=int, default=train.warmup_steps,
-                            help="linear warmup, then linear decay to 0")
-    experiment.add_argument("--mixed-precision", default=train.mixed_precision, choices=("auto", "no", "bf16"),
-                            help="auto: bf16 on a GPU that supports it, else fp32")
-    experiment.add_argument("--gradient-checkpointing", default=train.gradient_checkpointing,
-                            choices=("auto", "on", "off"),
-                            help="recompute the encoder's layers in backward instead of keeping their activations: "
-                                 "same loss and gradients, less memory (worst batch of 8 x 25 s clips on CPU: 7.0 -> "
-                                 "3.8 GB), 10-20 percent slower; auto: on the CPU, for micro-batches over 60 s of audio "
-                                 "when encoder weights train")
-    experiment.add_argument("--val-fraction", type=float, default=default("val_fraction"),
-                            help="share of training clips held out as the val split")
-    experiment.add_argument("--extra-manifest", action="append", default=[],
-                            help="secondary held-out manifest (repeatable)")
-    experiment.add_argument("--canary-manifest", default=default("canary_manifest"),
-                            help="general speech that must not get worse")
-    experiment.add_argument("--canary-margin", type=float, default=default("canary_margin"),
-                            help="stop when canary WER rises by more than this")
-    experiment.add_argument("--replay-manifest", default=default("replay_manifest"),
-                            help="general speech mixed into training")
-    experiment.add_argument("--replay-ratio", type=float, default=train.replay_ratio,
-                            help="share of training clips from --replay-manifest")
-    experiment.add_argument("--log-manifest-interval-wer", action="store_true",
-                            help="also log main-manifest WER at intervals (plots only, never used for choices)")
-    experiment.add_argument("--export", default=default("export"), choices=["ort"],
-                            help="at the end, export the chosen adapter as int8 .ort graphs (export/ort/), score "
-                                 "them on the main manifest and canary, and record export parity; none: no export")
-    experiment.add_argument("--export-margin", type=float, default=default("export_margin"),
-                            help="export parity holds when the CI high end of WER(export) - WER(torch) is at most this")
-    experiment.add_argument("--select", default=default("select"), choices=["best", "last"],
-                            help="which adapter becomes adapter/ and the tuned scores: best (lowest val WER) or last "
-                                 "(after the final update); both are kept and scored on the main manifest")
-    experiment.add_argument("--min-val-clips", type=int, default=default("min_val_clips"),
-                            help="refuse a val split smaller than this (it drives the best step and early stops)")
-    experiment.add_argument("--allow-leakage", action="store_true",
-                            help="accept training audio, transcripts or speakers that an evaluated manifest shares "
-                                 "(refused otherwise, naming the rows)")
-    experiment.add_argument("--decode-batch-size", type=int, default=decode.batch_size,
-                            help="clips per decode batch (baseline, interval and tuned WER)")
-    experiment.add_argument("--num-beams", type=int, default=decode.num_beams, help="1 = greedy search")
-    experiment.add_argument("--device", default=decode.device, help=DEVICE_HELP)
+    """The experiment plan's flags keep their names; defaults and types follow the config dataclasses."""
+    add_setting(experiment, "output_dir", "the run folder (refused if it holds a run)", required=True)
+    add_setting(experiment, "dataset_path", "training manifest (its val split guides choices)", required=True)
+    add_setting(experiment, "manifest_path", "main held-out manifest (scored before and after)", required=True)
+    add_setting(experiment, "max_steps", "optimizer updates")
+    add_setting(experiment, "learning_rate", "peak learning rate")
+    add_setting(experiment, "eval_interval", "val-split WER every this many steps")
+    add_setting(experiment, "max_seconds", "drop training clips longer than this")
+    add_setting(experiment, "seed", "seed of the split, LoRA init and batches")
+    add_setting(experiment, "wer_stop_threshold",
+                "stop when val WER exceeds baseline val WER times this (e.g. 1.1); none: never")
+    add_model_args(experiment, flag_default("model"))
+    add_setting(experiment, "lora_r", "LoRA rank")
+    add_setting(experiment, "lora_alpha", "LoRA scaling numerator")
+    add_setting(experiment, "lora_dropout", "dropout on the LoRA input")
+    add_setting(experiment, "target_modules",
+                "comma-separated module names that get LoRA, or one preset: all (q/k/v/o_proj, fc1, "
+                "fc2 in encoder and decoder) or decoder (the same in the decoder only: the frozen "
+                "encoder's output is computed once per clip and cached; about 3x faster training and "
+                "less memory, but a higher WER on new voices, see docs/benchmarks.md)",
+                type=parse_targets, default=",".join(flag_default("target_modules")))
+    add_setting(experiment, "train_batch_size", "training clips per micro-batch")
+    add_setting(experiment, "grad_accum", "micro-batches per update")
+    add_setting(experiment, "warmup_steps", "linear warmup, then linear decay to 0")
+    add_setting(experiment, "mixed_precision", "auto: bf16 on a GPU that supports it, else fp32",
+                choices=("auto", "no", "bf16"))
+    add_setting(experiment, "gradient_checkpointing",
+                "recompute the encoder's layers in backward instead of keeping their activations: "
+                "same loss and gradients, less memory (worst batch of 8 x 25 s clips on CPU: 7.0 -> "
+                "3.8 GB), 10-20 percent slower; auto: on the CPU, for micro-batches over 60 s of audio "
+                "when encoder weights train", choices=("auto", "on", "off"))
+    add_setting(experiment, "val_fraction", "share of training clips held out as the val split")
+    add_setting(experiment, "extra_manifest", "secondary held-out manifest (repeatable)", action="append", default=[])
+    add_setting(experiment, "canary_manifest", "general speech that must not get worse")
+    add_setting(experiment, "canary_margin", "stop when canary WER rises by more than this")
+    add_setting(experiment, "replay_manifest", "general speech mixed into training")
+    add_setting(experiment, "replay_ratio", "share of training clips from --replay-manifest")
+    add_setting(experiment, "log_manifest_interval_wer",
+                "also log main-manifest WER at intervals (plots only, never used for choices)")
+    add_setting(experiment, "export", "at the end, export the chosen adapter as int8 .ort graphs (export/ort/), score "
+                "them on the main manifest and canary, and record export parity; none: no export", choices=["ort"])
+    add_setting(experiment, "export_margin",
+                "export parity holds when the CI high end of WER(export) - WER(torch) is at most this")
+    add_setting(experiment, "select", "which adapter becomes adapter/ and the tuned scores: best (lowest val WER) or "
+                "last (after the final update); both are kept and scored on the main manifest",
+                choices=["best", "last"])
+    add_setting(experiment, "min_val_clips", "refuse a val split smaller than this (it drives the best step and "
+                "early stops)")
+    add_setting(experiment, "allow_leakage", "accept training audio, transcripts or speakers that an evaluated "
+                "manifest shares (refused otherwise, naming the rows)")
+    add_setting(experiment, "decode_batch_size", "clips per decode batch (baseline, interval and tuned WER)")
+    add_setting(experiment, "num_beams", "1 = greedy search")
+    add_setting(experiment, "device", DEVICE_HELP)
     add_encoder_arg(experiment)
     add_rms_arg(experiment)
-    experiment.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
-    experiment.add_argument("--overwrite", action="store_true",
-                            help="replace the run in --output-dir (only a moonlora run folder)")
+    add_setting(experiment, "resume", "continue the run in --output-dir")
+    add_setting(experiment, "overwrite", "replace the run in --output-dir (only a moonlora run folder)")
 
 
 # --- the README's commands table ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Run settings as frozen dataclasses: model, decode, training, LoRA, experiment, transcribe and demo configs.
+"""Run settings as frozen dataclasses: model, decode, training, LoRA, experiment, transcribe, demo, export
+and synth configs, and EXPERIMENT_FLAGS, the one map from the experiment's flags to their config fields.
 
 Torch-free on purpose (stdlib only), so command-line parsing,
 eval contracts and reports can build and read configs without loading torch, transformers,
@@ -7,10 +8,13 @@ peft or accelerate.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
+import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import get_type_hints
 
 SAMPLE_RATE = 16_000  # Moonshine's only input rate
 PIPELINE_VERSION = "1"  # bump when load_audio changes what it returns
@@ -204,6 +208,155 @@ class ExperimentConfig:
                   for key, value in data.items()}
         return _typed(cls, values)
 
+    @classmethod
+    def from_flags(cls, values: dict) -> ExperimentConfig:
+        """The config of experiment settings by flag name (EXPERIMENT_FLAGS; typed, or as a grid file
+        gives them); a setting not given keeps its field's default."""
+        return _built(cls, _by_path(values))
+
+    def with_flags(self, values: dict) -> ExperimentConfig:
+        """This config with some settings, by flag name, put in place (validated again)."""
+        return _replaced(self, _by_path(values))
+
+
+# --- the experiment's flags ------------------------------------------------------------------------------------------
+
+# The one map between the experiment's flags and ExperimentConfig: flag name (dashes as underscores, the
+# argparse dest and a grid file's key) -> field path. The parser takes each flag's default and type from its
+# field, `ExperimentConfig.from_flags` builds the config of them, and a sweep's axes are flags of this table.
+EXPERIMENT_FLAGS = {
+    "output_dir": "output_dir",
+    "dataset_path": "dataset_path",
+    "manifest_path": "manifest_path",
+    "max_steps": "train.max_steps",
+    "learning_rate": "train.learning_rate",
+    "eval_interval": "train.eval_interval",
+    "max_seconds": "max_seconds",
+    "seed": "train.seed",
+    "wer_stop_threshold": "wer_stop_threshold",
+    "model": "model",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "target_modules": "lora.target_modules",
+    "train_batch_size": "train.batch_size",
+    "grad_accum": "train.grad_accum",
+    "warmup_steps": "train.warmup_steps",
+    "mixed_precision": "train.mixed_precision",
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "val_fraction": "val_fraction",
+    "extra_manifest": "extra_manifests",  # repeatable: one manifest per flag
+    "canary_manifest": "canary_manifest",
+    "canary_margin": "canary_margin",
+    "replay_manifest": "replay_manifest",
+    "replay_ratio": "train.replay_ratio",
+    "log_manifest_interval_wer": "log_manifest_interval_wer",
+    "export": "export",
+    "export_margin": "export_margin",
+    "select": "select",
+    "min_val_clips": "min_val_clips",
+    "allow_leakage": "allow_leakage",
+    "decode_batch_size": "decode.batch_size",
+    "num_beams": "decode.num_beams",
+    "device": "decode.device",
+    "encoder": "decode.encoder",
+    "rms_target_dbfs": "audio.rms_target_dbfs",
+    "resume": "resume",
+    "overwrite": "overwrite",
+}
+FLAG_ALIASES = {"batch_size": "train_batch_size"}  # earlier flag names that stay accepted
+
+
+def parse_targets(value) -> tuple[str, ...]:
+    """LoRA target modules from "q_proj,v_proj" (the flag) or a list (a grid file)."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def flag_field(name: str) -> tuple[type, str]:
+    """(config class, field name) that experiment flag `name` sets."""
+    *sections, attribute = EXPERIMENT_FLAGS[FLAG_ALIASES.get(name, name)].split(".")
+    cls = ExperimentConfig
+    for section in sections:
+        cls = get_type_hints(cls)[section]
+    return cls, attribute
+
+
+def flag_default(name: str):
+    """The default of experiment flag `name`: its config field's."""
+    return default_of(*flag_field(name))
+
+
+def flag_type(name: str) -> type:
+    """int, float, str, bool or tuple: the type of experiment flag `name`'s field (None aside)."""
+    return _flag_hint(name)[0]
+
+
+def _flag_hint(name: str) -> tuple[type, bool]:
+    """(type, whether None is allowed) of experiment flag `name`'s field."""
+    cls, attribute = flag_field(name)
+    hint = get_type_hints(cls)[attribute]
+    optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
+    if optional:
+        (hint,) = [arg for arg in hint.__args__ if arg is not type(None)]
+    return getattr(hint, "__origin__", hint), optional
+
+
+def flag_value(name: str, value):
+    """`value` of experiment flag `name` as its field holds it (a flag's string or a grid file's value)."""
+    kind, optional = _flag_hint(name)
+    if value is None:
+        if not optional:
+            raise ValueError("give a value")
+        return None
+    if name == "target_modules":
+        return parse_targets(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError("give true or false")
+        return value
+    if kind is tuple:
+        return tuple(str(item) for item in (value if isinstance(value, (list, tuple)) else [value]))
+    return kind(value)
+
+
+def _by_path(values: dict) -> dict:
+    """Flag name -> value, as field path -> typed value; an unknown or ill-typed one is a one-line error."""
+    by_path = {}
+    for key, value in values.items():
+        name = FLAG_ALIASES.get(key, key)
+        if name not in EXPERIMENT_FLAGS:
+            raise ValueError(f"{key.replace('_', '-')}: not an experiment setting")
+        try:
+            by_path[EXPERIMENT_FLAGS[name]] = flag_value(name, value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name.replace('_', '-')} = {value!r}: {error}") from None
+    return by_path
+
+
+def _sections(by_path: dict) -> tuple[dict, dict]:
+    """Field path -> value, split into this level's fields and the nested sections' paths."""
+    top, sections = {}, {}
+    for path, value in by_path.items():
+        section, _, rest = path.partition(".")
+        if rest:
+            sections.setdefault(section, {})[rest] = value
+        else:
+            top[path] = value
+    return top, sections
+
+
+def _built(cls, by_path: dict):
+    top, sections = _sections(by_path)
+    hints = get_type_hints(cls)
+    return cls(**top, **{section: _built(hints[section], paths) for section, paths in sections.items()})
+
+
+def _replaced(config, by_path: dict):
+    top, sections = _sections(by_path)
+    return dataclasses.replace(config, **top, **{section: _replaced(getattr(config, section), paths)
+                                                 for section, paths in sections.items()})
+
 
 @dataclass(frozen=True)
 class TranscribeConfig:
@@ -248,6 +401,26 @@ class DemoConfig:
         if self.output_dir:
             return Path(self.output_dir)
         return Path("outputs") / f"demo-{_stamp()}"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`moonlora export`: how a run's (or an adapter folder's) merged model is written."""
+
+    format: str = "hf"  # hf (merged transformers checkpoint) | ort (int8 .ort graphs) | both
+    rounding: str = "stochastic"  # int8 rounding of the merged weights (ort) | nearest
+    model: str | None = None  # base model of a plain adapter folder (None: DEFAULT_MODEL); a run names its own
+
+    formats = ("hf", "ort", "both")  # a class attribute, not a field
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """`moonlora synth`: a synthetic domain (moonlora.data.synth.build.build_domain)."""
+
+    domain: str = "atc"  # a registered domain (moonlora.data.synth.domains)
+    n: int = 300  # utterances
+    seed: int = 0  # of texts, voices, rates and pitches
 
 
 def _stamp() -> str:

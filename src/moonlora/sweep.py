@@ -24,9 +24,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moonlora.configs import ExperimentConfig
+from moonlora.configs import ExperimentConfig, flag_value
 from moonlora.outputs import OutputExists, check_output_dir, claim_output_dir, write_json
-from moonlora.runfolder import RunRecordError, read_record, run_state
+from moonlora.runfolder import RUN_CONTROL_FIELDS, RunRecordError, read_record, run_state
 
 OUTPUT_KIND = "sweep"
 SWEEP_FILE = "sweep.json"
@@ -38,12 +38,10 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class Axis:
-    """One dimension a sweep may vary: where it lives in ExperimentConfig and how runs are named."""
+    """One dimension a sweep may vary: an experiment flag (configs.EXPERIMENT_FLAGS says which field it
+    sets and its type) and how its values name runs."""
 
     name: str  # the experiment flag without dashes, underscored (TOML keys may use either spelling)
-    section: str | None  # nested config holding it (train, lora) or None for ExperimentConfig itself
-    attribute: str
-    convert: object  # str/TOML value -> typed value
     label: object  # typed value -> part of a run name
 
 
@@ -55,19 +53,16 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "-" for c in text).strip("-")
 
 
-def _targets(value) -> tuple[str, ...]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return tuple(item.strip() for item in items if str(item).strip())
-
-
 AXES = {axis.name: axis for axis in (
-    Axis("learning_rate", "train", "learning_rate", float, _float_label("lr")),
-    Axis("max_steps", "train", "max_steps", int, lambda v: f"steps{v}"),
-    Axis("seed", "train", "seed", int, lambda v: f"seed{v}"),
-    Axis("target_modules", "lora", "target_modules", _targets, lambda v: "targets-" + "+".join(v)),
-    Axis("lora_r", "lora", "r", int, lambda v: f"r{v}"),
-    Axis("manifest_path", None, "manifest_path", str, lambda v: "manifest-" + _slug(Path(v).stem)),
+    Axis("learning_rate", _float_label("lr")),
+    Axis("max_steps", lambda v: f"steps{v}"),
+    Axis("seed", lambda v: f"seed{v}"),
+    Axis("target_modules", lambda v: "targets-" + "+".join(v)),
+    Axis("lora_r", lambda v: f"r{v}"),
+    Axis("manifest_path", lambda v: "manifest-" + _slug(Path(v).stem)),
 )}
+RUN_CONTROL = ("output_dir", *RUN_CONTROL_FIELDS)  # set per run by the sweep, never shared or varied
+REQUIRED = ("dataset_path", "manifest_path")  # experiment flags without a default
 
 
 class SweepError(ValueError):
@@ -118,14 +113,33 @@ def typed_axes(raw: dict[str, list], source: str) -> dict[str, tuple]:
     """Axis values converted to their config types; duplicates refused."""
     axes = {}
     for name, values in raw.items():
-        try:
-            typed = tuple(AXES[name].convert(value) for value in values)
-        except (TypeError, ValueError) as error:
-            raise SweepError(f"{source}: {name}: {error}") from None
+        typed = tuple(_axis_value(name, value, source) for value in values)
         if len(set(typed)) != len(typed):
             raise SweepError(f"{source}: {name}: a value is listed twice")
         axes[name] = typed
     return axes
+
+
+def _axis_value(name: str, value, source: str):
+    try:
+        return flag_value(name, value)
+    except (TypeError, ValueError) as error:
+        raise SweepError(f"{source}: {name.replace('_', '-')} = {value!r}: {error}") from None
+
+
+def shared_settings(settings: dict, axes: dict[str, tuple], source: str) -> dict:
+    """The settings every run shares, checked: no run control, the required manifests present (the main
+    one may be an axis: then the base holds its first value)."""
+    for name in settings:
+        if name in RUN_CONTROL:
+            raise SweepError(f"{source}: {name.replace('_', '-')}: not an experiment setting")
+    for name in REQUIRED:
+        if name not in settings and name not in axes:
+            flag = name.replace("_", "-")
+            raise SweepError(f"sweep needs --{flag} (a flag, or {flag} in the grid file's [experiment] table)")
+    if "manifest_path" not in settings:
+        settings = {**settings, "manifest_path": axes["manifest_path"][0]}
+    return settings
 
 
 @dataclass(frozen=True)
@@ -137,9 +151,29 @@ class SweepConfig:
     resume: bool = False
     overwrite: bool = False
 
+    @classmethod
+    def from_grid(cls, grid: GridFile, overrides: dict, output_dir: str, resume: bool = False,
+                  overwrite: bool = False) -> SweepConfig:
+        """A grid file's settings and axes with `overrides` (experiment flag -> value, from the command line)
+        on top: an axis flag (a value or a list) replaces that axis, any other flag a shared setting. Every
+        value is typed and checked here, before anything runs; a bad one is a one-line error naming the grid
+        file."""
+        source = str(grid.path or "the command line")
+        overrides = {flag_key(key): value for key, value in overrides.items()}
+        given_axes = {k: v if isinstance(v, list) else [v] for k, v in overrides.items() if k in AXES}
+        axes = typed_axes({**grid.grid, **given_axes}, source)
+        shared = shared_settings({**grid.experiment, **{k: v for k, v in overrides.items() if k not in AXES}},
+                                 axes, source)
+        try:
+            base = ExperimentConfig.from_flags({**shared, "output_dir": output_dir})
+        except (TypeError, ValueError) as error:
+            raise SweepError(f"{source}: {error}") from None
+        return cls(output_dir=output_dir, base=base, axes=axes, grid_file=str(grid.path) if grid.path else None,
+                   resume=resume, overwrite=overwrite)
+
     def to_dict(self) -> dict:
         base = self.base.to_dict()
-        for key in ("output_dir", "resume", "overwrite"):
+        for key in RUN_CONTROL:
             base.pop(key, None)
         return {"output_dir": self.output_dir, "grid_file": self.grid_file, "base": base,
                 "axes": {name: list(values) for name, values in self.axes.items()}}
@@ -154,13 +188,7 @@ class PlannedRun:
 
 def apply_settings(base: ExperimentConfig, settings: dict, output_dir: Path) -> ExperimentConfig:
     """The base config with the axes' values put in place (validated by the config classes)."""
-    sections: dict[str, dict] = {"train": {}, "lora": {}}
-    top = {"output_dir": str(output_dir), "resume": False, "overwrite": False}
-    for name, value in settings.items():
-        axis = AXES[name]
-        (sections[axis.section] if axis.section else top)[axis.attribute] = value
-    return dataclasses.replace(base, **top, train=dataclasses.replace(base.train, **sections["train"]),
-                               lora=dataclasses.replace(base.lora, **sections["lora"]))
+    return base.with_flags({**settings, "output_dir": str(output_dir), "resume": False, "overwrite": False})
 
 
 def plan_runs(config: SweepConfig) -> list[PlannedRun]:

@@ -10,12 +10,12 @@ import math
 import shlex
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
 from pathlib import Path
 
 import soundfile as sf
 
 from moonlora import markdown, outputs
+from moonlora.data.leakage import Leak, find_leaks
 from moonlora.data.manifest import Manifest, ManifestError, Utterance, load_manifest
 from moonlora.data.splits import split_train_val
 from moonlora.data.text import normalize
@@ -25,7 +25,6 @@ LONG_SECONDS = 30.0  # ... and longer than this
 DURATION_TOLERANCE = 0.1  # seconds between the declared duration and the file header
 DEFAULT_SEED = 42
 MAX_LINES_SHOWN = 10
-MAX_LEAK_EXAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -92,14 +91,6 @@ class SplitSizes:
     reason: str
     val_speakers: tuple[str, ...]
     source: str
-
-
-@dataclass(frozen=True)
-class Leak:
-    kind: str  # audio | transcript | speaker
-    manifests: tuple[str, str]
-    shared: int  # distinct shared items
-    examples: tuple[tuple[str, int, int], ...]  # (item, line in first, line in second)
 
 
 @dataclass
@@ -259,36 +250,6 @@ def diagnose_manifest(path: str, config: DiagnoseConfig) -> tuple[ManifestReport
         sample_rates=rates, channels=channels, problems=problems,
     )
     return report, manifest
-
-
-def _first_lines(manifest: Manifest, key) -> dict[str, int]:
-    lines: dict[str, int] = {}
-    for u in manifest.utterances:
-        value = key(u)
-        if value and value not in lines:
-            lines[value] = u.line
-    return lines
-
-
-LEAK_KEYS = {
-    "audio": lambda u: u.audio_sha256,
-    "transcript": lambda u: normalize(u.text),
-    "speaker": lambda u: u.speaker,
-}
-
-
-def find_leaks(manifests: dict[str, Manifest]) -> list[Leak]:
-    """Audio, transcripts and speakers that appear in more than one manifest."""
-    leaks = []
-    index = {kind: {name: _first_lines(m, key) for name, m in manifests.items()} for kind, key in LEAK_KEYS.items()}
-    for kind in LEAK_KEYS:
-        for a, b in combinations(manifests, 2):
-            first, second = index[kind][a], index[kind][b]
-            shared = sorted(set(first) & set(second), key=lambda item: first[item])
-            if shared:
-                examples = tuple((item, first[item], second[item]) for item in shared[:MAX_LEAK_EXAMPLES])
-                leaks.append(Leak(kind, (a, b), len(shared), examples))
-    return leaks
 
 
 def diagnose(config: DiagnoseConfig) -> DiagnosisReport:

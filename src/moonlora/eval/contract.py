@@ -7,7 +7,7 @@ otherwise and names each differing field. Baseline-vs-tuned comparisons allow th
 `runtime` is what ran the model: {"name": "torch", "precision": <the dtype>} or
 {"name": "onnxruntime", "precision": "int8" | "float16" | "float32"} (read from the graphs). For
 onnxruntime, `model_sha256` is the artifact hash (the .ort files and tokenizer.bin, see
-`moonlora.eval.ort_decoder`). A torch and an onnxruntime result compare only when the caller allows it
+`moonlora.model.ort`). A torch and an onnxruntime result compare only when the caller allows it
 knowingly: `require_comparable(a, b, allow=("runtime", "model_sha256"))`.
 
 `model_type` is the model family that was loaded (config.json's model type; "moonshine" for

@@ -11,9 +11,10 @@ from pathlib import Path
 from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import DecodeConfig
 from moonlora.eval.contract import EvalContract
-from moonlora.eval.decode import DecodedClip, decode_clips
+from moonlora.eval.decode import decode_clips
 from moonlora.data.manifest import Manifest, SkippedRow, Utterance
 from moonlora.eval.metrics import CorpusScore, UtteranceFlags, UtteranceScore, corpus_score, flag_utterance, score_utterance
+from moonlora.model.decoder import DecodedClip
 from moonlora.model.loading import LoadedModel, adapter_sha256
 from moonlora.outputs import write_json, write_text
 from moonlora.progress import progress_bar
@@ -97,7 +98,7 @@ def evaluate_manifest(
     utterances = manifest.utterances
     bar = progress_bar(len(utterances), description, unit="clip", enabled=progress)
     decoded, decode_seconds = decode_clips(
-        loaded.model, loaded.feature_extractor, loaded.tokenizer,
+        loaded.decoder(),
         durations=[u.duration for u in utterances],
         load_waveform=lambda i: load_audio(utterances[i].audio_filepath, audio),
         config=decode, on_batch=bar.update,

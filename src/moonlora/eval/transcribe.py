@@ -6,16 +6,16 @@ folder has been checked, so a refused --output-dir costs no model load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from moonlora.configs import ExperimentConfig, TranscribeConfig
+from moonlora.adapters import resolve_adapter
+from moonlora.configs import TranscribeConfig
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
-from moonlora.runfolder import ADAPTER_DIR, read_config_dict
 from moonlora.runfolder import CONFIG_FILE as CONFIG_OF_RUN
 
 if TYPE_CHECKING:
@@ -28,50 +28,27 @@ OUTPUT_KIND = "transcribe"
 OUTPUT_ENTRIES = ("transcripts.jsonl", "summary.json", CONFIG_FILE)
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """What a run folder fixes for anyone scoring its adapter: the parity the plan's protocol asks for."""
-
-    run_dir: Path
-    adapter: str  # the adapter folder itself (a run folder given as --adapter means its adapter/)
-    model: str
-    rms_target_dbfs: float | None
-    decode: dict  # DecodeConfig.result_fields of the run
-
-
-def run_settings(adapter: str | None) -> RunSettings | None:
-    """The settings of the run an adapter folder belongs to (RUN/adapter, RUN/adapter-best, ...), or None
-    for an adapter that no moonlora run folder holds."""
-    if adapter is None:
-        return None
-    folder = Path(adapter)
-    run_dir = folder if (folder / CONFIG_OF_RUN).is_file() else folder.parent
-    if not (run_dir / CONFIG_OF_RUN).is_file():
-        return None
-    config = ExperimentConfig.from_dict(read_config_dict(run_dir))
-    chosen = folder / ADAPTER_DIR if run_dir == folder else folder
-    return RunSettings(run_dir, str(chosen), config.model, config.audio.rms_target_dbfs,
-                       config.decode.result_dict())
-
-
 def with_run_settings(config: TranscribeConfig, given: set[str]) -> TranscribeConfig:
     """`transcribe --adapter` of a run's adapter measures under the run's audio and decode settings
     (and its base model); a flag the user gave that contradicts them is refused, naming both."""
-    settings = run_settings(config.adapter)
-    if settings is None:
+    if config.adapter is None:
         return config
-    source = settings.run_dir / CONFIG_OF_RUN
-    current = {"--model": (config.model, settings.model),
-               "--rms-target-dbfs": (config.audio.rms_target_dbfs, settings.rms_target_dbfs),
-               "--num-beams": (config.decode.num_beams, settings.decode["num_beams"]),
-               "--dtype": (config.decode.dtype, settings.decode["dtype"])}
+    resolved = resolve_adapter(config.adapter)
+    if resolved.config is None:  # a plain adapter folder: the flags say how to score it
+        return config
+    run = resolved.config
+    source = resolved.run_dir / CONFIG_OF_RUN
+    current = {"--model": (config.model, run.model),
+               "--rms-target-dbfs": (config.audio.rms_target_dbfs, run.audio.rms_target_dbfs),
+               "--num-beams": (config.decode.num_beams, run.decode.num_beams),
+               "--dtype": (config.decode.dtype, run.decode.dtype)}
     for flag, (given_value, run_value) in current.items():
         if flag in given and given_value != run_value:
             raise ValueError(f"{flag} {given_value} conflicts with the run this adapter comes from ({source}: "
                              f"{run_value}); drop {flag} to score the adapter under the run's own settings")
-    decode = replace(config.decode, **settings.decode)
-    return replace(config, adapter=settings.adapter, model=settings.model,
-                   audio=replace(config.audio, rms_target_dbfs=settings.rms_target_dbfs), decode=decode)
+    decode = replace(config.decode, **run.decode.result_dict())
+    return replace(config, adapter=str(resolved.adapter_dir), model=run.model,
+                   audio=replace(config.audio, rms_target_dbfs=run.audio.rms_target_dbfs), decode=decode)
 
 
 def check_output(config: TranscribeConfig) -> Path:

@@ -6,7 +6,10 @@
   `UsefulSensors/moonshine-tiny`, through `from_pretrained` of its model family's class.
 - `ort:DIR` (or a folder holding `encoder_model.ort` / `decoder_model_merged.ort`, without the
   prefix), and `ort:bundled:base-en` for the wheel's own folder: the ONNX Runtime graphs a user
-  deploys, scored through onnxruntime (`moonlora.eval.ort_decoder`). No adapter: merge and export first.
+  deploys, scored through onnxruntime (`moonlora.model.ort`). No adapter: merge and export first.
+
+Each LoadedModel hands out the `Decoder` that runs it (`LoadedModel.decoder()`), so the decode
+path never asks which runtime it holds.
 
 Every torch load reads config.json's `model_type` first and loads the checkpoint with that model
 family's class (`moonlora.model.families`), then checks what it got before anything uses it
@@ -26,6 +29,7 @@ import socket
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -38,9 +42,12 @@ from transformers import AutoFeatureExtractor, AutoTokenizer, Wav2Vec2FeatureExt
 from transformers.utils import cached_file
 
 from moonlora.model import bundled
+from moonlora.model.decoder import Decoder
 from moonlora.data.audio import SAMPLE_RATE
 from moonlora.configs import DEFAULT_MODEL
 from moonlora.model.device import DTYPES, resolve_device
+from moonlora.model.ort import RUNTIME_NAME, OrtDecoder, is_ort_folder, load_ort_model
+from moonlora.model.torch_decoder import TorchDecoder
 from moonlora.errors import ModelSourceError
 from moonlora.model.families import MOONSHINE, ModelFamily, family_for
 from moonlora.model.verify import (ADAPTER_FIX, ADAPTER_WEIGHTS, LoadCheck, captured_load_report, check_adapter,
@@ -61,7 +68,7 @@ class LoadedModel:
     """A Moonshine model with what it needs to hear and write, and where it came from."""
 
     # MoonshineForConditionalGeneration, or a PeftModel around it; for runtime "onnxruntime" an
-    # ort_backend.OrtModel
+    # ort.OrtModel
     model: torch.nn.Module
     feature_extractor: object
     tokenizer: object
@@ -70,6 +77,8 @@ class LoadedModel:
     adapter_path: str | None = None
     runtime: str = "torch"  # torch | onnxruntime
     precision: str = "float32"  # torch: the dtype it was loaded in; onnxruntime: read from the graphs
+    # Builds the Decoder that runs `model`, from (model, feature_extractor, tokenizer).
+    decoder_factory: Callable[..., Decoder] = TorchDecoder
     model_type: str = MOONSHINE.model_type  # its family's key (the onnxruntime graphs are Moonshine's)
     load_check: dict | None = None  # LoadCheck.to_dict() of a torch load; None where moonlora did not check
 
@@ -80,6 +89,10 @@ class LoadedModel:
     @property
     def family(self) -> ModelFamily:
         return family_for(self.model_type)
+
+    def decoder(self) -> Decoder:
+        """The Decoder of the model held now (an adapter attached since loading decodes too)."""
+        return self.decoder_factory(self.model, self.feature_extractor, self.tokenizer)
 
     def runtime_dict(self) -> dict:
         """The eval contract's `runtime` field."""
@@ -369,8 +382,6 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.
 def ort_folder(spec: str) -> Path | None:
     """The ONNX Runtime model folder `spec` names (`ort:DIR`, `ort:bundled:base-en`, or a folder
     holding the .ort graphs), or None for a torch model."""
-    from moonlora.eval.ort_decoder import is_ort_folder
-
     if spec.startswith(ORT_PREFIX):
         rest = spec[len(ORT_PREFIX):]
         if rest.startswith(BUNDLED_PREFIX):
@@ -400,8 +411,6 @@ def require_torch(loaded: LoadedModel, what: str = "training") -> None:
 def load_ort(spec: str, folder: Path, device: str = "auto", dtype: str = "float32",
              adapter: str | Path | None = None) -> LoadedModel:
     """An ONNX Runtime model folder as a LoadedModel (runtime "onnxruntime", CPU)."""
-    from moonlora.eval.ort_decoder import RUNTIME_NAME, load_ort_model
-
     if adapter is not None:
         raise ModelSourceError(
             f"--adapter cannot apply to the onnxruntime model {spec}: merge the adapter and export the model "
@@ -415,6 +424,7 @@ def load_ort(spec: str, folder: Path, device: str = "auto", dtype: str = "float3
     return LoadedModel(
         model=model, feature_extractor=bundled_feature_extractor(), tokenizer=tokenizer, source=spec,
         weights_sha256=model.artifact_sha256, runtime=RUNTIME_NAME, precision=model.precision,
+        decoder_factory=OrtDecoder,
     )
 
 

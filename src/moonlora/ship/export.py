@@ -27,18 +27,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from moonlora.configs import DEFAULT_MODEL
+from moonlora.adapters import ADAPTER_CONFIG, AdapterError, ResolvedAdapter, resolve_adapter
+from moonlora.configs import DEFAULT_MODEL, ExportConfig
 from moonlora.errors import ModelSourceError
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.provenance import provenance
-from moonlora.runfolder import ADAPTER_DIR, METRICS_FILE, RunRecord, RunRecordError, read_record
+from moonlora.runfolder import RunRecord, RunRecordError, read_record
 
 EXPORT_KIND = "export"
 MANIFEST_NAME = "manifest.json"
 HF_ENTRIES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "preprocessor_config.json", MANIFEST_NAME)
 ORT_ENTRIES = ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin", MANIFEST_NAME)
-FORMATS = ("hf", "ort", "both")
+FORMATS = ExportConfig.formats
 ENTRIES = {"hf": HF_ENTRIES, "ort": ORT_ENTRIES, "both": ("hf", "ort")}
 
 
@@ -48,10 +49,17 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class ExportSource:
-    adapter_dir: Path
+    adapter: ResolvedAdapter
     model: str  # the base model the adapter was trained on
-    run_dir: Path | None
-    record: RunRecord | None
+    record: RunRecord | None  # the run's record (a finished run), None for a plain adapter folder
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.adapter.adapter_dir
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.adapter.run_dir
 
 
 @dataclass(frozen=True)
@@ -63,45 +71,56 @@ class ExportResult:
 
 
 def resolve_source(source: str | Path, model: str | None) -> ExportSource:
-    """A finished run folder (its adapter and base model), or an adapter folder (with --model)."""
-    path = Path(source)
-    run_dir = path if (path / METRICS_FILE).is_file() else \
-        path.parent if path.name == ADAPTER_DIR and (path.parent / METRICS_FILE).is_file() else None
-    if run_dir is not None:
-        try:
-            record = read_record(run_dir)
-        except RunRecordError as error:
-            raise ExportError(str(error)) from None
-        if not record.finished:
-            raise ExportError(f"{run_dir}: the run is {record.status} at {record.phase}; only a finished run has "
-                              "a chosen adapter to export (resume it first)")
-        adapter_dir = run_dir / ADAPTER_DIR
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise ExportError(f"{adapter_dir}: no adapter_config.json; the run folder has no adapter to export")
-        trained_on = str(record.config.get("model") or DEFAULT_MODEL)
-        if model is not None and model != trained_on:
-            raise ExportError(f"--model {model}: the run trained its adapter on {trained_on}; drop --model")
-        return ExportSource(adapter_dir, trained_on, run_dir, record)
-    if (path / "adapter_config.json").is_file():
-        return ExportSource(path, model or DEFAULT_MODEL, None, None)
-    raise ExportError(f"{path}: neither a run folder ({METRICS_FILE}) nor an adapter folder (adapter_config.json)")
+    """A finished run's adapter (RUN, RUN/adapter, RUN/adapter-best, RUN/adapter-last) on the run's own
+    base model, or a plain adapter folder on --model."""
+    try:
+        adapter = resolve_adapter(source)
+    except AdapterError as error:
+        raise ExportError(str(error)) from None
+    if adapter.run_dir is None:
+        return ExportSource(adapter, model or DEFAULT_MODEL, None)
+    try:
+        record = read_record(adapter.run_dir)
+    except RunRecordError as error:
+        raise ExportError(str(error)) from None
+    if not record.finished:
+        raise ExportError(f"{adapter.run_dir}: the run is {record.status} at {record.phase}; only a finished run has "
+                          "a chosen adapter to export (resume it first)")
+    if not (adapter.adapter_dir / ADAPTER_CONFIG).is_file():
+        raise ExportError(f"{adapter.adapter_dir}: no {ADAPTER_CONFIG}; the run folder has no adapter to export")
+    trained_on = adapter.config.model
+    if model is not None and model != trained_on:
+        raise ExportError(f"--model {model}: the run trained its adapter on {trained_on}; drop --model")
+    return ExportSource(adapter, trained_on, record)
+
+
+def run_scores(source: ExportSource) -> dict | None:
+    """What the run measured for this adapter: its tuned scores, or the main-manifest score of the
+    candidate that was not selected."""
+    record = source.record
+    if record is None:
+        return None
+    if source.adapter.selected or source.adapter.which not in record.candidates:
+        return record.tuned
+    return {"main": record.candidates[source.adapter.which].main}
 
 
 def export_manifest(source: ExportSource, base_sha: str, adapter_sha: str | None, merged_sha: str,
                     export_format: str, quantization: dict | None = None) -> dict:
-    record = source.record
+    scores = run_scores(source) or {}
     return {
         "format": export_format,
         "source_run": str(source.run_dir) if source.run_dir else None,
         "source_adapter": str(source.adapter_dir),
+        "source_candidate": source.adapter.which,
         "base_model": source.model,
         "base_model_sha256": base_sha,
         "adapter_sha256": adapter_sha,
         "merged_weights_sha256": merged_sha,
         "precision": "int8" if quantization else "float32",
         "quantization": quantization,
-        "run_eval_contracts": {name: summary.contract for name, summary in record.tuned.items()} if record else None,
-        "run_tuned_wer": {name: summary.wer for name, summary in record.tuned.items()} if record else None,
+        "run_eval_contracts": {name: s.contract for name, s in scores.items()} if source.record else None,
+        "run_tuned_wer": {name: s.wer for name, s in scores.items()} if source.record else None,
         "provenance": provenance(),
     }
 
@@ -114,8 +133,9 @@ def lost_adapter_warning(quantization: dict) -> str | None:
     return None
 
 
-def export(source: str | Path, out_dir: str | Path, export_format: str = "hf", model: str | None = None,
-           overwrite: bool = False, rounding: str = "stochastic") -> ExportResult:
+def export(source: str | Path, out_dir: str | Path, export_format: str = ExportConfig.format,
+           model: str | None = ExportConfig.model, overwrite: bool = False,
+           rounding: str = ExportConfig.rounding) -> ExportResult:
     """Merge the adapter into its base model and write the `hf` and/or `ort` folder with manifest.json."""
     if export_format not in FORMATS:
         raise ExportError(f"--format {export_format}: pick one of {', '.join(FORMATS)}")

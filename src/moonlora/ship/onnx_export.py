@@ -2,7 +2,7 @@
 
 For architectures whose bundled graphs cannot be patched (route (a), `ort_export`), this exports
 `MoonshineForConditionalGeneration` ourselves, with the same graph signature as the bundled
-moonshine-cpp files, so `eval.ort_decoder` runs the result unchanged:
+moonshine-cpp files, so `model.ort` runs the result unchanged:
 
 - `encoder_model.ort`: `input_values` (batch, num_samples) -> `last_hidden_state`;
 - `decoder_model_merged.ort`: `input_ids`, `encoder_hidden_states`,

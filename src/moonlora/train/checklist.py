@@ -12,7 +12,7 @@ Torch-free: it runs before the folder is touched or a model loaded.
 
 from __future__ import annotations
 
-from moonlora.data.diagnose import Leak, find_leaks
+from moonlora.data.leakage import Leak, find_leaks
 from moonlora.data.manifest import Manifest
 
 HEADROOM_WER = 0.05  # the plan: "flag if < 5%"

@@ -1,4 +1,4 @@
-"""Score the model a user deploys: Moonshine's ONNX Runtime (`.ort`) graphs, as moonshine ships them.
+"""Moonshine's ONNX Runtime (`.ort`) graphs, as moonshine ships them: loaded, checked, and decoded.
 
 A model folder in the layout of the moonshine-cpp wheel's `base-en` folder:
 
@@ -8,11 +8,11 @@ A model folder in the layout of the moonshine-cpp wheel's `base-en` folder:
 - `tokenizer.bin` — the vocabulary; detokenised with the same tokenizer moonlora builds for the
   bundled model (`moonlora.model.tokenizer.build_hf_tokenizer`).
 
-Decoding is greedy (start token 1, end 2) with the same per-clip token cap as the torch path
-(`DecodeConfig.token_cap`, enforced like `decode.PerClipTokenCap`: end-of-sequence is forced once
-a clip has generated cap - 1 tokens), and returns the fields of `decode.DecodedClip` (which
-`decode.decode_clips` wraps them in; this module does not import decode), so `evaluate_manifest`
-scores an ORT folder with the same manifest, audio pipeline, decode settings and metrics.
+`OrtDecoder` is the onnxruntime `Decoder` (`moonlora.model.decoder`): greedy (start token 1, end 2)
+with the same per-clip token cap as the torch path (`DecodeConfig.token_cap`, enforced like
+`torch_decoder.PerClipTokenCap`: end-of-sequence is forced once a clip has generated cap - 1
+tokens), so `evaluate_manifest` scores an ORT folder with the same manifest, audio pipeline,
+decode settings and metrics.
 
 Recorded in the eval contract: `runtime = {"name": "onnxruntime", "precision": ...}`, where the
 precision is read from the graphs (`graph_precision`), and `model_sha256` = the artifact hash,
@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from moonlora.data.audio import SAMPLE_RATE
 from moonlora.configs import DecodeConfig
 from moonlora.errors import ModelSourceError
+from moonlora.model.decoder import one_clip_at_a_time
 
 RUNTIME_NAME = "onnxruntime"
 ENCODER_FILE = "encoder_model.ort"
@@ -49,7 +47,7 @@ QUANTIZED_OPS = frozenset({"DequantizeLinear", "DynamicQuantizeLinear", "MatMulI
 
 @dataclass
 class OrtModel:
-    """The two ONNX Runtime sessions of one model folder; `decode_clips` dispatches on `runtime`."""
+    """The two ONNX Runtime sessions of one model folder; `OrtDecoder` decodes with them."""
 
     folder: Path
     encoder: object  # onnxruntime.InferenceSession
@@ -57,7 +55,6 @@ class OrtModel:
     precision: str  # int8 | float16 | float32, from the graphs
     artifact_sha256: str
     past_shapes: dict  # decoder KV-cache input -> its empty (1, heads, 0, head_dim) shape
-    runtime: str = RUNTIME_NAME
 
     def encode(self, waveform: np.ndarray) -> np.ndarray:
         """(1, frames, hidden) encoder states of one 16 kHz clip."""
@@ -206,39 +203,31 @@ def load_ort_model(folder: Path, spec: str):
     return model, tokenizer
 
 
-class OrtDecoded(NamedTuple):
-    """One decoded clip: the fields of `decode.DecodedClip`, in its order."""
+class OrtDecoder:
+    """The onnxruntime `Decoder`: clip by clip in input order (the encoder graph takes no attention
+    mask), greedy, per-clip token cap. The waveform goes in raw: the graphs read samples."""
 
-    text: str
-    token_ids: list[int]
-    token_cap: int
-    token_cap_hit: bool
+    def __init__(self, model: OrtModel, feature_extractor, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sampling_rate = feature_extractor.sampling_rate
 
+    def check(self, config: DecodeConfig) -> None:
+        if config.num_beams != 1:
+            raise ModelSourceError(
+                f"num_beams {config.num_beams}: the onnxruntime backend decodes greedily; use num_beams 1"
+            )
 
-def decode_clips_ort(
-    model: OrtModel,
-    tokenizer,
-    durations: Sequence[float],
-    load_waveform: Callable[[int], np.ndarray],
-    config: DecodeConfig,
-    on_batch: Callable[[int], None] | None = None,
-) -> tuple[list[OrtDecoded], float]:
-    """`decode.decode_clips` for an ORT model: clip by clip in input order (the graphs take one
-    clip at a time), greedy, per-clip token cap; returns the clips and the decode seconds."""
-    if config.num_beams != 1:
-        raise ModelSourceError(
-            f"num_beams {config.num_beams}: the onnxruntime backend decodes greedily; use num_beams 1"
-        )
-    special = {DECODER_START_ID, EOS_ID}
-    results, decode_seconds = [], 0.0
-    for index in range(len(durations)):
-        waveform = load_waveform(index)
-        started = time.perf_counter()
-        cap = config.token_cap(len(waveform) / SAMPLE_RATE)
-        ids = [token for token in model.greedy(model.encode(waveform), cap) if token not in special]
-        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        results.append(OrtDecoded(text, ids, cap, len(ids) >= cap - 1))
-        decode_seconds += time.perf_counter() - started
-        if on_batch is not None:
-            on_batch(1)
-    return results, decode_seconds
+    def batches(self, durations: Sequence[float], config: DecodeConfig) -> list[list[int]]:
+        return one_clip_at_a_time(durations)
+
+    def encode(self, waveforms: list[np.ndarray], config: DecodeConfig) -> list[np.ndarray]:
+        return [self.model.encode(waveform) for waveform in waveforms]
+
+    def generate(self, encoded: list[np.ndarray], caps: list[int], config: DecodeConfig) -> list[list[int]]:
+        special = {DECODER_START_ID, EOS_ID}
+        return [[token for token in self.model.greedy(hidden, cap) if token not in special]
+                for hidden, cap in zip(encoded, caps)]
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
