@@ -45,6 +45,34 @@ def tiny_model_dir(tmp_path_factory, hf_tokenizer) -> Path:
     return folder
 
 
+def tiny_streaming_config():
+    """A tiny Moonshine Streaming (model type `moonshine_streaming`): two encoder layers, one decoder layer."""
+    from transformers import MoonshineStreamingConfig
+
+    encoder = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=2, sliding_windows=[[16, 4], [16, 0]])
+    return MoonshineStreamingConfig(
+        encoder_config=encoder, vocab_size=32768, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=2, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_streaming_dir(tmp_path_factory, hf_tokenizer) -> Path:
+    """A save_pretrained folder holding a ~1M-parameter random Moonshine Streaming, with the Moonshine
+    tokenizer and a raw 16 kHz feature extractor (what a published streaming folder holds)."""
+    from transformers import MoonshineStreamingForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = MoonshineStreamingForConditionalGeneration(tiny_streaming_config()).eval()
+    folder = tmp_path_factory.mktemp("tiny-moonshine-streaming")
+    model.save_pretrained(folder)
+    hf_tokenizer.save_pretrained(folder)
+    bundled_feature_extractor().save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture()
 def tiny_loaded(tiny_model_dir):
     from moonlora.model.loading import load_model

@@ -59,3 +59,30 @@ def test_contract_from_before_the_runtime_field_reads_as_torch():
     del data["model_sha256"]
     with pytest.raises(ContractMismatch, match="lacks field\\(s\\): model_sha256"):
         EvalContract.from_dict(data)
+
+
+LOAD_CHECK = {"status": "complete", "tensors": 35, "vocabulary": 32000, "embedding_rows": 32768, "sampling_rate": 16000}
+
+
+def test_model_type_is_recorded_and_named_when_it_differs():
+    moonshine, streaming = contract(), contract(model_type="moonshine_streaming")
+    assert moonshine.model_type == "moonshine" and moonshine.to_dict()["model_type"] == "moonshine"
+    assert moonshine.fingerprint != streaming.fingerprint
+    with pytest.raises(ContractMismatch, match="model_type \\('moonshine' vs 'moonshine_streaming'\\)"):
+        require_comparable(moonshine, streaming)
+
+
+def test_load_check_is_recorded_but_neither_compared_nor_fingerprinted():
+    checked = contract(load_check=LOAD_CHECK)
+    assert checked.to_dict()["load_check"] == LOAD_CHECK
+    assert EvalContract.from_dict(checked.to_dict()).load_check == LOAD_CHECK
+    assert checked == contract() and checked.fingerprint == contract().fingerprint
+    require_comparable(checked, contract())
+
+
+def test_contract_from_before_model_types_reads_as_moonshine():
+    data = contract(load_check=LOAD_CHECK).to_dict()
+    del data["model_type"], data["load_check"]
+    legacy = EvalContract.from_dict(data)
+    assert legacy.model_type == "moonshine" and legacy.load_check is None
+    require_comparable(legacy, contract(load_check=LOAD_CHECK))

@@ -42,3 +42,16 @@ class ToolError(MoonloraError, RuntimeError):
 def one_line(error: BaseException) -> str:
     """The error's message on one line."""
     return " ".join(str(error).splitlines()) or type(error).__name__
+
+
+class ModelFamilyError(ModelSourceError):
+    """A checkpoint whose config.json names a model type moonlora has no model family for."""
+
+
+class IncompleteModelError(ModelSourceError):
+    """A model or adapter that did not load completely (missing, unexpected or reshaped weights), or
+    whose tokenizer or feature extractor does not fit it: refused before any decode or training."""
+
+
+class LoraTargetError(ModelSourceError):
+    """A --target-modules value that names no layer of the loaded model that LoRA can adapt."""

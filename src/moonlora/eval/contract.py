@@ -9,13 +9,19 @@ otherwise and names each differing field. Baseline-vs-tuned comparisons allow th
 onnxruntime, `model_sha256` is the artifact hash (the .ort files and tokenizer.bin, see
 `moonlora.model.ort`). A torch and an onnxruntime result compare only when the caller allows it
 knowingly: `require_comparable(a, b, allow=("runtime", "model_sha256"))`.
+
+`model_type` is the model family that was loaded (config.json's model type; "moonshine" for
+contracts from before it was recorded, when Moonshine was the only family). `load_check` is what the
+loader verified (`moonlora.model.loading.LoadCheck`: every weight loaded, tokenizer and sampling
+rate fit; None where moonlora did not check, e.g. onnxruntime graphs). It is recorded, not compared
+or fingerprinted: a model that fails the check is never scored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from moonlora.data.audio import AudioConfig
 from moonlora.configs import DecodeConfig
@@ -25,6 +31,9 @@ from moonlora.errors import MoonloraError
 
 class ContractMismatch(MoonloraError, ValueError):
     """Two results measured under different protocols."""
+
+
+LEGACY_MODEL_TYPE = "moonshine"  # the only model family before contracts recorded one
 
 
 def torch_runtime(dtype: str = "float32") -> dict:
@@ -40,14 +49,19 @@ class EvalContract:
     model_sha256: str
     adapter_sha256: str | None
     runtime: dict  # {"name": "torch" | "onnxruntime", "precision": ...}
+    model_type: str = LEGACY_MODEL_TYPE  # the loaded model's family (config.json's model_type)
+    load_check: dict | None = field(default=None, compare=False)  # what the loader verified; not compared
 
     @classmethod
     def build(cls, manifest_sha256: str, audio: AudioConfig, decode: DecodeConfig,
-              model_sha256: str, adapter_sha256: str | None, runtime: dict | None = None) -> EvalContract:
-        """`runtime` defaults to torch at the decode dtype (what `load_model(dtype=decode.dtype)` runs)."""
+              model_sha256: str, adapter_sha256: str | None, runtime: dict | None = None,
+              model_type: str = LEGACY_MODEL_TYPE, load_check: dict | None = None) -> EvalContract:
+        """`runtime` defaults to torch at the decode dtype (what `load_model(dtype=decode.dtype)` runs);
+        `model_type` and `load_check` come from the LoadedModel."""
         return cls(manifest_sha256=manifest_sha256, audio=audio.to_dict(), normalizer=normalizer_id(),
                    decode=decode.result_dict(), model_sha256=model_sha256, adapter_sha256=adapter_sha256,
-                   runtime=dict(runtime) if runtime is not None else torch_runtime(decode.dtype))
+                   runtime=dict(runtime) if runtime is not None else torch_runtime(decode.dtype),
+                   model_type=model_type, load_check=None if load_check is None else dict(load_check))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "fingerprint": self.fingerprint}
@@ -58,26 +72,32 @@ class EvalContract:
         if "runtime" not in data and isinstance(data.get("decode"), dict) and "dtype" in data["decode"]:
             # Contracts from before the runtime field was recorded were all measured by torch.
             data = {**data, "runtime": {"name": "torch", "precision": data["decode"]["dtype"]}}
+        data = {"model_type": LEGACY_MODEL_TYPE, "load_check": None, **data}
         missing = names - data.keys()
         if missing:
             raise ContractMismatch(f"eval contract lacks field(s): {', '.join(sorted(missing))}")
         return cls(**{name: data[name] for name in names})
 
+    def compared(self) -> dict:
+        """The fields that decide comparability (every field but the recorded-only ones)."""
+        return {item.name: getattr(self, item.name) for item in fields(self) if item.compare}
+
     @property
     def fingerprint(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.compared(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def differences(self, other: EvalContract) -> list[str]:
         """Names of differing fields; dict fields name the differing key (e.g. decode.num_beams)."""
         differing = []
-        for field in fields(self):
-            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+        theirs_by_name = other.compared()
+        for name, mine in self.compared().items():
+            theirs = theirs_by_name[name]
             if isinstance(mine, dict) and isinstance(theirs, dict):
                 keys = sorted(set(mine) | set(theirs))
-                differing += [f"{field.name}.{k}" for k in keys if mine.get(k) != theirs.get(k)]
+                differing += [f"{name}.{k}" for k in keys if mine.get(k) != theirs.get(k)]
             elif mine != theirs:
-                differing.append(field.name)
+                differing.append(name)
         return differing
 
 

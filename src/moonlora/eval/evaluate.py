@@ -111,7 +111,7 @@ def evaluate_manifest(
         clips.append(ClipResult(utterance, clip.text, clip, score, flag_utterance(score, clip.token_cap_hit)))
     contract = EvalContract.build(
         manifest.content_hash, audio, decode, loaded.weights_sha256, adapter_sha256(loaded.model),
-        runtime=loaded.runtime_dict(),
+        runtime=loaded.runtime_dict(), model_type=loaded.model_type, load_check=loaded.load_check,
     )
     return EvalResult(
         manifest_path=manifest.path, clips=clips, skipped=manifest.skipped,

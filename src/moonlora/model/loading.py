@@ -3,13 +3,19 @@
 - `bundled:base-en` (default): Moonshine base converted from the moonshine-cpp wheel into a
   transformers checkpoint in the user cache, once, and rebuilt when the wheel's files change.
 - a local `save_pretrained` directory, or a Hugging Face Hub id such as
-  `UsefulSensors/moonshine-tiny`, through plain `from_pretrained`.
+  `UsefulSensors/moonshine-tiny`, through `from_pretrained` of its model family's class.
 - `ort:DIR` (or a folder holding `encoder_model.ort` / `decoder_model_merged.ort`, without the
   prefix), and `ort:bundled:base-en` for the wheel's own folder: the ONNX Runtime graphs a user
   deploys, scored through onnxruntime (`moonlora.model.ort`). No adapter: merge and export first.
 
 Each LoadedModel hands out the `Decoder` that runs it (`LoadedModel.decoder()`), so the decode
 path never asks which runtime it holds.
+
+Every torch load reads config.json's `model_type` first and loads the checkpoint with that model
+family's class (`moonlora.model.families`), then checks what it got before anything uses it
+(`check_loaded`): no missing, unexpected or reshaped weights, a tokenizer that fits the embedding,
+16 kHz features. An adapter is checked the same way against the model it is attached to
+(`check_adapter`). Each refusal is one line naming the folder, the model type and what did not load.
 """
 
 from __future__ import annotations
@@ -26,17 +32,14 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import torch
 from platformdirs import user_cache_dir
 from safetensors import SafetensorError, safe_open
-from transformers import (
-    AutoFeatureExtractor,
-    AutoTokenizer,
-    MoonshineForConditionalGeneration,
-    Wav2Vec2FeatureExtractor,
-)
+from transformers import AutoFeatureExtractor, AutoTokenizer, Wav2Vec2FeatureExtractor
+from transformers.utils import cached_file
 
 from moonlora.model import bundled
 from moonlora.model.decoder import Decoder
@@ -46,14 +49,16 @@ from moonlora.model.device import DTYPES, resolve_device
 from moonlora.model.ort import RUNTIME_NAME, OrtDecoder, is_ort_folder, load_ort_model
 from moonlora.model.torch_decoder import TorchDecoder
 from moonlora.errors import ModelSourceError
+from moonlora.model.families import MOONSHINE, ModelFamily, family_for
+from moonlora.model.verify import (ADAPTER_FIX, ADAPTER_WEIGHTS, LoadCheck, captured_load_report, check_adapter,
+                                   check_loaded)
 
 BUNDLED_PREFIX = "bundled:"
 ORT_PREFIX = "ort:"
-BUNDLED_MODELS = ("base-en",)
+BUNDLED_MODELS = MOONSHINE.bundled
 CONVERTER_VERSION = "1"  # bump when convert.py changes what it writes
 COMPLETE_MARKER = "moonlora_source.json"
 ADAPTER_MATH_KEYS = ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out")
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # What transformers, peft, safetensors and torch.load raise for a damaged or mismatched local file.
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
 
@@ -74,10 +79,16 @@ class LoadedModel:
     precision: str = "float32"  # torch: the dtype it was loaded in; onnxruntime: read from the graphs
     # Builds the Decoder that runs `model`, from (model, feature_extractor, tokenizer).
     decoder_factory: Callable[..., Decoder] = TorchDecoder
+    model_type: str = MOONSHINE.model_type  # its family's key (the onnxruntime graphs are Moonshine's)
+    load_check: dict | None = None  # LoadCheck.to_dict() of a torch load; None where moonlora did not check
 
     @property
     def has_adapter(self) -> bool:
         return hasattr(self.model, "peft_config")
+
+    @property
+    def family(self) -> ModelFamily:
+        return family_for(self.model_type)
 
     def decoder(self) -> Decoder:
         """The Decoder of the model held now (an adapter attached since loading decodes too)."""
@@ -145,10 +156,12 @@ def _load_failure(folder: Path, error: BaseException, problem: str, damaged_fix:
     return ModelSourceError(f"{folder}: {problem} ({type(error).__name__}: {_first_line(error)}); {fix}")
 
 
-def _load_local(folder: Path, damaged_fix: str):
+def _load_local(folder: Path, damaged_fix: str) -> TorchCheckpoint:
     """`_from_pretrained` of a local folder; a failure becomes a one-line ModelSourceError."""
     try:
         return _from_pretrained(str(folder), local_only=True)
+    except ModelSourceError:
+        raise
     except LOAD_ERRORS as error:
         raise _load_failure(
             folder, error, "not a Moonshine save_pretrained folder", damaged_fix,
@@ -207,14 +220,85 @@ def _hub_reachable() -> bool:
     return True
 
 
-def _from_pretrained(location: str, local_only: bool):
-    model = MoonshineForConditionalGeneration.from_pretrained(location, local_files_only=local_only)
+class TorchCheckpoint(NamedTuple):
+    """A checkpoint loaded by its family's class and checked (`check_loaded`)."""
+
+    model: torch.nn.Module
+    feature_extractor: object
+    tokenizer: object
+    family: ModelFamily
+    check: LoadCheck
+
+
+def read_model_type(location: str, local_only: bool) -> object:
+    """config.json's `model_type` of a folder or hub id, read before any weights (None when absent)."""
+    folder = Path(location).expanduser()
+    if folder.is_dir():
+        path = folder / "config.json"
+    else:
+        path = Path(cached_file(location, "config.json", local_files_only=local_only))
+    config = json.loads(path.read_text(encoding="utf-8"))
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+def _config_location(spec: str) -> str | None:
+    """The folder or hub id whose config.json describes `spec`'s torch model; None for onnxruntime
+    models and for anything `load_model` refuses by its name alone."""
+    folder = Path(spec).expanduser()
+    if spec.startswith(ORT_PREFIX):
+        return None
+    if spec.startswith(BUNDLED_PREFIX):
+        return str(bundled_checkpoint(spec[len(BUNDLED_PREFIX):]))
+    if folder.is_dir():
+        return str(folder)
+    return spec if not folder.exists() and spec.count("/") == 1 else None
+
+
+def model_skeleton(spec: str) -> torch.nn.Module | None:
+    """The model `spec` names, built on the meta device from its config.json alone (module names and
+    shapes, no weights: well under a second), so settings can be checked before any folder is made or
+    weights read. Refuses a model type moonlora has no family for. None where the config is not at
+    hand (onnxruntime, a hub id not in the local cache, a config that only loading can judge)."""
+    location = _config_location(spec)
+    if location is None:
+        return None
+    try:
+        model_type = read_model_type(location, local_only=True)
+    except (OSError, ValueError):  # not cached, unreadable or not JSON: loading names the file
+        return None
+    if model_type is None:
+        return None
+    family = family_for(model_type, source=location)
+    try:
+        config = family.transformers_config().from_pretrained(location, local_files_only=True)
+        with torch.device("meta"):
+            return family.transformers_model()(config)
+    except LOAD_ERRORS:
+        return None
+
+
+def load_weights(family: ModelFamily, location: str, local_only: bool) -> tuple[torch.nn.Module, dict, list[str]]:
+    """The family's model from `location`, transformers' loading info and its captured load report.
+
+    Reshaped weights are reported, not raised, so that `check_loaded` names them like the others.
+    """
+    with captured_load_report() as report:
+        model, info = family.transformers_model().from_pretrained(
+            location, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True,
+        )
+    return model, info, report
+
+
+def _from_pretrained(location: str, local_only: bool) -> TorchCheckpoint:
+    family = family_for(read_model_type(location, local_only), source=location)
+    model, info, _ = load_weights(family, location, local_only)
     feature_extractor = AutoFeatureExtractor.from_pretrained(location, local_files_only=local_only)
     tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-    return model, feature_extractor, tokenizer
+    check = check_loaded(location, family, model, info, feature_extractor, tokenizer)
+    return TorchCheckpoint(model, feature_extractor, tokenizer, family, check)
 
 
-def _load_hub(spec: str):
+def _load_hub(spec: str) -> TorchCheckpoint:
     try:  # already in the local Hugging Face cache: works offline
         return _from_pretrained(spec, local_only=True)
     except OSError:
@@ -279,15 +363,20 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.
             "directory a moonlora run wrote"
         )
     try:
-        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; not ours to fix
+        with warnings.catch_warnings():
+            # peft calls a transformers API deprecated in 5.x (not ours to fix), and warns about adapter
+            # weights it skipped: check_adapter refuses those in one line instead.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+            warnings.filterwarnings("ignore", module=r"peft\.")
+            wrapped = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False, ignore_mismatched_sizes=True)
     except LOAD_ERRORS as error:
         raise _load_failure(
             adapter_dir, error, "cannot load the adapter onto this model",
             damaged_fix="copy the adapter directory again from its run, or train it again",
-            fix="pass the --model the adapter was trained on",
+            fix=ADAPTER_FIX,
         ) from None
+    check_adapter(adapter_dir, wrapped)
+    return wrapped
 
 
 def ort_folder(spec: str) -> Path | None:
@@ -350,12 +439,10 @@ def load_model(
     if folder is not None:
         return load_ort(spec, folder, device=device, dtype=dtype, adapter=adapter)
     if spec.startswith(BUNDLED_PREFIX):
-        checkpoint = bundled_checkpoint(spec[len(BUNDLED_PREFIX):])
-        model, feature_extractor, tokenizer = _load_local(
-            checkpoint, damaged_fix=f"delete {checkpoint} and rerun to convert the bundled model again"
-        )
+        folder = bundled_checkpoint(spec[len(BUNDLED_PREFIX):])
+        checkpoint = _load_local(folder, damaged_fix=f"delete {folder} and rerun to convert the bundled model again")
     elif Path(spec).expanduser().is_dir():
-        model, feature_extractor, tokenizer = _load_local(
+        checkpoint = _load_local(
             Path(spec).expanduser(), damaged_fix="copy the model folder again, or save_pretrained it again"
         )
     elif Path(spec).expanduser().exists() or spec.count("/") != 1:
@@ -363,12 +450,12 @@ def load_model(
             f"--model {spec!r}: not a folder, a hub id (owner/name), ort:DIR or {DEFAULT_MODEL}"
         )
     else:
-        model, feature_extractor, tokenizer = _load_hub(spec)
-    base_hash = weights_sha256(model)
-    if adapter is not None:
-        model = attach_adapter(model, adapter)
+        checkpoint = _load_hub(spec)
+    base_hash = weights_sha256(checkpoint.model)
+    model = checkpoint.model if adapter is None else attach_adapter(checkpoint.model, adapter)
     model = model.to(device=resolve_device(device), dtype=DTYPES[dtype]).eval()
     return LoadedModel(
-        model=model, feature_extractor=feature_extractor, tokenizer=tokenizer, source=spec,
+        model=model, feature_extractor=checkpoint.feature_extractor, tokenizer=checkpoint.tokenizer, source=spec,
         weights_sha256=base_hash, adapter_path=None if adapter is None else str(adapter), precision=dtype,
+        model_type=checkpoint.family.model_type, load_check=checkpoint.check.to_dict(),
     )

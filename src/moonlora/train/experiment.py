@@ -36,9 +36,9 @@ from moonlora.configs import ExperimentConfig
 from moonlora.eval.contract import EvalContract, require_comparable
 from moonlora.eval.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
 from moonlora.model.device import check_device
-from moonlora.model.lora import attach_lora, lora_delta_norm, lora_is_identity, trainable_summary
+from moonlora.model.lora import attach_lora, check_targets, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.data.manifest import Manifest, Utterance, load_manifest
-from moonlora.model.loading import LoadedModel, load_model, require_torch
+from moonlora.model.loading import LoadedModel, load_model, model_skeleton, require_torch
 from moonlora.outputs import OutputError, claim_output_dir
 from moonlora.provenance import provenance
 from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, CANDIDATE_ADAPTER_DIRS, CANDIDATE_SCORE_DIRS, CANDIDATES,
@@ -150,6 +150,13 @@ class RunStart:
     lock: RunLock | None
 
 
+def check_model_settings(config: ExperimentConfig) -> None:
+    """The model's family and the LoRA targets, checked on its config alone, before the folder exists."""
+    skeleton = model_skeleton(config.model)
+    if skeleton is not None:
+        check_targets(skeleton, config.lora.target_modules)
+
+
 def start_run(config: ExperimentConfig, earlier: RunRecord | None) -> RunStart:
     """Lock the folder, prepare it (new, replaced or resumed) and write the record's first state."""
     run_dir = Path(config.output_dir)
@@ -239,7 +246,8 @@ def baseline_results(loaded: LoadedModel, data: RunData, config: ExperimentConfi
     this very contract (resume), or from the sweep's shared store; decoded otherwise."""
     results, missing, shared = {}, {}, []
     for name, manifest in data.eval_sets.items():
-        expected = EvalContract.build(manifest.content_hash, config.audio, config.decode, loaded.weights_sha256, None)
+        expected = EvalContract.build(manifest.content_hash, config.audio, config.decode, loaded.weights_sha256, None,
+                                      model_type=loaded.model_type)
         stored = read_eval(run_dir / BASELINE_DIR / name, manifest) if config.resume else None
         if stored is not None and stored.contract == expected:
             results[name] = stored
@@ -548,6 +556,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
     check_run_settings(config)
     earlier = validate_run_dir(config) if is_main_process() else None
     data = load_run_data(config)  # bad manifests fail here, before the folder is touched
+    check_model_settings(config)  # and a model of another family, or LoRA targets it lacks
     session = RunSession(start_run(config, earlier))
     record, run_dir = session.record, session.start.run_dir
     writer = None
@@ -558,6 +567,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         session.note_checklist(val_split=data.checklist.val_split, leakage=data.checklist.leakage)
         base = load_model(config.model, device=config.train.device, dtype=config.train.dtype)
         require_torch(base, "training")
+        check_targets(base.model, config.lora.target_modules)  # a typo fails here, before any decode
         record.provenance = {**provenance(), "model_sha256": base.weights_sha256}
         session.save(phase="baseline")
         baseline = baseline_results(base, data, config, run_dir, progress, baseline_store)

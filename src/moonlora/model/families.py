@@ -1,0 +1,100 @@
+"""Model families: the one place that knows each kind of Moonshine moonlora can load, tune and ship.
+
+A family is keyed by the `model_type` in a checkpoint's config.json. The loader reads that type
+first and loads the checkpoint with its family's class, so a checkpoint of another family is
+refused in one line instead of being poured into the wrong class (issue 25). Torch-free: the
+transformers classes are named here and imported only when a model loads.
+
+How to add a model family (e.g. Moonshine Streaming, model type `moonshine_streaming`):
+1. Add a `ModelFamily` to `FAMILIES` under its transformers `model_type`: its transformers model
+   and config classes, where it loads from (hub ids; `bundled` only if moonlora converts one).
+2. Give it LoRA `target_presets` for every name in `LoraSettings.presets` ("all", "decoder"),
+   written with the family's own module names (PEFT matches a string preset with re.fullmatch
+   against each module's full name, a list by module-name suffix).
+3. Say what its encoder can do: `exact_padded_batches` only if a padded batch can give each clip
+   the states it gets alone (Moonshine: `moonlora.model.encoder.encode_batched_exact`); otherwise
+   a batch policy must encode clip by clip.
+4. Name its `export_routes` (empty while it has none: `--format ort` must then be refused before any
+   work) and its vocabulary rule (`reserved_vocab_slots`: embedding rows allowed beyond the
+   tokenizer's pieces).
+5. Tests: a tiny random-init model of the family built in a fixture (tests/conftest.py), loaded
+   through `load_model` (tests/test_model_loading.py), and each loader refusal for it.
+The loader hands the family on with the model (`LoadedModel.model_type`, `LoadedModel.family`) and
+the eval contract records the type, so the stages that differ by family (encoder batch policy,
+LoRA presets, export route) ask the family instead of testing a class or a model name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from moonlora.configs import DEFAULT_TARGETS, SAMPLE_RATE
+from moonlora.errors import ModelFamilyError
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What moonlora needs to know about one kind of Moonshine checkpoint."""
+
+    model_type: str  # config.json's "model_type"; the registry key
+    name: str  # for messages and docs
+    model_class: str  # transformers class that loads the checkpoint (imported lazily)
+    config_class: str  # transformers config class of that model
+    hub_ids: tuple[str, ...]  # published checkpoints (`--model owner/name`); any save_pretrained folder works too
+    bundled: tuple[str, ...]  # names moonlora converts itself (`--model bundled:NAME`)
+    # `--target-modules` presets (keys: LoraSettings.presets): a regex string or a list of module names.
+    target_presets: Mapping[str, str | tuple[str, ...]] = field(hash=False)
+    exact_padded_batches: bool  # the encoder has an exact batched path (padding never changes a clip's states)
+    export_routes: tuple[str, ...]  # `moonlora export --format ort` routes, tried in order (see ship.export)
+    reserved_vocab_slots: int  # embedding rows allowed beyond the tokenizer's vocabulary
+    sampling_rate: int = SAMPLE_RATE  # what its feature extractor must be set to (Hz)
+
+    def transformers_model(self):
+        """The transformers model class (imports transformers)."""
+        return getattr(importlib.import_module("transformers"), self.model_class)
+
+    def transformers_config(self):
+        """The transformers config class (imports transformers)."""
+        return getattr(importlib.import_module("transformers"), self.config_class)
+
+
+# Moonshine (v1: tiny, base). "decoder" leaves the encoder without a trainable weight, so training
+# encodes each clip once per run and trains the decoder alone (train.loop.EncoderCache).
+MOONSHINE = ModelFamily(
+    model_type="moonshine",
+    name="Moonshine",
+    model_class="MoonshineForConditionalGeneration",
+    config_class="MoonshineConfig",
+    hub_ids=("UsefulSensors/moonshine-tiny", "UsefulSensors/moonshine-base"),
+    bundled=("base-en",),
+    target_presets=MappingProxyType({
+        "all": tuple(DEFAULT_TARGETS),
+        "decoder": r"(.*\.)?decoder\.layers\.\d+\.(self_attn|encoder_attn|mlp)\.(" + "|".join(DEFAULT_TARGETS) + ")",
+    }),
+    exact_padded_batches=True,
+    # "bundled-graphs": the merged weights written into the bundled base-en .ort graphs (base shape only);
+    # "onnx-export": moonlora's own torch.onnx export, int8, ORT format (any Moonshine shape).
+    export_routes=("bundled-graphs", "onnx-export"),
+    # The bundled tokenizer has 32000 pieces, the hub's adds 768 reserved "<<ST_n>>" tokens; the
+    # embedding has 32768 rows either way.
+    reserved_vocab_slots=768,
+)
+
+FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (MOONSHINE,)}
+
+
+def family_for(model_type: object, source: str | None = None) -> ModelFamily:
+    """The family of `model_type`; a type moonlora has no family for is one ModelFamilyError line,
+    prefixed by `source` (the folder or hub id it was read from) when given."""
+    family = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    if family is not None:
+        return family
+    where = f"{source}: " if source else ""
+    known = ", ".join(f"{key} ({value.name})" for key, value in FAMILIES.items())
+    raise ModelFamilyError(
+        f"{where}model type {model_type!r} is not a model family moonlora can load (known: {known}); "
+        "pass a checkpoint of a known family"
+    )
