@@ -74,7 +74,8 @@ def finished_run(tiny_model_dir, tmp_path_factory) -> Path:
     record = run_experiment(ExperimentConfig(
         output_dir=str(run), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
         model=str(tiny_model_dir), bootstrap_resamples=100, min_val_clips=1,
-        train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3),
+        train=TrainConfig(max_steps=2, learning_rate=5e-3, batch_size=2, grad_accum=1, eval_interval=1, seed=3,
+                          device="cpu"),
         lora=LoraSettings(r=2, alpha=4, dropout=0.0), decode=DecodeConfig(batch_size=8, device="cpu")),
         progress=False)
     assert record.finished

@@ -254,7 +254,7 @@ def test_targets_are_checked_against_the_model_module_names():
 def experiment_config(model_dir, data, out, **lora):
     return ExperimentConfig(
         output_dir=str(out), dataset_path=str(data["train"]), manifest_path=str(data["main"]), model=str(model_dir),
-        bootstrap_resamples=50, min_val_clips=1, train=TrainConfig(max_steps=1, batch_size=2, eval_interval=1, seed=3),
+        bootstrap_resamples=50, min_val_clips=1, train=TrainConfig(max_steps=1, batch_size=2, eval_interval=1, seed=3, device="cpu"),
         lora=LoraSettings(r=2, alpha=4, **lora), decode=DecodeConfig(batch_size=8, device="cpu"),
     )
 

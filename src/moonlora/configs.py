@@ -148,7 +148,7 @@ class LoraSettings:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS  # module names, or one preset (lora.TARGET_PRESETS) as given
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS  # module names, or one preset (the family's target_presets) as given
 
     presets = ("all", "decoder")  # class attribute, not a field: expanded in lora.expand_targets
 

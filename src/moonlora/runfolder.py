@@ -82,7 +82,7 @@ class CheckpointError(MoonloraError, ValueError):
     """No usable checkpoint where one is needed."""
 
 
-class TranscriptsError(ValueError):
+class TranscriptsError(MoonloraError, ValueError):
     """A transcripts.jsonl that cannot be read (one line, naming the file and the line)."""
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 
+from moonlora.errors import MoonloraError
 
-class SchemaError(ValueError):
+
+class SchemaError(MoonloraError, ValueError):
     """A JSON value that does not fit the dataclass it should hold (one line, naming where)."""
 
 
