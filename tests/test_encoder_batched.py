@@ -103,6 +103,9 @@ def test_transcripts_identical_across_batch_sizes_and_encoders(tiny_loaded):
 def test_encoder_setting_is_a_speed_setting():
     assert encoder_mode(DecodeConfig(), torch.nn.Linear(1, 1)) == "per-clip"  # auto on CPU
     assert encoder_mode(DecodeConfig(encoder="batched"), torch.nn.Linear(1, 1)) == "batched"
+    on_an_accelerator = torch.nn.Linear(1, 1, device="meta")  # any device but the CPU
+    assert encoder_mode(DecodeConfig(), on_an_accelerator) == "batched"
+    assert encoder_mode(DecodeConfig(), on_an_accelerator, exact_padded_batches=False) == "per-clip"  # the family's
     assert DecodeConfig(encoder="batched").result_dict() == DecodeConfig(encoder="per-clip").result_dict()
     assert "encoder" not in DecodeConfig.result_fields
     with pytest.raises(ValueError, match="encoder must be"):

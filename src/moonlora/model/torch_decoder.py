@@ -16,9 +16,11 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderModelOutput
 
 from moonlora.configs import DecodeConfig
+from moonlora.errors import ConfigError
 from moonlora.model.decoder import batch_order
 from moonlora.model.device import DTYPES
 from moonlora.model.encoder import encode_batched_exact, encode_exact
+from moonlora.model.families import MOONSHINE, family_for
 
 
 class PerClipTokenCap(LogitsProcessor):
@@ -42,16 +44,18 @@ class PerClipTokenCap(LogitsProcessor):
         return scores
 
 
-def encoder_mode(config: DecodeConfig, model) -> str:
+def encoder_mode(config: DecodeConfig, model, exact_padded_batches: bool = True) -> str:
     """"per-clip" or "batched": DecodeConfig.encoder, with "auto" resolved by the model's device.
 
     Both give the same states (<= 1e-4) and transcripts; only speed differs. On 2 CPU cores
     per-clip encoding is faster (docs/benchmarks.md, eval speed); on an accelerator one pass
-    per batch keeps the device busy (benchmarks/gpu_check.py measures both).
+    per batch keeps the device busy (benchmarks/gpu_check.py measures both). A family without an
+    exact padded-batch encoder (`ModelFamily.exact_padded_batches`) always encodes clip by clip.
     """
     if config.encoder != "auto":
         return config.encoder
-    return "per-clip" if next(model.parameters()).device.type == "cpu" else "batched"
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return "per-clip" if on_cpu or not exact_padded_batches else "batched"
 
 
 def _strip_special(ids: list[int], special: set[int]) -> list[int]:
@@ -66,16 +70,23 @@ class TorchDecoder:
         self.feature_extractor = feature_extractor
         self.tokenizer = tokenizer
         self.sampling_rate = feature_extractor.sampling_rate
+        # the batch policy is the family's: a padded batch is only allowed where it is exact
+        model_type = getattr(getattr(model, "config", None), "model_type", MOONSHINE.model_type)
+        self.exact_padded_batches = family_for(model_type).exact_padded_batches
 
     def check(self, config: DecodeConfig) -> None:
-        """Every DecodeConfig is decodable here."""
+        """Every DecodeConfig is decodable here, except a batched encoder the family cannot make exact."""
+        if config.encoder == "batched" and not self.exact_padded_batches:
+            raise ConfigError(f"--encoder batched: this model family has no exact padded-batch encoder; "
+                              "use --encoder per-clip or auto")
 
     def batches(self, durations: Sequence[float], config: DecodeConfig) -> list[list[int]]:
         return batch_order(durations, config)
 
     def encode(self, waveforms: list[np.ndarray], config: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """(states, frame mask) of the padded batch; per-clip or batched exact (`encoder_mode`)."""
-        encode = encode_batched_exact if encoder_mode(config, self.model) == "batched" else encode_exact
+        batched = encoder_mode(config, self.model, self.exact_padded_batches) == "batched"
+        encode = encode_batched_exact if batched else encode_exact
         with torch.inference_mode():
             return encode(self.model, self.feature_extractor, waveforms, DTYPES[config.dtype])
 
