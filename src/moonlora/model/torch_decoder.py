@@ -77,7 +77,7 @@ class TorchDecoder:
     def check(self, config: DecodeConfig) -> None:
         """Every DecodeConfig is decodable here, except a batched encoder the family cannot make exact."""
         if config.encoder == "batched" and not self.exact_padded_batches:
-            raise ConfigError(f"--encoder batched: this model family has no exact padded-batch encoder; "
+            raise ConfigError("--encoder batched: this model family has no exact padded-batch encoder; "
                               "use --encoder per-clip or auto")
 
     def batches(self, durations: Sequence[float], config: DecodeConfig) -> list[list[int]]:
