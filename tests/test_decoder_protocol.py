@@ -134,3 +134,19 @@ def test_ort_decoder_satisfies_the_protocol():
                             DecodeConfig(batch_size=8), on_batch=batches.append)
     assert batches == [1, 1]
     assert [(c.text, c.token_ids, c.token_cap_hit) for c in clips] == [("", [], False)] * 2
+
+
+def test_the_torch_decoders_batch_policy_is_the_familys(tiny_loaded, monkeypatch):
+    import dataclasses
+
+    import moonlora.model.torch_decoder as torch_decoder
+    from moonlora.errors import ConfigError
+    from moonlora.model.families import MOONSHINE
+
+    assert tiny_loaded.decoder().exact_padded_batches is True
+    inexact = dataclasses.replace(MOONSHINE, exact_padded_batches=False)
+    monkeypatch.setattr(torch_decoder, "family_for", lambda model_type: inexact)
+    decoder = tiny_loaded.decoder()
+    decoder.check(DecodeConfig(encoder="per-clip"))
+    with pytest.raises(ConfigError, match="^--encoder batched: this model family has no exact padded-batch encoder"):
+        decoder.check(DecodeConfig(encoder="batched"))
