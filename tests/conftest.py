@@ -73,6 +73,33 @@ def tiny_streaming_dir(tmp_path_factory, hf_tokenizer) -> Path:
     return folder
 
 
+def tiny_arch_streaming_config():
+    """Moonshine Streaming with the TINY architecture's dimensions: transformers' defaults (hidden 320, 6+6 layers,
+    8 heads, vocab 32768, per-layer encoder sliding windows), plus what 5.24 needs to build it (the decoder layer
+    reads `num_key_value_heads`, which the default config lacks) and Moonshine's special tokens."""
+    from transformers import MoonshineStreamingConfig
+
+    return MoonshineStreamingConfig(num_key_value_heads=8, pad_token_id=2, bos_token_id=1, eos_token_id=2,
+                                    decoder_start_token_id=1)
+
+
+@pytest.fixture(scope="session")
+def streaming_tiny_arch_dir(tmp_path_factory, hf_tokenizer) -> Path:
+    """A save_pretrained folder holding a seeded random-init Moonshine Streaming with the tiny architecture
+    (44.1M parameters, untied output layer), the Moonshine tokenizer and a raw 16 kHz feature extractor: the real
+    architecture, offline (no streaming weights are on these machines). Slower than `tiny_streaming_dir`: for the
+    tests the issue asks to run on the real shape."""
+    from transformers import MoonshineStreamingForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = MoonshineStreamingForConditionalGeneration(tiny_arch_streaming_config()).eval()
+    folder = tmp_path_factory.mktemp("tiny-arch-moonshine-streaming")
+    model.save_pretrained(folder)
+    hf_tokenizer.save_pretrained(folder)
+    bundled_feature_extractor().save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture()
 def tiny_loaded(tiny_model_dir):
     from moonlora.model.loading import load_model
