@@ -25,6 +25,7 @@ from conftest import tiny_arch_streaming_config, tone_set
 from moonlora.cli import main
 from moonlora.comparison import FAIL, PASS
 from moonlora.runfolder import CHECKPOINT_STATE, read_record
+from moonlora.train import experiment as experiment_module
 
 STREAMING = "moonshine_streaming"
 FAST_SECONDS = 15  # a refusal "before any work" comes well inside this, even on a loaded 2-core machine
@@ -117,7 +118,7 @@ def test_the_tiny_architecture_checkpoint_loads_completely(streaming_tiny_arch_d
 
 
 def test_experiment_killed_mid_run_resumes_to_the_uninterrupted_adapter(reference_run, streaming_tiny_arch_dir,
-                                                                        data, tmp_path):
+                                                                        data, tmp_path, monkeypatch):
     reference = read_record(reference_run)
     assert reference.status == "success" and reference.training.steps == 6
     assert [row["step"] for row in reference.training.intervals] == [0, 3, 6]  # interval WER at steps 3 and 6
@@ -134,7 +135,15 @@ def test_experiment_killed_mid_run_resumes_to_the_uninterrupted_adapter(referenc
     killed = read_record(out)
     assert killed.status == "running" and killed.phase == "training"  # a kill -9 leaves no chance to write more
 
+    labels, real_sets = [], experiment_module.evaluate_sets
+
+    def counting(loaded, sets, config, out_dir, progress, label):
+        labels.extend(f"{label} {name}" for name in sets)
+        return real_sets(loaded, sets, config, out_dir, progress, label)
+
+    monkeypatch.setattr(experiment_module, "evaluate_sets", counting)
     assert main([*experiment_argv(streaming_tiny_arch_dir, data, out), "--resume"]) == 0
+    assert labels and not [label for label in labels if label.startswith("baseline")]  # the first leg's is reused
     resumed = read_record(out)
     assert resumed.status == "success" and [leg.resumed_from_step for leg in resumed.legs] == [None, 3]
     assert resumed.training.best_step == reference.training.best_step
@@ -146,8 +155,9 @@ def test_experiment_killed_mid_run_resumes_to_the_uninterrupted_adapter(referenc
     assert max(float(t.abs().max()) for name, t in trained[0].items() if "lora_B" in name) > 0
     assert resumed.tuned["main"].wer == reference.tuned["main"].wer
     assert resumed.tuned["main"].contract == reference.tuned["main"].contract
-    for name in trained[0]:  # decoder self-attention only, as the official fine-tuner's default
-        assert ".decoder." in name and ".self_attn." in name, name
+    sites = {name.split(".lora_")[0].split("base_model.model.")[-1] for name in trained[0]}
+    # decoder self-attention q/k/v only, the official fine-tuner's default: 6 layers x 3
+    assert sites == {f"model.decoder.layers.{i}.self_attn.{p}" for i in range(6) for p in ("q_proj", "k_proj", "v_proj")}
 
 
 def forward_logits(model, seconds: float = 1.2):
@@ -170,7 +180,7 @@ def test_export_hf_reloads_in_plain_transformers_with_the_adapter_models_logits(
     base = load_model(str(streaming_tiny_arch_dir), device="cpu")
     merged_logits, adapter_logits = forward_logits(plain), forward_logits(with_adapter.model)
     assert (merged_logits - adapter_logits).abs().max() <= 1e-4
-    assert (forward_logits(base.model) - adapter_logits).abs().max() > 1e-3  # the adapter is not the identity
+    assert (forward_logits(base.model) - adapter_logits).abs().max() > 0.1  # not the identity (1.31 measured)
     saved = json.loads((out / "manifest.json").read_text())
     assert saved["format"] == "hf" and saved["base_model"] == str(streaming_tiny_arch_dir)
     assert saved["run_eval_contracts"]["main"]["model_type"] == STREAMING
@@ -274,3 +284,20 @@ seed = [1, 2]
     assert [d["field"] for d in saved["allowed_differences"]] == ["adapter_sha256"]  # nothing else differs
     assert saved["a"]["contract"]["model_type"] == saved["b"]["contract"]["model_type"] == STREAMING
     assert saved["delta"] == pytest.approx(read_record(runs[0]).comparisons["main"].delta)
+
+
+def test_what_the_family_cannot_do_is_refused_in_one_line_before_any_folder(tiny_streaming_dir, data, tmp_path,
+                                                                              capsys):
+    run_dir = tmp_path / "run"
+    err = one_line_refusal(capsys, ["experiment", "--output-dir", str(run_dir), "--dataset-path", str(data["train"]),
+                                    "--manifest-path", str(data["main"]), "--model", str(tiny_streaming_dir),
+                                    "--min-val-clips", "1", "--device", "cpu", "--export", "ort"])
+    assert "--export ort" in err, err
+    assert "Moonshine Streaming" in err and not run_dir.exists()
+    for command in (["experiment", "--output-dir", str(run_dir), "--dataset-path", str(data["train"]),
+                     "--manifest-path", str(data["main"]), "--min-val-clips", "1"],
+                    ["transcribe", "--manifest", str(data["main"]), "--output-dir", str(tmp_path / "scored")]):
+        err = one_line_refusal(capsys, ["--quiet", *command, "--model", str(tiny_streaming_dir), "--device", "cpu",
+                                        "--encoder", "batched"])
+        assert "--encoder batched" in err and "no exact padded-batch encoder" in err, err
+    assert not run_dir.exists() and not (tmp_path / "scored").exists()
