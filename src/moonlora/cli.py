@@ -22,9 +22,9 @@ from pathlib import Path
 from moonlora import markdown
 from moonlora.data.audio import AudioConfig
 from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
-from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, DecodeConfig, DemoConfig,
-                              ExperimentConfig, ExportConfig, SynthConfig, TranscribeConfig, default_of, flag_default,
-                              flag_type, parse_targets)
+from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, LORA_INITS, LORA_VARIANTS,
+                              DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, SynthConfig, TranscribeConfig,
+                              default_of, flag_default, flag_type, parse_targets)
 from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP
 from moonlora.verdict.decide import DecideConfig
 from moonlora.data.diagnose import DiagnoseConfig
@@ -566,6 +566,12 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
                 "encoder's output is computed once per clip and cached; about 3x faster training and "
                 "less memory, but a higher WER on new voices, see docs/benchmarks.md)",
                 type=parse_targets, default=",".join(flag_default("target_modules")))
+    add_setting(experiment, "lora_variant", "lora, or dora (PEFT use_dora: a learned magnitude per output row of "
+                "each adapted weight; merges like LoRA)", choices=LORA_VARIANTS)
+    add_setting(experiment, "init_lora_weights", "how the adapter starts (PEFT init_lora_weights): default or "
+                "gaussian (B = 0), pissa (the top-r SVD of each weight, full SVD) or olora (QR); pissa and olora "
+                "train on the residual weights and save the adapter as a plain LoRA of rank 2r for the original "
+                "base", choices=LORA_INITS)
     add_setting(experiment, "train_batch_size", "training clips per micro-batch")
     add_setting(experiment, "grad_accum", "micro-batches per update")
     add_setting(experiment, "warmup_steps", "linear warmup, then linear decay to 0")
