@@ -2,23 +2,30 @@
 olora). Every saved adapter applies to the ORIGINAL base model, merges to what it computes, and a run
 records its variant; adapters are made non-identity so no claim passes on an adapter that changes nothing."""
 
+import dataclasses
 import json
 import shlex
 
 import pytest
 import torch
 from peft import LoraConfig
+from safetensors.torch import load_file
 from transformers import MoonshineForConditionalGeneration
 
 from conftest import tone_set
 from moonlora.cli import main
-from moonlora.configs import ExperimentConfig, LoraSettings
+from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
+from moonlora.data.audio import AudioConfig
+from moonlora.data.manifest import load_manifest
+from moonlora.eval.evaluate import evaluate_manifest, read_eval
 from moonlora.errors import ConfigError
 from moonlora.model.loading import adapter_sha256, load_model
 from moonlora.model.lora import (attach_lora, lora_delta_norm, lora_is_identity, moves_base, peft_config,
                                  write_adapter)
 from moonlora.ship.export import export
 from moonlora.sweep import current_base
+from moonlora.train import loop as train_module
+from moonlora.train.experiment import run_experiment
 
 
 def forward_logits(model):
@@ -208,3 +215,43 @@ def test_a_run_with_a_variant_completes_records_it_and_ships_an_adapter_for_the_
         assert {key: config[key] for key in saved} == saved, folder
     assert metrics["training"]["intervals"][0]["lora_delta_norm"] == 0.0
     assert metrics["training"]["intervals"][-1]["lora_delta_norm"] > 0
+    # The shipped adapter on the original base transcribes what the run measured (PiSSA: measured on the
+    # residual base, shipped as a plain LoRA of rank 2r).
+    manifest = load_manifest(data["main"])
+    shipped = evaluate_manifest(load_model(str(tiny_model_dir), device="cpu", adapter=out / "adapter"), manifest,
+                                AudioConfig(), DecodeConfig(batch_size=8, device="cpu"), progress=False)
+    measured = read_eval(out / "tuned" / "main", manifest)
+    assert [clip.hypothesis for clip in shipped.clips] == [clip.hypothesis for clip in measured.clips]
+    baseline = read_eval(out / "baseline" / "main", manifest)
+    assert [clip.hypothesis for clip in measured.clips] != [clip.hypothesis for clip in baseline.clips]  # it moved
+
+
+def test_a_pissa_run_resumed_after_an_interruption_repeats_the_uninterrupted_run_exactly(tiny_model_dir, data,
+                                                                                        tmp_path, monkeypatch):
+    """The resumed leg re-attaches (the same SVD, the same residual base), then loads the checkpoint."""
+    def config(out):
+        return ExperimentConfig(
+            output_dir=str(out), dataset_path=str(data["train"]), manifest_path=str(data["main"]),
+            model=str(tiny_model_dir), min_val_clips=1, bootstrap_resamples=200,
+            train=TrainConfig(max_steps=4, learning_rate=5e-2, batch_size=2, grad_accum=1, eval_interval=3, seed=3,
+                              device="cpu"),
+            lora=LoraSettings(r=2, alpha=4.0, dropout=0.1, init_weights="pissa"),
+            decode=DecodeConfig(batch_size=8, device="cpu"))
+
+    straight = run_experiment(config(tmp_path / "a"), progress=False)
+
+    def interrupt(state):
+        if state.step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_after_update", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config(tmp_path / "b"), progress=False)
+    monkeypatch.undo()
+    resumed = run_experiment(dataclasses.replace(config(tmp_path / "b"), resume=True), progress=False)
+    assert [leg.resumed_from_step for leg in resumed.legs] == [None, 2]
+    assert [row["loss"] for row in resumed.training.losses] == [row["loss"] for row in straight.training.losses]
+    for folder in ("adapter-best", "adapter-last"):
+        a, b = (load_file(str(tmp_path / run / folder / "adapter_model.safetensors")) for run in ("a", "b"))
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), folder
+    assert resumed.tuned["main"].wer == straight.tuned["main"].wer
