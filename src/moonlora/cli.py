@@ -382,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = add_command(
         commands, "sweep", "the plan's run matrix: a grid of experiments, shared baselines, verdicts per seed group",
-        "A grid over learning rates, steps, seeds, LoRA targets and ranks, and main manifests (a TOML file with "
+        "A grid over learning rates, steps, seeds, LoRA targets, ranks, variants and inits, and main manifests (a TOML "
+        "file with "
         "[experiment] and [grid] tables, or repeated axis flags) runs as one experiment per combination in "
         "OUTPUT_DIR/runs/<what varies>. Finished runs are skipped, interrupted ones resumed, a failed one recorded "
         "while the sweep goes on; each baseline is decoded once per (manifest, eval contract) and shared. At the "

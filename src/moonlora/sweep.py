@@ -1,7 +1,7 @@
 """`moonlora sweep`: the experiment plan's run matrix as one command.
 
-A grid over learning rates, steps, seeds, LoRA targets and ranks, and main manifests (a small
-TOML file, or the same axes as repeatable flags) is expanded into runs named by what varies.
+A grid over learning rates, steps, seeds, LoRA targets, ranks, variants and inits, and main manifests
+(a small TOML file, or the same axes as repeatable flags) is expanded into runs named by what varies.
 Each run is a normal run folder under `runs/`, executed in turn:
 - a finished run is skipped, an interrupted or died one resumed from its checkpoint, a failed
   one recorded while the sweep goes on (and retried by the next `--resume`);
