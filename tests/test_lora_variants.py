@@ -23,7 +23,7 @@ from moonlora.model.loading import adapter_sha256, load_model
 from moonlora.model.lora import (attach_lora, lora_delta_norm, lora_is_identity, moves_base, peft_config,
                                  write_adapter)
 from moonlora.ship.export import export
-from moonlora.sweep import current_base
+from moonlora.sweep import SweepConfig, current_base, load_grid, plan_runs
 from moonlora.train import loop as train_module
 from moonlora.train.experiment import run_experiment
 
@@ -92,6 +92,20 @@ def test_the_flags_set_the_lora_settings_and_a_config_saved_before_them_reads_as
     assert ExperimentConfig.from_dict(old) == ExperimentConfig("o", "d", "m")
     base = {key: value for key, value in old.items() if key not in ("output_dir", "resume", "overwrite")}
     assert current_base(base)["lora"] == ExperimentConfig("o", "d", "m").to_dict()["lora"]  # an old sweep resumes
+
+
+def test_variant_and_init_are_sweep_axes_that_name_their_runs(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[experiment]\ndataset-path = "t.jsonl"\nmanifest-path = "m.jsonl"\n'
+                    '[grid]\nlora-variant = ["lora", "dora"]\ninit-lora-weights = ["default", "pissa"]\n')
+    runs = plan_runs(SweepConfig.from_grid(load_grid(grid), {}, output_dir=str(tmp_path / "s")))
+    assert {run.name: (run.config.lora.variant, run.config.lora.init_weights) for run in runs} == {
+        "lora_init-default": ("lora", "default"), "lora_init-pissa": ("lora", "pissa"),
+        "dora_init-default": ("dora", "default"), "dora_init-pissa": ("dora", "pissa")}
+    grid.write_text('[experiment]\ndataset-path = "t.jsonl"\nmanifest-path = "m.jsonl"\n'
+                    '[grid]\nlora-variant = ["lora", "vera"]\n')
+    with pytest.raises(ConfigError, match="--lora-variant must be one of lora, dora, got 'vera'"):
+        plan_runs(SweepConfig.from_grid(load_grid(grid), {}, output_dir=str(tmp_path / "s")))
 
 
 def test_peft_config_carries_the_variant_and_the_init_and_the_defaults_are_peft_s_own():
