@@ -20,8 +20,9 @@ from moonlora.data.manifest import load_manifest
 from moonlora.eval.evaluate import evaluate_manifest, read_eval
 from moonlora.errors import ConfigError
 from moonlora.model.loading import adapter_sha256, load_model
+from moonlora.errors import InputError
 from moonlora.model.lora import (attach_lora, lora_delta_norm, lora_is_identity, moves_base, peft_config,
-                                 write_adapter)
+                                 shipped_adapter, write_adapter)
 from moonlora.ship.export import export
 from moonlora.sweep import SweepConfig, current_base, load_grid, plan_runs
 from moonlora.train import loop as train_module
@@ -181,6 +182,10 @@ def test_a_base_moving_init_starts_as_the_base_and_its_saved_adapter_applies_to_
     write_adapter(model, tmp_path / "adapter")
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["init_lora_weights"]) == (4, 8.0, True)  # plain LoRA, 2r
+    saved, (shipped_config, shipped) = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors")), \
+        shipped_adapter(model)
+    assert shipped_config["r"] == 4 and saved.keys() == shipped.keys()
+    assert all(torch.equal(saved[key], shipped[key]) for key in saved)
     on_original = load_model(str(tiny_model_dir), device="cpu", adapter=tmp_path / "adapter")
     assert not moves_base(on_original.model)
     assert (forward_logits(on_original.model) - expected).abs().max() < 1e-4
@@ -188,6 +193,17 @@ def test_a_base_moving_init_starts_as_the_base_and_its_saved_adapter_applies_to_
     export(tmp_path / "adapter", tmp_path / "merged", model=str(tiny_model_dir))
     merged = MoonshineForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
     assert (forward_logits(merged) - expected).abs().max() < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_pissa_adapter_moonlora_did_not_attach_is_refused_in_one_line(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    perturb(attached(tiny_model_dir, init_weights="pissa")).save_pretrained(tmp_path / "raw")  # PEFT's own format
+    loaded = PeftModel.from_pretrained(load_model(str(tiny_model_dir), device="cpu").model, tmp_path / "raw")
+    with pytest.raises(InputError, match="^this PiSSA/OLoRA adapter was not attached by moonlora") as error:
+        lora_delta_norm(loaded)
+    assert "\n" not in str(error.value)
 
 
 def test_a_pissa_start_is_the_same_every_time(tiny_model_dir):

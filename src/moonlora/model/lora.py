@@ -118,29 +118,53 @@ def moves_base(model: torch.nn.Module) -> bool:
     return getattr(config, "init_lora_weights", True) in BASE_MOVING_INITS
 
 
-def write_adapter(model: torch.nn.Module, folder: str | Path) -> None:
-    """PEFT's save_pretrained of the adapter, always for the original base model: a PiSSA or OLoRA adapter
-    (trained as W_res + BA, W_res = W - B0A0) is written as the plain LoRA [B | -B0] [A; A0] of rank 2r and
-    alpha 2*alpha (the same scaling), which adds BA - B0A0 to the original W: PEFT's conversion
-    (`path_initial_model_for_weight_conversion`) without its detour through a second adapter on disk.
-    A DoRA magnitude is kept: it normalises W_res + BA, the same matrix."""
-    model.save_pretrained(str(folder))
+def _start(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter `model` started from (attach_lora); a PiSSA or OLoRA adapter needs it to mean anything."""
+    try:
+        return _STARTS[model]
+    except KeyError:
+        raise InputError("this PiSSA/OLoRA adapter was not attached by moonlora in this process: its start, which "
+                         "the base weights gave up, is unknown; load the adapter folder its run saved") from None
+
+
+SHIPPED_CHANGES = ("r", "lora_alpha", "init_lora_weights")  # the config fields shipped_adapter may change
+
+
+def shipped_adapter(model: torch.nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The adapter as moonlora saves it, for the original base model: (its PEFT config as a dict, its tensors
+    by state-dict key). LoRA and DoRA as they are. PiSSA and OLoRA (trained as W_res + BA, W_res = W - B0A0)
+    as the plain LoRA [B | -B0] [A; A0] of rank 2r and alpha 2*alpha (the same scaling), which adds
+    BA - B0A0 to the original W: PEFT's `path_initial_model_for_weight_conversion`, without its detour
+    through a second adapter on disk. A DoRA magnitude is kept: it normalises W_res + BA, the same matrix."""
+    config = model.peft_config[ADAPTER].to_dict()
+    tensors = get_peft_model_state_dict(model)
     if not moves_base(model):
-        return
-    start, folder = _STARTS[model], Path(folder)
-    tensors = {}
-    for key, tensor in get_peft_model_state_dict(model).items():
+        return config, tensors
+    start, converted = _start(model), {}
+    for key, tensor in tensors.items():
         tensor = tensor.detach().cpu()
         if key.endswith(".lora_A.weight"):
             tensor = torch.cat([tensor, start[key].to(tensor.dtype)], dim=0)
         elif key.endswith(".lora_B.weight"):
             tensor = torch.cat([tensor, -start[key].to(tensor.dtype)], dim=1)
-        tensors[key] = tensor.contiguous()
+        converted[key] = tensor.contiguous()
+    config.update(r=2 * config["r"], lora_alpha=2 * config["lora_alpha"], init_lora_weights=True)
+    return config, converted
+
+
+def write_adapter(model: torch.nn.Module, folder: str | Path) -> None:
+    """PEFT's save_pretrained of the adapter, with the tensors and config of `shipped_adapter`: every
+    folder moonlora writes applies to the original base model."""
+    model.save_pretrained(str(folder))
+    if not moves_base(model):
+        return
+    config, tensors = shipped_adapter(model)
+    folder = Path(folder)
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     config_path = folder / "adapter_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config.update(r=2 * config["r"], lora_alpha=2 * config["lora_alpha"], init_lora_weights=True)
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    saved.update({key: config[key] for key in SHIPPED_CHANGES})
+    config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def trainable_summary(model: torch.nn.Module) -> dict:
@@ -174,7 +198,7 @@ def layer_delta(model: torch.nn.Module, name: str, module) -> torch.Tensor:
     delta = (b @ a) * scaling
     start = None
     if moves_base(model):
-        initial = _STARTS[model]
+        initial = _start(model)
         a0, b0 = (initial[f"{name}.{part}.weight"].to(a.device).float() for part in ("lora_A", "lora_B"))
         start = (b0 @ a0) * scaling
     if not _is_dora(module):
