@@ -253,6 +253,10 @@ def test_a_run_with_a_variant_completes_records_it_and_ships_an_adapter_for_the_
     measured = read_eval(out / "tuned" / "main", manifest)
     assert [clip.hypothesis for clip in shipped.clips] == [clip.hypothesis for clip in measured.clips]
     baseline = read_eval(out / "baseline" / "main", manifest)
+    true_base = evaluate_manifest(load_model(str(tiny_model_dir), device="cpu"), manifest, AudioConfig(),
+                                  DecodeConfig(batch_size=8, device="cpu"), progress=False)
+    assert baseline.contract == true_base.contract  # the baseline is the base model's, never a residual's
+    assert [clip.hypothesis for clip in baseline.clips] == [clip.hypothesis for clip in true_base.clips]
     assert [clip.hypothesis for clip in measured.clips] != [clip.hypothesis for clip in baseline.clips]  # it moved
 
 
