@@ -158,7 +158,7 @@ class LoraSettings:
     variant: str = "lora"  # one of LORA_VARIANTS
     init_weights: str = "default"  # one of LORA_INITS
 
-    presets = ("all", "decoder")  # class attribute, not a field: expanded in lora.expand_targets
+    presets = ("all", "decoder", "encoder")  # class attribute, not a field: expanded in lora.expand_targets
 
     def __post_init__(self) -> None:
         if self.r < 1:
