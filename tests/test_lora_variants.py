@@ -289,3 +289,20 @@ def test_a_pissa_run_resumed_after_an_interruption_repeats_the_uninterrupted_run
         a, b = (load_file(str(tmp_path / run / folder / "adapter_model.safetensors")) for run in ("a", "b"))
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), folder
     assert resumed.tuned["main"].wer == straight.tuned["main"].wer
+
+
+@pytest.mark.parametrize("settings", [{"variant": "dora"}, {"init_weights": "pissa"},
+                                      {"variant": "dora", "init_weights": "pissa"}])
+def test_the_variants_work_the_same_for_moonshine_streaming(tiny_streaming_dir, tmp_path, settings):
+    """Everything goes through PEFT, so the streaming family needs nothing of its own."""
+    base_logits = forward_logits(load_model(str(tiny_streaming_dir), device="cpu").model)
+    model = attached(tiny_streaming_dir, target_modules=("all",), **settings)
+    assert (forward_logits(model) - base_logits).abs().max() < 1e-4 and lora_delta_norm(model) == 0.0
+    expected = forward_logits(trained(model))
+    assert (expected - base_logits).abs().max() > 1e-2 and lora_delta_norm(model) > 0
+    write_adapter(model, tmp_path / "adapter")
+    on_original = load_model(str(tiny_streaming_dir), device="cpu", adapter=tmp_path / "adapter")
+    assert (forward_logits(on_original.model) - expected).abs().max() < 1e-4
+    export(tmp_path / "adapter", tmp_path / "merged", model=str(tiny_streaming_dir))
+    merged = load_model(str(tmp_path / "merged"), device="cpu")
+    assert (forward_logits(merged.model) - expected).abs().max() < 1e-4
