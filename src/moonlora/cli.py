@@ -105,7 +105,8 @@ def add_command(commands, name: str, summary: str, details: str, handler) -> arg
 
 def add_model_args(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--model", default=default,
-                        help="bundled:base-en (offline), a hub id such as UsefulSensors/moonshine-tiny, "
+                        help="bundled:base-en (offline), a hub id such as UsefulSensors/moonshine-tiny or "
+                             "UsefulSensors/moonshine-streaming-tiny (family read from its config), "
                              "a save_pretrained folder, or ort:DIR / ort:bundled:base-en (deployed int8 .ort "
                              "graphs, scored through onnxruntime on the CPU; no --adapter)")
 
@@ -562,10 +563,13 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
     add_setting(experiment, "lora_alpha", "LoRA scaling numerator")
     add_setting(experiment, "lora_dropout", "dropout on the LoRA input")
     add_setting(experiment, "target_modules",
-                "comma-separated module names that get LoRA, or one preset: all (q/k/v/o_proj, fc1, "
-                "fc2 in encoder and decoder) or decoder (the same in the decoder only: the frozen "
-                "encoder's output is computed once per clip and cached; about 3x faster training and "
-                "less memory, but a higher WER on new voices, see docs/benchmarks.md)",
+                "comma-separated module names that get LoRA, or one preset of the model's family: all "
+                "(q/k/v/o_proj, fc1, fc2 in encoder and decoder), decoder or encoder. Moonshine: decoder = "
+                "the same in the decoder only, encoder = the encoder's self-attention and MLP; Moonshine "
+                "Streaming: decoder = decoder self-attention q/k/v (the official fine-tuner's default), "
+                "encoder = encoder self-attention q/k/v. With decoder the frozen encoder's output is "
+                "computed once per clip and cached: about 3x faster training and less memory, but a "
+                "higher WER on new voices, see docs/benchmarks.md",
                 type=parse_targets, default=",".join(flag_default("target_modules")))
     add_setting(experiment, "lora_variant", "lora, or dora (PEFT use_dora: a learned magnitude per output row of "
                 "each adapted weight; merges like LoRA)", choices=LORA_VARIANTS)
