@@ -18,9 +18,8 @@ from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, Train
 from moonlora.data.audio import AudioConfig
 from moonlora.data.manifest import load_manifest
 from moonlora.eval.evaluate import evaluate_manifest, read_eval
-from moonlora.errors import ConfigError
+from moonlora.errors import ConfigError, InputError
 from moonlora.model.loading import adapter_sha256, load_model
-from moonlora.errors import InputError
 from moonlora.model.lora import (attach_lora, lora_delta_norm, lora_is_identity, moves_base, peft_config,
                                  shipped_adapter, write_adapter)
 from moonlora.ship.export import export
