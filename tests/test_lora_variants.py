@@ -251,6 +251,9 @@ def test_a_run_with_a_variant_completes_records_it_and_ships_an_adapter_for_the_
                                 AudioConfig(), DecodeConfig(batch_size=8, device="cpu"), progress=False)
     measured = read_eval(out / "tuned" / "main", manifest)
     assert [clip.hypothesis for clip in shipped.clips] == [clip.hypothesis for clip in measured.clips]
+    # ... under the same contract: the run's scores name the adapter its folder holds (PiSSA: the converted one)
+    assert shipped.contract.adapter_sha256 == measured.contract.adapter_sha256
+    assert shipped.contract == measured.contract
     baseline = read_eval(out / "baseline" / "main", manifest)
     true_base = evaluate_manifest(load_model(str(tiny_model_dir), device="cpu"), manifest, AudioConfig(),
                                   DecodeConfig(batch_size=8, device="cpu"), progress=False)
