@@ -132,3 +132,85 @@ def test_the_training_caches_give_the_same_loss_and_are_not_changed_by_the_decod
 def test_a_clip_shorter_than_one_frame_is_refused(tiny_architecture):
     with pytest.raises(ValueError, match="shorter than one encoder frame"):
         clip_inputs(tiny_architecture.get_encoder(), bundled_feature_extractor(), np.zeros(40, dtype=np.float32))
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_moonloras_decode_is_the_models_own_generate_on_each_clip_alone(tiny_streaming_dir, speech, num_beams):
+    """Per-clip states + a batched decoder give each clip the tokens transformers' own `generate` gives it
+    alone (with its sample mask, so the sliding windows apply), greedy and beam."""
+    from moonlora.model.loading import load_model
+
+    loaded = load_model(str(tiny_streaming_dir), device="cpu")
+    decoder, config = loaded.decoder(), DecodeConfig(num_beams=num_beams)
+    caps = [5, 7, 6, 4]
+    ours = decoder.generate(decoder.encode(speech, config), caps, config)
+    encoder = loaded.model.get_encoder()
+    for clip, cap, tokens in zip(speech, caps, ours):
+        inputs = clip_inputs(encoder, loaded.feature_extractor, clip)
+        with torch.no_grad():
+            alone = loaded.model.generate(**inputs, max_new_tokens=cap - 1, num_beams=num_beams, do_sample=False)
+        assert tokens and tokens[: cap - 1] == [t for t in alone[0].tolist() if t not in (1, 2)][: cap - 1]
+
+
+def adapted_names(model) -> set[str]:
+    return {name.removeprefix("base_model.model.").removesuffix(".lora_A.default")
+            for name, _ in model.named_modules() if name.endswith("lora_A.default")}
+
+
+def test_the_streaming_presets_adapt_what_they_say(tiny_architecture):
+    """decoder: the official fine-tuner's default (decoder self-attention q/k/v); encoder: its encoder sites;
+    all: every attention and MLP projection (the embedder and output layer stay frozen)."""
+    import copy
+
+    from moonlora.configs import LoraSettings
+    from moonlora.model.lora import attach_lora
+
+    layers = tiny_architecture.config.decoder_config.num_hidden_layers if hasattr(
+        tiny_architecture.config, "decoder_config") else tiny_architecture.config.num_hidden_layers
+    found = {preset: adapted_names(attach_lora(copy.deepcopy(tiny_architecture),
+                                               LoraSettings(target_modules=(preset,)), seed=0))
+             for preset in ("decoder", "encoder", "all")}
+    assert found["decoder"] == {f"model.decoder.layers.{i}.self_attn.{p}" for i in range(layers)
+                                for p in ("q_proj", "k_proj", "v_proj")}
+    assert found["encoder"] == {f"model.encoder.layers.{i}.self_attn.{p}" for i in range(6)
+                                for p in ("q_proj", "k_proj", "v_proj")}
+    assert found["decoder"] | found["encoder"] < found["all"]
+    assert not any("embedder" in name or "proj_out" in name for name in found["all"])
+    assert len(found["all"]) == 6 * 6 + layers * 10  # encoder: q/k/v/o + fc1/fc2; decoder adds cross-attention
+
+
+def test_a_streaming_hub_id_offline_is_one_line_naming_the_offline_model(monkeypatch):
+    from huggingface_hub import constants
+
+    from moonlora.errors import ModelSourceError
+    from moonlora.model.loading import load_model
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelSourceError) as error:
+        load_model("UsefulSensors/moonshine-streaming-tiny", device="cpu")
+    message = str(error.value)
+    assert "\n" not in message and "UsefulSensors/moonshine-streaming-tiny" in message and "bundled:base-en" in message
+
+
+def test_a_checkpointed_streaming_encoder_gives_the_same_loss_and_gradients(tiny_streaming_dir, speech):
+    from moonlora.configs import LoraSettings
+    from moonlora.model.loading import load_model
+    from moonlora.model.lora import attach_lora
+    from moonlora.train.loop import checkpointed_layers
+
+    loaded = load_model(str(tiny_streaming_dir), device="cpu")
+    model = attach_lora(loaded.model, LoraSettings(target_modules=("all",)), seed=0).train()
+
+    def loss_and_gradients(stem_cache):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)  # LoRA dropout draws the same masks; a layer rerun in backward restores them
+        loss = batch_loss(model, loaded.feature_extractor, loaded.tokenizer, speech, list(PHRASES),
+                          [str(i) for i in range(len(speech))], stem_cache)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain_loss, plain = loss_and_gradients(None)
+    with checkpointed_layers(model.get_encoder().layers):
+        loss, grads = loss_and_gradients(StemCache())
+    assert abs(loss - plain_loss) <= 1e-5 and any(".encoder." in name for name in grads)
+    assert all((grads[name] - plain[name]).abs().max() <= 1e-5 for name in plain)

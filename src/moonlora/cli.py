@@ -22,9 +22,9 @@ from pathlib import Path
 from moonlora import markdown
 from moonlora.data.audio import AudioConfig
 from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
-from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, DecodeConfig, DemoConfig,
-                              ExperimentConfig, ExportConfig, SynthConfig, TranscribeConfig, default_of, flag_default,
-                              flag_type, parse_targets)
+from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, LORA_INITS, LORA_VARIANTS,
+                              DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, SynthConfig, TranscribeConfig,
+                              default_of, flag_default, flag_type, parse_targets)
 from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP
 from moonlora.verdict.decide import DecideConfig
 from moonlora.data.diagnose import DiagnoseConfig
@@ -105,7 +105,8 @@ def add_command(commands, name: str, summary: str, details: str, handler) -> arg
 
 def add_model_args(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--model", default=default,
-                        help="bundled:base-en (offline), a hub id such as UsefulSensors/moonshine-tiny, "
+                        help="bundled:base-en (offline), a hub id such as UsefulSensors/moonshine-tiny or "
+                             "UsefulSensors/moonshine-streaming-tiny (family read from its config), "
                              "a save_pretrained folder, or ort:DIR / ort:bundled:base-en (deployed int8 .ort "
                              "graphs, scored through onnxruntime on the CPU; no --adapter)")
 
@@ -382,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = add_command(
         commands, "sweep", "the plan's run matrix: a grid of experiments, shared baselines, verdicts per seed group",
-        "A grid over learning rates, steps, seeds, LoRA targets and ranks, and main manifests (a TOML file with "
+        "A grid over learning rates, steps, seeds, LoRA targets, ranks, variants and inits, and main manifests (a TOML "
+        "file with "
         "[experiment] and [grid] tables, or repeated axis flags) runs as one experiment per combination in "
         "OUTPUT_DIR/runs/<what varies>. Finished runs are skipped, interrupted ones resumed, a failed one recorded "
         "while the sweep goes on; each baseline is decoded once per (manifest, eval contract) and shared. At the "
@@ -561,11 +563,20 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
     add_setting(experiment, "lora_alpha", "LoRA scaling numerator")
     add_setting(experiment, "lora_dropout", "dropout on the LoRA input")
     add_setting(experiment, "target_modules",
-                "comma-separated module names that get LoRA, or one preset: all (q/k/v/o_proj, fc1, "
-                "fc2 in encoder and decoder) or decoder (the same in the decoder only: the frozen "
-                "encoder's output is computed once per clip and cached; about 3x faster training and "
-                "less memory, but a higher WER on new voices, see docs/benchmarks.md)",
+                "comma-separated module names that get LoRA, or one preset of the model's family: all "
+                "(q/k/v/o_proj, fc1, fc2 in encoder and decoder), decoder or encoder. Moonshine: decoder = "
+                "the same in the decoder only, encoder = the encoder's self-attention and MLP; Moonshine "
+                "Streaming: decoder = decoder self-attention q/k/v (the official fine-tuner's default), "
+                "encoder = encoder self-attention q/k/v. With decoder the frozen encoder's output is "
+                "computed once per clip and cached: about 3x faster training and less memory, but a "
+                "higher WER on new voices, see docs/benchmarks.md",
                 type=parse_targets, default=",".join(flag_default("target_modules")))
+    add_setting(experiment, "lora_variant", "lora, or dora (PEFT use_dora: a learned magnitude per output row of "
+                "each adapted weight; merges like LoRA)", choices=LORA_VARIANTS)
+    add_setting(experiment, "init_lora_weights", "how the adapter starts (PEFT init_lora_weights): default or "
+                "gaussian (B = 0), pissa (the top-r SVD of each weight, full SVD) or olora (QR); pissa and olora "
+                "train on the residual weights and save the adapter as a plain LoRA of rank 2r for the original "
+                "base", choices=LORA_INITS)
     add_setting(experiment, "train_batch_size", "training clips per micro-batch")
     add_setting(experiment, "grad_accum", "micro-batches per update")
     add_setting(experiment, "warmup_steps", "linear warmup, then linear decay to 0")

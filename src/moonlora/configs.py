@@ -27,6 +27,12 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")  # moonlora.model.device.DTYPES
 ENCODER_MODES = ("auto", "per-clip", "batched")  # DecodeConfig.encoder
 # The experiment plan's targets: attention projections and MLPs of every encoder/decoder layer.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+# LoraSettings.variant: plain LoRA, or DoRA (PEFT use_dora: a learned magnitude per output row).
+LORA_VARIANTS = ("lora", "dora")
+# LoraSettings.init_weights: PEFT's init_lora_weights. default: B = 0 (A Kaiming-uniform), gaussian: B = 0
+# (A Gaussian); pissa (full SVD) and olora (QR) move the weights' top subspace into the adapter, the base
+# keeps the residual: the model starts as the base, and saved adapters are converted to plain LoRA.
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
 
 
 class UnreadableConfig(ConfigError, TypeError):
@@ -149,6 +155,8 @@ class LoraSettings:
     alpha: float = 16.0
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS  # module names, or one preset (the family's target_presets) as given
+    variant: str = "lora"  # one of LORA_VARIANTS
+    init_weights: str = "default"  # one of LORA_INITS
 
     presets = ("all", "decoder", "encoder")  # class attribute, not a field: expanded in lora.expand_targets
 
@@ -164,6 +172,10 @@ class LoraSettings:
         if len(self.target_modules) > 1 and set(self.target_modules) & set(self.presets):
             raise ConfigError(f"--target-modules: a preset ({', '.join(self.presets)}) stands alone, "
                              f"got {','.join(self.target_modules)}")
+        if self.variant not in LORA_VARIANTS:
+            raise ConfigError(f"--lora-variant must be one of {', '.join(LORA_VARIANTS)}, got {self.variant!r}")
+        if self.init_weights not in LORA_INITS:
+            raise ConfigError(f"--init-lora-weights must be one of {', '.join(LORA_INITS)}, got {self.init_weights!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -278,6 +290,8 @@ EXPERIMENT_FLAGS = {
     "lora_alpha": "lora.alpha",
     "lora_dropout": "lora.dropout",
     "target_modules": "lora.target_modules",
+    "lora_variant": "lora.variant",
+    "init_lora_weights": "lora.init_weights",
     "train_batch_size": "train.batch_size",
     "grad_accum": "train.grad_accum",
     "warmup_steps": "train.warmup_steps",

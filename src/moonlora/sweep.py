@@ -1,7 +1,7 @@
 """`moonlora sweep`: the experiment plan's run matrix as one command.
 
-A grid over learning rates, steps, seeds, LoRA targets and ranks, and main manifests (a small
-TOML file, or the same axes as repeatable flags) is expanded into runs named by what varies.
+A grid over learning rates, steps, seeds, LoRA targets, ranks, variants and inits, and main manifests
+(a small TOML file, or the same axes as repeatable flags) is expanded into runs named by what varies.
 Each run is a normal run folder under `runs/`, executed in turn:
 - a finished run is skipped, an interrupted or died one resumed from its checkpoint, a failed
   one recorded while the sweep goes on (and retried by the next `--resume`);
@@ -61,6 +61,8 @@ AXES = {axis.name: axis for axis in (
     Axis("seed", lambda v: f"seed{v}"),
     Axis("target_modules", lambda v: "targets-" + "+".join(v)),
     Axis("lora_r", lambda v: f"r{v}"),
+    Axis("lora_variant", lambda v: v),
+    Axis("init_lora_weights", lambda v: f"init-{v}"),
     Axis("manifest_path", lambda v: "manifest-" + _slug(Path(v).stem)),
 )}
 RUN_CONTROL = ("output_dir", *RUN_CONTROL_FIELDS)  # set per run by the sweep, never shared or varied
@@ -211,6 +213,18 @@ def plan_runs(config: SweepConfig) -> list[PlannedRun]:
 # --- the sweep folder ------------------------------------------------------------------------------------------
 
 
+def current_base(base):
+    """A saved sweep's shared settings as this moonlora writes them: a setting added since it was saved
+    (e.g. --lora-variant) reads as its default, so the sweep still resumes; unreadable ones stay as saved."""
+    if not isinstance(base, dict):
+        return base
+    try:
+        config = ExperimentConfig.from_dict({**base, "output_dir": ""})
+    except (TypeError, ValueError):
+        return base
+    return {key: value for key, value in config.to_dict().items() if key not in RUN_CONTROL}
+
+
 def check_output(config: SweepConfig) -> Path:
     """Every check on the sweep folder before any work (nothing is written)."""
     folder = Path(config.output_dir)
@@ -220,6 +234,7 @@ def check_output(config: SweepConfig) -> Path:
             raise MissingInput(f"--output-dir {folder}: holds no {SWEEP_FILE}; drop --resume to start a sweep")
         saved = read_sweep(folder).config
         current = config.to_dict()
+        saved = {**saved, "base": current_base(saved.get("base"))}
         differing = [key for key in ("base", "axes") if json.loads(json.dumps(saved.get(key))) !=
                      json.loads(json.dumps(current[key]))]
         if differing:

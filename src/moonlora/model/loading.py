@@ -330,15 +330,17 @@ def adapter_sha256(model: torch.nn.Module) -> str | None:
     """Hash of the adapter (LoRA) tensors alone; None when no adapter is attached."""
     if not hasattr(model, "peft_config"):
         return None
-    from peft import get_peft_model_state_dict
+    from moonlora.model.lora import shipped_adapter
 
-    # Only the settings that change what the adapter computes: the rest of a PEFT config
-    # (inference_mode, base model path, ...) differs between a trained and a reloaded adapter.
-    config = model.peft_config[model.active_adapter].to_dict()
+    # The adapter as it is saved (`shipped_adapter`: a PiSSA/OLoRA adapter as the plain LoRA that applies to
+    # the original base), so a run's scores and its reloaded folder name the same adapter. Only the settings
+    # that change what the adapter computes: the rest of a PEFT config (inference_mode, base model path, ...)
+    # differs between a trained and a reloaded adapter.
+    config, tensors = shipped_adapter(model)
     digest = hashlib.sha256(json.dumps(
         {key: config.get(key) for key in ADAPTER_MATH_KEYS}, sort_keys=True, default=str,
     ).encode())
-    for name, tensor in sorted(get_peft_model_state_dict(model).items()):
+    for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()

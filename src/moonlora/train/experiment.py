@@ -37,7 +37,8 @@ from moonlora.eval.contract import EvalContract, require_comparable
 from moonlora.eval.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
 from moonlora.model.device import check_device
 from moonlora.model.families import check_family_settings, family_for
-from moonlora.model.lora import attach_lora, check_targets, lora_delta_norm, lora_is_identity, trainable_summary
+from moonlora.model.lora import (attach_lora, check_targets, lora_delta_norm, lora_is_identity, trainable_summary,
+                                  write_adapter)
 from moonlora.data.manifest import Manifest, Utterance, load_manifest
 from moonlora.model.loading import LoadedModel, load_model, model_skeleton, require_torch
 from moonlora.outputs import OutputError, claim_output_dir
@@ -356,13 +357,14 @@ def tensorboard_logger(run_dir: Path, purge_step: int | None):
 
 
 def save_adapter(model, run_dir: Path, folder: str = ADAPTER_DIR) -> None:
-    """The model's current adapter, written beside its final place and swapped in."""
+    """The model's current adapter, for the original base model (`lora.write_adapter`), written beside its
+    final place and swapped in."""
     if not is_main_process():
         return
     target, staging = run_dir / folder, run_dir / f".{folder}.tmp"
     remove_path(staging)
     try:
-        model.save_pretrained(str(staging))
+        write_adapter(model, staging)
     except OSError as error:
         remove_path(staging)
         raise OutputError(f"{run_dir}: cannot write the adapter ({error.strerror or error})") from None
