@@ -195,6 +195,10 @@ def test_export_ort_of_a_streaming_run_is_refused_in_one_line_before_any_work(re
         assert not out.exists()
 
 
+def read_hyps(folder) -> list[str]:
+    return [json.loads(line)["hyp"] for line in (folder / "transcripts.jsonl").read_text().splitlines()]
+
+
 # --- transcribe on both families -----------------------------------------------------------------------------------
 
 
@@ -210,6 +214,11 @@ def test_transcribe_a_folder_of_each_family_in_one_session(tiny_model_dir, strea
         assert summary["flags"]["token_cap_hit"] == 4  # random weights never end on their own
         scored[family] = summary
     assert scored["moonshine"]["contract"]["fingerprint"] != scored[STREAMING]["contract"]["fingerprint"]
+    # batch size is a speed setting: the run decoded this manifest in batches of 8, under the same contract
+    run_baseline = reference_run / "baseline" / "main"
+    assert read_hyps(tmp_path / STREAMING) == read_hyps(run_baseline)
+    baseline_contract = json.loads((run_baseline / "summary.json").read_text())["contract"]
+    assert scored[STREAMING]["contract"]["fingerprint"] == baseline_contract["fingerprint"]
     # two families never compare as one model
     err = one_line_refusal(capsys, ["compare", str(tmp_path / "moonshine"), str(tmp_path / STREAMING)])
     assert "model_type" in err
@@ -217,10 +226,7 @@ def test_transcribe_a_folder_of_each_family_in_one_session(tiny_model_dir, strea
     tuned = tmp_path / "tuned"
     assert main(["--quiet", "transcribe", "--manifest", str(data["main"]), "--adapter", str(reference_run),
                  "--output-dir", str(tuned), "--device", "cpu"]) == 0
-    hyps = [json.loads(line)["hyp"] for line in (tuned / "transcripts.jsonl").read_text().splitlines()]
-    run_hyps = [json.loads(line)["hyp"]
-                for line in (reference_run / "tuned" / "main" / "transcripts.jsonl").read_text().splitlines()]
-    assert hyps == run_hyps
+    assert read_hyps(tuned) == read_hyps(reference_run / "tuned" / "main")
 
 
 # --- sweep, decide, report, compare on the small streaming model ---------------------------------------------------
