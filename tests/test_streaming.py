@@ -307,3 +307,47 @@ def test_what_the_family_cannot_do_is_refused_in_one_line_before_any_folder(tiny
                                         "--encoder", "batched"])
         assert "--encoder batched" in err and "no exact padded-batch encoder" in err, err
     assert not run_dir.exists() and not (tmp_path / "scored").exists()
+
+
+def plant_val_wer(monkeypatch, planted: dict[int, float]) -> None:
+    """Interval evaluations report the planted val WER at the named steps."""
+    import dataclasses
+
+    real = experiment_module.evaluate_sets
+
+    def evaluate_sets(loaded, sets, config, out_dir, progress, label):
+        results = real(loaded, sets, config, out_dir, progress, label)
+        if label.startswith("step ") and int(label.split()[1]) in planted and "val" in results:
+            corpus = dataclasses.replace(results["val"].corpus, wer=planted[int(label.split()[1])])
+            results["val"] = dataclasses.replace(results["val"], corpus=corpus)
+        return results
+
+    monkeypatch.setattr(experiment_module, "evaluate_sets", evaluate_sets)
+
+
+def test_guarded_stop_and_best_and_last_adapters_on_the_streaming_family(tiny_streaming_dir, data, tmp_path,
+                                                                         monkeypatch):
+    def argv(out, *extra):
+        return ["--quiet", "experiment", "--output-dir", str(out), "--dataset-path", str(data["train"]),
+                "--manifest-path", str(data["main"]), "--model", str(tiny_streaming_dir), "--device", "cpu",
+                "--max-steps", "4", "--eval-interval", "2", "--learning-rate", "5e-3", "--batch-size", "2",
+                "--grad-accum", "1", "--seed", "3", "--lora-r", "2", "--target-modules", "encoder",
+                "--decode-batch-size", "8", "--min-val-clips", "1", *extra]
+
+    plant_val_wer(monkeypatch, {2: 0.1, 4: 0.5})  # best at step 2, mid-run; the last adapter is another one
+    assert main(argv(tmp_path / "best")) == 0
+    record = read_record(tmp_path / "best")
+    best, last = record.candidates["best"], record.candidates["last"]
+    assert (best.step, best.selected, last.step, last.selected) == (2, True, 4, False)
+    assert best.main.wer == record.tuned["main"].wer and (tmp_path / "best" / "tuned-last" / "main").is_dir()
+    assert adapter_tensors(tmp_path / "best" / "adapter-best").keys() == adapter_tensors(
+        tmp_path / "best" / "adapter-last").keys()
+    assert all(".encoder.layers." in name for name in adapter_tensors(tmp_path / "best" / "adapter"))
+    assert last.main.contract["model_type"] == STREAMING
+
+    monkeypatch.undo()
+    plant_val_wer(monkeypatch, {2: 50.0})  # val WER far above the baseline's: the guard stops the run
+    assert main(argv(tmp_path / "stopped", "--wer-stop-threshold", "1.1")) == 0
+    stopped = read_record(tmp_path / "stopped")
+    assert stopped.status == "stopped_early" and stopped.reason.startswith("val WER 50.0000 > baseline")
+    assert stopped.training.steps == 2 and stopped.training.best_step == 0
