@@ -6,7 +6,8 @@ the real shape: `moonlora experiment` with a baseline, 6 updates and interval WE
 and resumed to the adapter an uninterrupted run saves (<= 1e-6); `moonlora export --format hf` of that run,
 reloaded by plain transformers with the adapter model's logits (<= 1e-4); `moonlora transcribe` on it and on a
 v1 Moonshine in one session. The much smaller `tiny_streaming_dir` runs the rest (a two-run sweep with its
-verdict, decide, report, compare) to keep the file's time down. Random weights never emit the end token, so
+verdict, decide, report, compare; the val-WER guard, best and last adapters; what the family refuses) to keep
+the file's time down. Random weights never emit the end token, so
 every decode runs to its per-clip token cap: the clips are short (0.8-1.8 s, caps of 8-14 tokens)."""
 
 import json
