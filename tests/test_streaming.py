@@ -304,9 +304,9 @@ def test_what_the_family_cannot_do_is_refused_in_one_line_before_any_folder(tiny
     for command in (["experiment", "--output-dir", str(run_dir), "--dataset-path", str(data["train"]),
                      "--manifest-path", str(data["main"]), "--min-val-clips", "1"],
                     ["transcribe", "--manifest", str(data["main"]), "--output-dir", str(tmp_path / "scored")]):
-        err = one_line_refusal(capsys, ["--quiet", *command, "--model", str(tiny_streaming_dir), "--device", "cpu",
-                                        "--encoder", "batched"])
-        assert "--encoder batched" in err and "no exact padded-batch encoder" in err, err
+        err = one_line_refusal(capsys, [*command, "--model", str(tiny_streaming_dir), "--device", "cpu",
+                                        "--encoder", "batched"])  # refused before any progress line
+        assert "--encoder batched: Moonshine Streaming has no exact padded-batch encoder" in err, err
     assert not run_dir.exists() and not (tmp_path / "scored").exists()
 
 

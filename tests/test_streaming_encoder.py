@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_arch_streaming_config
 from moonlora.configs import DecodeConfig
 from moonlora.data.synth import espeak
 from moonlora.errors import ConfigError
@@ -21,12 +22,10 @@ PHRASES = ("cleared to land runway two seven", "contact tower one one eight deci
 @pytest.fixture(scope="module")
 def tiny_architecture():
     """A random-init Moonshine Streaming with the published tiny architecture (transformers' defaults)."""
-    from transformers import MoonshineStreamingConfig, MoonshineStreamingForConditionalGeneration
+    from transformers import MoonshineStreamingForConditionalGeneration
 
     torch.manual_seed(0)
-    config = MoonshineStreamingConfig(num_key_value_heads=8, pad_token_id=2, bos_token_id=1, eos_token_id=2,
-                                      decoder_start_token_id=1)
-    return MoonshineStreamingForConditionalGeneration(config).eval()
+    return MoonshineStreamingForConditionalGeneration(tiny_arch_streaming_config()).eval()
 
 
 @pytest.fixture(scope="module")

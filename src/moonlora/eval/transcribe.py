@@ -63,11 +63,16 @@ def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[Eva
     out_dir = check_output(config)
     from moonlora.eval.evaluate import evaluate_manifest, write_eval
     from moonlora.data.manifest import load_manifest
-    from moonlora.model.loading import load_model
+    from moonlora.model.families import check_family_settings, family_for
+    from moonlora.model.loading import load_model, model_skeleton
     from moonlora.provenance import provenance
 
+    skeleton = model_skeleton(config.model)  # the family's limits, from config.json, before any weights load
+    if skeleton is not None:
+        check_family_settings(family_for(skeleton.config.model_type), encoder=config.decode.encoder)
     manifest = load_manifest(config.manifest)
     loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype, adapter=config.adapter)
+    loaded.decoder().check(config.decode)  # whatever runs it (torch or onnxruntime) takes these settings
     result = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress)
     # Earlier results go only now that the new ones are ready, and only the files transcribe wrote.
     claim_output_dir(out_dir, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite)
