@@ -184,8 +184,29 @@ def hub_reachable() -> bool:
     return True
 
 
+class RowsView:
+    """Rows streamed from the hub, held in memory (the split's encoded audio included)."""
+
+    def __init__(self, rows: list[dict], audio_columns: list[str]) -> None:
+        self.rows, self.audio_columns = rows, audio_columns
+        self.names = list(rows[0]) if rows else []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> list:
+        return [row.get(name) for row in self.rows]
+
+    def value(self, index: int, name: str):
+        return self.rows[index].get(name)
+
+
 def read_hub(name: str, config: str | None, splits: tuple[str, ...] | None, columns: Columns) -> Source:
-    """A dataset on the Hugging Face Hub (`librispeech_asr --config clean --split test`): needs the network."""
+    """A dataset on the Hugging Face Hub (`librispeech_asr --config clean --split test`): needs the network.
+
+    Streamed, so only the split's own files are fetched (a plain `load_dataset` downloads every split of the
+    configuration), and held in memory while importing: for a split larger than memory, download its parquet
+    files and import those."""
     if not splits:
         raise InputError(f"{name}: a hub dataset needs --split (for example --split test)")
     if not hub_reachable():
@@ -196,11 +217,16 @@ def read_hub(name: str, config: str | None, splits: tuple[str, ...] | None, colu
     source = Source(name, "hub")
     for split in splits:
         try:
-            dataset = datasets.load_dataset(name, config, split=split)
+            stream = datasets.load_dataset(name, config, split=split, streaming=True)
+            audio_columns = [key for key, kind in (stream.features or {}).items() if isinstance(kind, datasets.Audio)]
+            for key in audio_columns:
+                stream = stream.cast_column(key, datasets.Audio(decode=False))
+            rows = list(stream)
         except MoonloraError:
             raise
         except Exception as error:  # the hub's many failure types: one line naming the id, config and split
             raise InputError(f"cannot load the dataset '{name}' (--config {config}, --split {split}) from the Hugging "
                              f"Face Hub ({one_line(error)}); check the id, --config and --split") from None
-        items_from_view(DatasetView(dataset), safe_name(split), f"{name}[{split}]", Path.cwd(), columns, source)
+        items_from_view(RowsView(rows, audio_columns), safe_name(split), f"{name}[{split}]", Path.cwd(), columns,
+                        source)
     return source
