@@ -26,7 +26,7 @@ from moonlora.data.importers import layouts
 from moonlora.data.importers.items import TEXT_MODES, Item, Skip, apply_text_mode, choose_text_mode, decode, linkable, safe_name
 from moonlora.data.importers.layouts import FORMATS, Columns, Source
 from moonlora.errors import ConfigError, InputError
-from moonlora.outputs import OutputExists, claim_output_dir, read_marker, write_bytes_atomic, write_json
+from moonlora.outputs import OutputError, OutputExists, claim_output_dir, read_marker, signed_by, write_bytes_atomic, write_json
 from moonlora.progress import progress_bar
 
 OUTPUT_KIND = "import"
@@ -209,10 +209,14 @@ def _same_import(out_dir: Path, recorded: dict) -> bool | None:
     marker = read_marker(out_dir) if out_dir.is_dir() else None
     if marker is None or marker.get("kind") != OUTPUT_KIND:
         return None
+    if signed_by(out_dir / CONFIG_NAME) != OUTPUT_KIND:
+        return None  # no record of the settings: only --overwrite may reuse the folder
     try:
         earlier = json.loads((out_dir / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return True  # killed between the marker and the config: nothing but the marker was written
+        return None
+    if not isinstance(earlier, dict):
+        return None
     earlier.pop("written_by", None)
     return earlier == recorded
 
@@ -229,6 +233,9 @@ def prepare_output(config: ImportConfig, splits: list[str], recorded: dict) -> t
                              "are never touched and a rerun reads the same source")
     entries = (*FIXED_ENTRIES, *[manifest_name(split) for split in splits])
     if _same_import(out_dir, recorded) and not config.overwrite:
+        links = [name for name in entries if (out_dir / name).is_symlink()]
+        if links:
+            raise OutputError(f"--out {out_dir}: {links[0]} is a link, which moonlora never writes; pick another --out")
         return out_dir, True
     try:
         claim_output_dir(out_dir, "--out", OUTPUT_KIND, entries, config.overwrite, require_empty=True,
@@ -338,7 +345,7 @@ def run_import(config: ImportConfig, progress: bool = True) -> ImportResult:
     recorded = {**config.settings(), "source_format": source.format, "text_mode_chosen": text_mode,
                 "index_sha256": index_sha256(items)}
     out_dir, resumed = prepare_output(config, sorted(splits), recorded)
-    if not resumed or not (out_dir / CONFIG_NAME).is_file():
+    if not resumed:
         write_json(out_dir / CONFIG_NAME, recorded, command=OUTPUT_KIND)
     _remove_partials(out_dir / CLIPS)
     result = ImportResult(out_dir, source.format, text_mode, {}, skipped=list(source.skipped))
