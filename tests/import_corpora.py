@@ -53,6 +53,20 @@ def librispeech(root: Path) -> Path:
     return root / "LibriSpeech"
 
 
+def mls(root: Path) -> Path:
+    """Multilingual LibriSpeech: test/transcripts.txt (SPEAKER_BOOK_SEGMENT<TAB>text) + audio/SPK/BOOK/ID.opus (48 kHz)."""
+    lines = []
+    for index in (2, 3):
+        speaker = UTTERANCES[index][2]
+        uid = f"{speaker}_77_{index:06d}"
+        folder = root / "test" / "audio" / speaker / "77"
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"{uid}.opus", resampled(index, 48000), 48000, format="OGG", subtype="OPUS")
+        lines.append(f"{uid}\t{UTTERANCES[index][0].lower()}\n")
+    (root / "test" / "transcripts.txt").write_text("".join(lines) + "broken line\n")
+    return root
+
+
 def common_voice(root: Path) -> Path:
     """clips/*.mp3 (48 kHz) + train.tsv / test.tsv with client_id, path, sentence; one row names a missing clip."""
     (root / "clips").mkdir(parents=True)

@@ -49,6 +49,19 @@ def test_librispeech_tree_lowercased_with_speakers(tmp_path):
     assert read_manifest(tmp_path / "kept" / "test-clean.jsonl")[0]["text"].isupper()
 
 
+def test_multilingual_librispeech_opus(tmp_path):
+    source = corpora.mls(tmp_path / "mls_german")
+    assert detect(str(source)) == "mls"
+    result = imported(source, tmp_path / "out")
+    rows = read_manifest(tmp_path / "out" / "test.jsonl")
+    assert [(row["id"], row["speaker"], row["text"]) for row in rows] == [
+        ("174_77_000002", "174", "hola mundo"), ("174_77_000003", "174", "guten tag")]
+    for row, index in zip(rows, (2, 3)):
+        assert row["duration"] == pytest.approx(seconds(index), abs=1e-3)
+    assert result.skipped_by_kind() == {"bad_line": 1} and result.skipped[0].origin.endswith("transcripts.txt:3")
+    assert_loads(tmp_path / "out" / "test.jsonl", 2)
+
+
 def test_common_voice_mp3_resampled_and_a_missing_clip_counted(tmp_path):
     source = corpora.common_voice(tmp_path / "cv")
     assert detect(str(source)) == "commonvoice"

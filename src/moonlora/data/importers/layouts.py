@@ -17,7 +17,7 @@ from pathlib import Path
 from moonlora.data.importers.items import AUDIO_SUFFIXES, AudioRef, Item, Skip, clean_text, safe_name
 from moonlora.errors import InputError, MissingInput
 
-FORMATS = ("auto", "librispeech", "commonvoice", "kaldi", "rows", "textfolder", "audiofolder", "hf-disk", "parquet",
+FORMATS = ("auto", "librispeech", "mls", "commonvoice", "kaldi", "rows", "textfolder", "audiofolder", "hf-disk", "parquet",
            "arrow", "hub")
 TEXT_COLUMNS = ("text", "sentence", "transcription", "transcript", "normalized_text", "raw_text")
 SPEAKER_COLUMNS = ("speaker_id", "speaker", "client_id", "spk_id", "speaker_name", "group")
@@ -116,13 +116,16 @@ def detect(source: str) -> str:
         return "commonvoice"
     if next(path.rglob("*.trans.txt"), None) is not None:
         return "librispeech"
+    if _mls_transcripts(path):
+        return "mls"
     if next(path.rglob("*.parquet"), None) is not None:
         return "parquet"
     if next(path.rglob("*.arrow"), None) is not None:
         return "arrow"
     if any(audio.with_suffix(".txt").is_file() for audio in _audio_files(path)):
         return "textfolder"
-    raise InputError(f"{source}: no layout moonlora imports was found (LibriSpeech *.trans.txt, Common Voice *.tsv + "
+    raise InputError(f"{source}: no layout moonlora imports was found (LibriSpeech *.trans.txt, MLS transcripts.txt "
+                     "+ audio/, Common Voice *.tsv + "
                      "clips/, Kaldi wav.scp, metadata.csv, audio with same-name .txt, rows, a save_to_disk folder, "
                      "parquet or arrow files); pass --format to say which it is")
 
@@ -166,6 +169,36 @@ def read_librispeech(root: Path, columns: Columns) -> Source:
             audio = next((trans.parent / f"{uid}{ext}" for ext in (".flac", ".wav")
                           if (trans.parent / f"{uid}{ext}").is_file()), trans.parent / f"{uid}.flac")
             source.items.append(Item(split, uid, clean_text(text), uid.split("-")[0], origin, AudioRef(path=audio)))
+    return source
+
+
+# --- Multilingual LibriSpeech ---------------------------------------------------------------------------------------
+
+
+def _mls_transcripts(root: Path) -> list[Path]:
+    return [t for t in sorted([root / "transcripts.txt", *root.glob("*/transcripts.txt")])
+            if t.is_file() and (t.parent / "audio").is_dir()]
+
+
+def read_mls(root: Path, columns: Columns) -> Source:
+    """Multilingual LibriSpeech: `SPLIT/transcripts.txt` lines `SPEAKER_BOOK_SEGMENT<TAB>text`, audio at
+    `SPLIT/audio/SPEAKER/BOOK/ID.flac` (or `.opus`)."""
+    source = Source(str(root), "mls")
+    for transcripts in _mls_transcripts(root):
+        split = safe_name(transcripts.parent.name)
+        for number, line in enumerate(_lines(transcripts), start=1):
+            if not line.strip():
+                continue
+            origin = f"{transcripts}:{number}"
+            fields = line.strip().split("\t", 1) if "\t" in line else line.split(maxsplit=1)
+            parts = fields[0].split("_")
+            if len(fields) < 2 or len(parts) < 3:
+                source.skipped.append(Skip(origin, "bad_line", "expected SPEAKER_BOOK_SEGMENT<TAB>transcript"))
+                continue
+            folder = transcripts.parent / "audio" / parts[0] / parts[1]
+            audio = next((folder / f"{fields[0]}{ext}" for ext in (".flac", ".opus", ".wav")
+                          if (folder / f"{fields[0]}{ext}").is_file()), folder / f"{fields[0]}.flac")
+            source.items.append(Item(split, fields[0], clean_text(fields[1]), parts[0], origin, AudioRef(path=audio)))
     return source
 
 

@@ -135,6 +135,9 @@ class ImportResult:
 def read_source(config: ImportConfig) -> Source:
     """The source's items (no audio read yet), by its detected or given layout."""
     kind = layouts.detect(config.source) if config.format == "auto" else config.format
+    if config.config is not None and kind != "hub":
+        raise ConfigError(f"--config {config.config}: names a hub dataset's configuration; {config.source} is a "
+                          f"local {kind} source")
     if kind == "hub":
         from moonlora.data.importers import hf
 
@@ -148,7 +151,7 @@ def read_source(config: ImportConfig) -> Source:
         if kind == "hf-disk":
             return hf.read_disk(path, config.columns, config.splits)
         return hf.read_files(path, kind, config.columns, config.splits)
-    folder_only = {"librispeech": layouts.read_librispeech, "kaldi": layouts.read_kaldi,
+    folder_only = {"librispeech": layouts.read_librispeech, "mls": layouts.read_mls, "kaldi": layouts.read_kaldi,
                    "textfolder": layouts.read_text_folder, "audiofolder": layouts.read_audio_folder}
     if kind in folder_only:
         if not path.is_dir():
