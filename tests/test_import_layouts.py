@@ -182,6 +182,18 @@ def test_limit_seed_max_seconds_and_duplicates(tmp_path):
     assert report["duplicates"] == duplicated.duplicates and report["clips"] == 4
 
 
+def test_clip_names_stay_unique(tmp_path):
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    for index in range(3):
+        sf.write(folder / f"c{index}.wav", corpora.speech(index), 16000, subtype="PCM_16")
+    rows = [{"audio": "c0.wav", "text": "one", "id": "x"}, {"audio": "c1.wav", "text": "two", "id": "X"},
+            {"audio": "c2.wav", "text": "three", "id": "x-2"}]
+    (folder / "set.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    imported(folder / "set.jsonl", tmp_path / "out")
+    assert [row["id"] for row in read_manifest(tmp_path / "out" / "set.jsonl")] == ["x", "X-2", "x-2-2"]
+
+
 def test_link_points_at_originals_already_16k_and_converts_the_rest(tmp_path):
     folder = corpora.text_folder(tmp_path / "recordings")
     result = imported(folder, tmp_path / "out", mode="link")
@@ -209,5 +221,14 @@ def test_bad_input_is_one_line(tmp_path):
         imported(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(MoonloraError, match="not found"):
         imported(tmp_path / "no" / "such", tmp_path / "out")
+    (tmp_path / "silent").mkdir()
+    sf.write(tmp_path / "silent" / "a.wav", np.zeros(1600, np.float32), 16000)
+    (tmp_path / "silent" / "a.txt").write_text("nothing")
+    with pytest.raises(MoonloraError, match=r"no clip could be imported \(1 skipped.*a.txt: digital silence"):
+        imported(tmp_path / "silent", tmp_path / "out-silent")
+    with pytest.raises(MoonloraError, match="--limit 0: must be at least 1"):
+        imported(tmp_path / "silent", tmp_path / "out-silent", limit=0)
+    with pytest.raises(MoonloraError, match="--config clean: names a hub dataset's configuration"):
+        imported(tmp_path / "silent", tmp_path / "out-silent", config="clean")
     with pytest.raises(MoonloraError, match="inside the source"):
         imported(corpora.text_folder(tmp_path / "tf"), tmp_path / "tf" / "out")

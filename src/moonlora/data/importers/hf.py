@@ -164,7 +164,8 @@ def read_files(path: Path, kind: str, columns: Columns, splits: tuple[str, ...] 
         try:
             table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
         except pa.ArrowException as error:
-            raise InputError(f"{groups[name][0].parent}: the {name} files do not share one schema ({one_line(error)})") from None
+            raise InputError(f"{groups[name][0].parent}: the {name} files do not share one schema "
+                             f"({one_line(error)})") from None
         base = groups[name][0].parent
         items_from_view(ArrowView(table), safe_name(name), f"{groups[name][0]}" if len(tables) == 1 else f"{base}/{name}",
                         base, columns, source)

@@ -23,10 +23,12 @@ import soundfile as sf
 from moonlora.configs import SAMPLE_RATE
 from moonlora.data.audio import AudioError
 from moonlora.data.importers import layouts
-from moonlora.data.importers.items import TEXT_MODES, Item, Skip, apply_text_mode, choose_text_mode, decode, linkable, safe_name
+from moonlora.data.importers.items import (TEXT_MODES, Item, Skip, apply_text_mode, choose_text_mode, decode, linkable,
+                                          safe_name)
 from moonlora.data.importers.layouts import FORMATS, Columns, Source
 from moonlora.errors import ConfigError, InputError
-from moonlora.outputs import OutputError, OutputExists, claim_output_dir, read_marker, signed_by, write_bytes_atomic, write_json
+from moonlora.outputs import (OutputError, OutputExists, check_output_dir, claim_output_dir, read_marker, signed_by,
+                              write_bytes_atomic, write_json)
 from moonlora.progress import progress_bar
 
 OUTPUT_KIND = "import"
@@ -173,14 +175,17 @@ def read_source(config: ImportConfig) -> Source:
 
 
 def _unique_keys(items: list[Item]) -> list[Item]:
-    """Clip names unique per split: safe names, repeats numbered in order (`name-2`, `name-3`)."""
-    seen: dict[tuple[str, str], int] = {}
+    """Clip names unique per split (ignoring case): safe names, a repeat numbered (`name-2`, `name-3`, ...)."""
+    used: set[tuple[str, str]] = set()
     unique = []
     for item in items:
-        key = safe_name(item.key)
-        count = seen.get((item.split, key.lower()), 0) + 1
-        seen[(item.split, key.lower())] = count
-        unique.append(replace(item, key=key if count == 1 else f"{key}-{count}"))
+        key = candidate = safe_name(item.key)
+        number = 1
+        while (item.split, candidate.lower()) in used:
+            number += 1
+            candidate = f"{key}-{number}"
+        used.add((item.split, candidate.lower()))
+        unique.append(replace(item, key=candidate))
     return unique
 
 
@@ -224,16 +229,32 @@ def _same_import(out_dir: Path, recorded: dict) -> bool | None:
     return earlier == recorded
 
 
+def _refuse_inside_source(config: ImportConfig, out_dir: Path) -> None:
+    source = Path(config.source).expanduser()
+    if not source.exists():
+        return
+    folder = (source if source.is_dir() else source.parent).resolve()
+    if out_dir.resolve() == folder or (source.is_dir() and out_dir.resolve().is_relative_to(folder)):
+        raise InputError(f"--out {out_dir}: inside the source {source}; pick a folder outside it so the originals "
+                         "are never touched and a rerun reads the same source")
+
+
+def check_output(config: ImportConfig) -> Path:
+    """Before the source is read (a hub split is streamed): refuse --out inside the source, a file, an uncreatable
+    path, or a folder moonlora did not write. An earlier import's folder is judged once its settings are known."""
+    out_dir = Path(config.out_dir).expanduser()
+    _refuse_inside_source(config, out_dir)
+    marker = read_marker(out_dir) if out_dir.is_dir() else None
+    if marker is None or marker.get("kind") != OUTPUT_KIND or config.overwrite:
+        check_output_dir(out_dir, "--out", OUTPUT_KIND, FIXED_ENTRIES, config.overwrite, require_empty=True,
+                         known=_known_entries(out_dir, FIXED_ENTRIES))
+    return out_dir
+
+
 def prepare_output(config: ImportConfig, splits: list[str], recorded: dict) -> tuple[Path, bool]:
     """Claim `--out` (refused unless empty, or moonlora's import folder with --overwrite); a folder holding an
     earlier run of the same import is resumed. Returns the folder and whether it resumes."""
     out_dir = Path(config.out_dir).expanduser()
-    source = Path(config.source).expanduser()
-    if source.exists():
-        folder = source if source.is_dir() else source.parent
-        if out_dir.resolve() == folder.resolve() or out_dir.resolve().is_relative_to(folder.resolve()) and source.is_dir():
-            raise InputError(f"--out {out_dir}: inside the source {source}; pick a folder outside it so the originals "
-                             "are never touched and a rerun reads the same source")
     entries = (*FIXED_ENTRIES, *[manifest_name(split) for split in splits])
     if _same_import(out_dir, recorded) and not config.overwrite:
         links = [name for name in entries if (out_dir / name).is_symlink()]
@@ -302,7 +323,8 @@ class _Run:
         if samples.size == 0 or not np.any(samples):
             return self.skip(Skip(item.origin, "empty_audio", "no samples" if samples.size == 0 else "digital silence"))
         if self.config.max_seconds is not None and seconds > self.config.max_seconds:
-            return self.skip(Skip(item.origin, "too_long", f"{seconds:.2f} s, over --max-seconds {self.config.max_seconds:g}"))
+            return self.skip(Skip(item.origin, "too_long",
+                                  f"{seconds:.2f} s, over --max-seconds {self.config.max_seconds:g}"))
         digest = hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest()
         if digest in self.hashes:
             self.result.duplicates.append({"origin": item.origin, "same_audio_as": self.hashes[digest]})
@@ -335,6 +357,7 @@ def _order(count: int, config: ImportConfig, split: str) -> list[int]:
 
 def run_import(config: ImportConfig, progress: bool = True) -> ImportResult:
     """Import `config.source` into `config.out_dir`: clips/SPLIT/*.wav, SPLIT.jsonl per split, the report."""
+    check_output(config)
     source = read_source(config)
     texts = [item.text for item in source.items]
     text_mode = choose_text_mode(texts, config.text_mode)
@@ -378,6 +401,10 @@ def run_import(config: ImportConfig, progress: bool = True) -> ImportResult:
             not_selected=len(order) - taken)
     bar.close()
     write_json(out_dir / REPORT_NAME, result.to_dict(config), command=OUTPUT_KIND)
+    if not result.clips:
+        first = f"; first problem: {result.skipped[0]}" if result.skipped else ""
+        raise InputError(f"{config.source}: no clip could be imported ({len(result.skipped)} skipped, every reason "
+                         f"in {out_dir / REPORT_NAME}){first}")
     return result
 
 
