@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 import soundfile as sf
 
 import import_corpora as corpora
 from moonlora.cli import main
+from moonlora.data.importers.layouts import Columns
 from moonlora.data.manifest import ManifestError, load_manifest
 
 
@@ -78,3 +80,27 @@ def test_inline_audio_is_refused_by_the_reader_and_imported_to_files(clips):
     manifest = load_manifest(clips / "imported" / "inline.jsonl")
     assert [u.text for u in manifest.utterances] == ["cleared for takeoff", "hola mundo"]
     assert manifest.utterances[1].duration == pytest.approx(corpora.seconds(2), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["set.jsonl", "set.json", "set.tsv", "set.csv"])
+def test_the_same_rows_as_the_official_fine_tuner_reads(clips, name):
+    """moonshine_voice.lora's own reader and moonlora's (the manifest reader and the importer) agree row by row."""
+    official = pytest.importorskip("moonshine_voice.lora.manifest")
+    from moonlora.data.importers.layouts import read_rows
+
+    rows = [{"audio": "c0.wav", "text": "cleared for takeoff", "group": "tower"},
+            {"path": str(clips / "c2.wav"), "transcription": "hola mundo", "speaker": "p2", "seconds": 1.5},
+            {"wav": "c0.wav", "transcript": "cleared again", "id": "again"}]
+    if name.endswith(".jsonl"):
+        (clips / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    elif name.endswith(".json"):
+        (clips / name).write_text(json.dumps(rows))
+    else:
+        separator = "\t" if name.endswith(".tsv") else ","
+        (clips / name).write_text("".join(f"{row.get('audio') or row.get('path') or row.get('wav')}{separator}"
+                                          f"{row.get('text') or row.get('transcription') or row.get('transcript')}\n"
+                                          for row in rows))
+    theirs = [(Path(u.audio).resolve(), u.text, u.speaker) for u in official.load_manifest(str(clips / name))]
+    ours = [(u.audio_filepath.resolve(), u.text, u.speaker) for u in load_manifest(clips / name).utterances]
+    imported = [(item.audio.path.resolve(), item.text, item.speaker) for item in read_rows(clips / name, Columns()).items]
+    assert ours == theirs == imported and len(theirs) == 3

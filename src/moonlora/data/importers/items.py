@@ -25,6 +25,10 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".a
 LINKABLE_FORMATS = ("WAV", "FLAC")
 
 
+class MissingAudio(AudioError):
+    """The file an item names does not exist."""
+
+
 @dataclass(frozen=True)
 class AudioRef:
     """Where one item's audio is: a file (or a segment of it), encoded bytes, or an inline array.
@@ -147,7 +151,7 @@ def decode(ref: AudioRef, name: str) -> np.ndarray:
         samples, rate = _read(io.BytesIO(ref.data), name)
     elif ref.path is not None:
         if not ref.path.is_file():
-            raise AudioError(f"{name}: audio file not found: {ref.path}")
+            raise MissingAudio(f"{name}: audio file not found: {ref.path}")
         samples, rate = _read(str(ref.path), name, ref.start, ref.end)
     else:
         raise AudioError(f"{name}: no audio")

@@ -23,8 +23,8 @@ import soundfile as sf
 from moonlora.configs import SAMPLE_RATE
 from moonlora.data.audio import AudioError
 from moonlora.data.importers import layouts
-from moonlora.data.importers.items import (TEXT_MODES, Item, Skip, apply_text_mode, choose_text_mode, decode, linkable,
-                                          safe_name)
+from moonlora.data.importers.items import (TEXT_MODES, Item, MissingAudio, Skip, apply_text_mode, choose_text_mode,
+                                          decode, linkable, safe_name)
 from moonlora.data.importers.layouts import FORMATS, Columns, Source
 from moonlora.errors import ConfigError, InputError
 from moonlora.outputs import (OutputError, OutputExists, check_output_dir, claim_output_dir, read_marker, signed_by,
@@ -317,7 +317,7 @@ class _Run:
                 samples = decode(item.audio, item.origin)
                 written = False
         except AudioError as error:
-            kind = "missing_audio" if "not found" in str(error) else "unreadable_audio"
+            kind = "missing_audio" if isinstance(error, MissingAudio) else "unreadable_audio"
             return self.skip(Skip(item.origin, kind, str(error).removeprefix(f"{item.origin}: ")))
         seconds = samples.size / SAMPLE_RATE
         if samples.size == 0 or not np.any(samples):
