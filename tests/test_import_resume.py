@@ -110,3 +110,42 @@ def test_output_policy(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [MARKER, "clips", "import_config.json", "import_report.json", "notes.txt", "recordings.jsonl"])
     assert [p.name for p in (out / "clips").iterdir()] == ["recordings"]
+
+
+@pytest.mark.parametrize("failure", ["disk full", "ctrl-c"])
+def test_a_full_disk_or_ctrl_c_is_one_line_and_the_import_continues(tmp_path, monkeypatch, capsys, failure):
+    import errno
+
+    from moonlora.data.importers import run
+
+    source = corpora.audio_folder(tmp_path / "af")
+    write, calls = run.sf.write, []
+
+    def failing(path, *args, **kwargs):  # soundfile's write, as the import calls it for each clip
+        calls.append(path)
+        if len(calls) == 2:
+            if failure == "ctrl-c":
+                raise KeyboardInterrupt
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, *args, **kwargs)
+
+    monkeypatch.setattr(run.sf, "write", failing)
+    code = main(["--quiet", "import", str(source), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    if failure == "ctrl-c":
+        assert code == 130 and "rerun the same command to continue" in err
+    else:
+        assert code == 2 and "disk full while writing" in err
+    monkeypatch.setattr(run.sf, "write", write)
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    assert main(["--quiet", "import", str(source), "--out", str(tmp_path / "out")]) == 0
+    assert "1 clips reused" in capsys.readouterr().out
+
+
+def test_a_csv_with_a_byte_order_mark(tmp_path):
+    source = corpora.audio_folder(tmp_path / "af")
+    for meta in source.glob("*/metadata.csv"):
+        meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
+    result = run_import(ImportConfig(source=str(source), out_dir=str(tmp_path / "out")), progress=False)
+    assert result.clips == 3

@@ -349,7 +349,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         config=args.config, splits=splits, audio_column=args.audio_column, text_column=args.text_column,
         speaker_column=args.speaker_column, limit=args.limit, max_seconds=args.max_seconds, seed=args.seed,
         text_mode=args.text_mode, overwrite=args.overwrite)
-    print(render(run_import(config, progress=not args.quiet)))
+    try:
+        result = run_import(config, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"moonlora: interrupted; the clips written so far are kept: rerun the same command to continue the "
+              f"import into {args.out}", file=sys.stderr)
+        return 130
+    print(render(result))
     return 0
 
 

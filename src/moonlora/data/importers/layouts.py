@@ -64,7 +64,7 @@ def pick(names, given: str | None, candidates: tuple[str, ...], what: str, where
 
 def _lines(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
 
@@ -220,7 +220,7 @@ def read_common_voice(root: Path, columns: Columns, splits: tuple[str, ...] | No
         tables = tables or sorted(tsv for tsv in root.glob("*.tsv") if _is_common_voice_tsv(tsv))
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     for table in tables:
-        with open(table, encoding="utf-8", errors="replace", newline="") as handle:
+        with open(table, encoding="utf-8-sig", errors="replace", newline="") as handle:
             rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
         if not rows:
             raise InputError(f"{table}:1: empty; a Common Voice TSV starts with a header (client_id, path, sentence)")
@@ -390,7 +390,7 @@ def read_rows(path: Path, columns: Columns) -> Source:
             _add(source, _row_item(row, base, split, origin, columns, number))
         return source
     try:
-        document = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+        document = json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
     except json.JSONDecodeError as error:
         raise InputError(f"{path}:{error.lineno}: invalid JSON ({error.msg}); expected a list of rows, "
                          '{"utterances": [...]} or JSONL') from None
@@ -431,7 +431,7 @@ def read_audio_folder(root: Path, columns: Columns) -> Source:
     for meta in _metadata_files(root):
         split = safe_name(meta.parent.name)
         if meta.suffix == ".csv":
-            with open(meta, encoding="utf-8", errors="replace", newline="") as handle:
+            with open(meta, encoding="utf-8-sig", errors="replace", newline="") as handle:
                 reader = csv.DictReader(handle)
                 header = reader.fieldnames or []
                 rows = [(number, row) for number, row in enumerate(reader, start=2)]

@@ -27,8 +27,8 @@ from moonlora.data.importers.items import (TEXT_MODES, Item, MissingAudio, Skip,
                                           decode, linkable, safe_name)
 from moonlora.data.importers.layouts import FORMATS, Columns, Source
 from moonlora.errors import ConfigError, InputError
-from moonlora.outputs import (OutputError, OutputExists, check_output_dir, claim_output_dir, read_marker, signed_by,
-                              write_bytes_atomic, write_json)
+from moonlora.outputs import (OutputError, OutputExists, check_output_dir, claim_output_dir, output_error, read_marker,
+                              signed_by, write_bytes_atomic, write_json)
 from moonlora.progress import progress_bar
 
 OUTPUT_KIND = "import"
@@ -284,6 +284,10 @@ def write_clip(path: Path, samples: np.ndarray) -> None:
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        raise output_error(path, error, 2 * samples.size + 44) from None
+    except (sf.LibsndfileError, RuntimeError) as error:  # libsndfile's own word for a full disk or a lost folder
+        raise OutputError(f"{path}: cannot write the clip ({error}); check the free space and rerun to continue") from None
     finally:
         temporary.unlink(missing_ok=True)
 
