@@ -104,3 +104,15 @@ def test_the_same_rows_as_the_official_fine_tuner_reads(clips, name):
     ours = [(u.audio_filepath.resolve(), u.text, u.speaker) for u in load_manifest(clips / name).utterances]
     imported = [(item.audio.path.resolve(), item.text, item.speaker) for item in read_rows(clips / name, Columns()).items]
     assert ours == theirs == imported and len(theirs) == 3
+
+
+def test_transcribe_scores_a_fine_tuner_json_manifest(clips, tiny_model_dir, tmp_path):
+    (clips / "set.json").write_text(json.dumps({"utterances": [
+        {"audio": "c0.wav", "text": "cleared for takeoff"}, {"audio": "c2.wav", "text": "hola mundo"}]}))
+    out = tmp_path / "scored"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["--quiet", "transcribe", "--manifest", str(clips / "set.json"), "--model", str(tiny_model_dir),
+                     "--device", "cpu", "--output-dir", str(out)])
+    assert code == 0
+    lines = (out / "transcripts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["ref"] for line in lines] == ["cleared for takeoff", "hola mundo"]
