@@ -141,6 +141,21 @@ def test_fine_tuner_json_and_tsv(tmp_path, kind):
     assert result.skipped_by_kind() == ({} if kind == "json" else {"bad_line": 1})
 
 
+def test_a_folder_of_manifests_is_one_split_per_file(tmp_path):
+    from moonlora.data.synth.build import build_domain
+
+    build_domain("atc", n=3, seed=1, out_dir=tmp_path / "synth", progress=False)
+    assert detect(str(tmp_path / "synth")) == "rows"
+    result = imported(tmp_path / "synth", tmp_path / "out")
+    assert sorted(result.splits) == ["test", "train"] and result.clips == 3
+    for split in ("train", "test"):
+        original = load_manifest(tmp_path / "synth" / f"{split}.jsonl")
+        copy = assert_loads(tmp_path / "out" / f"{split}.jsonl", len(original.utterances))
+        assert [u.text for u in copy.utterances] == [u.text for u in original.utterances]
+        assert [u.speaker for u in copy.utterances] == [u.speaker for u in original.utterances]
+        assert [u.audio_sha256 for u in copy.utterances] == [u.audio_sha256 for u in original.utterances]
+
+
 def test_text_folder_and_audio_folder(tmp_path):
     folder = corpora.text_folder(tmp_path / "recordings")
     assert detect(str(folder)) == "textfolder"

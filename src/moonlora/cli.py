@@ -363,8 +363,8 @@ def add_import_command(commands) -> None:
     imports = add_command(
         commands, "import", "a corpus you have as 16 kHz WAV clips and one manifest per split",
         "Reads a LibriSpeech tree (*.trans.txt), Multilingual LibriSpeech (transcripts.txt + audio/), Common Voice (*.tsv + clips/), a Kaldi data folder (wav.scp, text, "
-        "utt2spk, segments cut), the official fine-tuner's {audio, text} rows (JSONL, JSON, TSV; inline audio arrays "
-        "become files), audio with same-name .txt files, an audiofolder with metadata.csv, or a Hugging Face dataset "
+        "utt2spk, segments cut), the official fine-tuner's {audio, text} rows (JSONL, JSON, TSV, or a folder of them; inline "
+        "audio arrays become files), audio with same-name .txt files, an audiofolder with metadata.csv, or a Hugging Face dataset "
         "(save_to_disk folder, parquet or arrow files, a hub id where the hub is reachable). Writes clips/SPLIT/*.wav "
         "(16 kHz mono PCM), SPLIT.jsonl (audio_filepath, duration, text, speaker) and import_report.json (counts, "
         "hours, skipped items with reasons, duplicates by audio hash). The same input gives the same manifests; an "

@@ -124,6 +124,8 @@ def detect(source: str) -> str:
         return "arrow"
     if any(audio.with_suffix(".txt").is_file() for audio in _audio_files(path)):
         return "textfolder"
+    if _row_files(path):
+        return "rows"
     raise InputError(f"{source}: no layout moonlora imports was found (LibriSpeech *.trans.txt, MLS transcripts.txt "
                      "+ audio/, Common Voice *.tsv + "
                      "clips/, Kaldi wav.scp, metadata.csv, audio with same-name .txt, rows, a save_to_disk folder, "
@@ -356,6 +358,28 @@ def _row_item(row, base: Path, split: str, origin: str, columns: Columns, number
     key = str(uid) if uid else (audio.path.stem if audio.path is not None else f"{number:06d}")
     speaker = row.get(speaker_key) if speaker_key else None
     return Item(split, key, text, None if speaker is None else str(speaker), origin, audio)
+
+
+def _row_files(folder: Path) -> list[Path]:
+    """The manifests at the top of a folder (train.jsonl, val.json, ...): one split each."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ROW_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def read_row_files(path: Path, columns: Columns) -> Source:
+    """One manifest file, or every manifest at the top of a folder (one split per file)."""
+    if path.is_file():
+        return read_rows(path, columns)
+    source = Source(str(path), "rows")
+    for file in _row_files(path):
+        try:
+            found = read_rows(file, columns)
+        except InputError as error:  # a settings or report file beside the manifests
+            source.skipped.append(Skip(str(file), "unsupported", f"not a manifest ({error})"))
+            continue
+        source.items += found.items
+        source.skipped += found.skipped
+    return source
 
 
 def read_rows(path: Path, columns: Columns) -> Source:

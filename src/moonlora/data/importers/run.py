@@ -161,10 +161,8 @@ def read_source(config: ImportConfig) -> Source:
         source = folder_only[kind](path, config.columns)
     elif kind == "commonvoice":
         source = layouts.read_common_voice(path, config.columns, config.splits)
-    else:  # rows
-        if not path.is_file():
-            raise InputError(f"{path}: --format rows reads one JSONL, JSON or TSV file")
-        source = layouts.read_rows(path, config.columns)
+    else:  # rows: one manifest, or a folder of them
+        source = layouts.read_row_files(path, config.columns)
     if config.splits and kind != "commonvoice":
         found = sorted({item.split for item in source.items})
         unknown = [split for split in config.splits if split not in found]
