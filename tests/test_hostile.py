@@ -184,6 +184,51 @@ def _(sandbox):
     return ["export", str(sandbox / "no-run"), "--out", str(out), "--overwrite"]
 
 
+@case("import: signed marker listing '..'", "'..', not a name moonlora import writes")
+def _(sandbox):
+    out = signed_marker(sandbox / "parent" / "out", "import", ["..", "clips"])
+    return ["import", manifest(sandbox), "--out", str(out), "--overwrite"]
+
+
+@case("import: marker listing an absolute manifest path", "not a name moonlora import writes")
+def _(sandbox):
+    out = signed_marker(sandbox / "parent" / "out", "import", [str(sandbox / "users_file.jsonl")])
+    return ["import", manifest(sandbox), "--out", str(out), "--overwrite"]
+
+
+@case("import: a listed entry links outside", "clips is a link")
+def _(sandbox):
+    out = signed_marker(sandbox / "parent" / "out", "import", ["clips", "m.jsonl"])
+    (out / "clips").symlink_to(sandbox / "clips")
+    return ["import", manifest(sandbox), "--out", str(out), "--overwrite"]
+
+
+@case("import: a foreign folder", "already holds")
+def _(sandbox):
+    return ["import", manifest(sandbox), "--out", str(foreign_folder(sandbox / "parent" / "out"))]
+
+
+@case("import: a foreign folder with --overwrite", "no moonlora marker")
+def _(sandbox):
+    out = foreign_folder(sandbox / "parent" / "out", "m.jsonl")
+    return ["import", manifest(sandbox), "--out", str(out), "--overwrite"]
+
+
+@case("import: --out under /proc", "cannot create")
+def _(sandbox):
+    return ["import", manifest(sandbox), "--out", UNCREATABLE]
+
+
+@case("import: --out inside the source folder", "inside the source")
+def _(sandbox):
+    return ["import", str(sandbox / "clips"), "--format", "textfolder", "--out", str(sandbox / "clips" / "out")]
+
+
+@case("import: a SOURCE that is not there", "not found")
+def _(sandbox):
+    return ["import", str(sandbox / "nowhere" / "corpus"), "--out", str(sandbox / "parent" / "out")]
+
+
 @case("synth: truncated marker", "no moonlora marker")
 def _(sandbox):
     out = sandbox / "parent" / "out"

@@ -28,6 +28,9 @@ from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG
 from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP
 from moonlora.verdict.decide import DecideConfig
 from moonlora.data.diagnose import DiagnoseConfig
+from moonlora.data.importers.items import TEXT_MODES
+from moonlora.data.importers.layouts import FORMATS
+from moonlora.data.importers.run import ImportConfig
 from moonlora.errors import MoonloraError, one_line
 from moonlora.outputs import check_output_file, write_json
 from moonlora.runfolder import CONFIG_FILE, METRICS_FILE, is_main_process, latest_checkpoint_step
@@ -337,6 +340,64 @@ def cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from moonlora.data.importers.run import render, run_import
+
+    splits = tuple(part.strip() for value in args.split for part in value.split(",") if part.strip()) or None
+    config = ImportConfig(
+        source=args.source, out_dir=args.out, format=args.format, mode="link" if args.link else "copy",
+        config=args.config, splits=splits, audio_column=args.audio_column, text_column=args.text_column,
+        speaker_column=args.speaker_column, limit=args.limit, max_seconds=args.max_seconds, seed=args.seed,
+        text_mode=args.text_mode, overwrite=args.overwrite)
+    try:
+        result = run_import(config, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"moonlora: interrupted; the clips written so far are kept: rerun the same command to continue the "
+              f"import into {args.out}", file=sys.stderr)
+        return 130
+    print(render(result))
+    return 0
+
+
+def add_import_command(commands) -> None:
+    imports = add_command(
+        commands, "import", "a corpus you have as 16 kHz WAV clips and one manifest per split",
+        "Reads a LibriSpeech tree (*.trans.txt), Multilingual LibriSpeech (transcripts.txt + audio/), Common Voice (*.tsv + clips/), a Kaldi data folder (wav.scp, text, "
+        "utt2spk, segments cut), the official fine-tuner's {audio, text} rows (JSONL, JSON, TSV, or a folder of them; inline "
+        "audio arrays become files), audio with same-name .txt files, an audiofolder with metadata.csv, or a Hugging Face dataset "
+        "(save_to_disk folder, parquet or arrow files, a hub id where the hub is reachable). Writes clips/SPLIT/*.wav "
+        "(16 kHz mono PCM), SPLIT.jsonl (audio_filepath, duration, text, speaker) and import_report.json (counts, "
+        "hours, skipped items with reasons, duplicates by audio hash). The same input gives the same manifests; an "
+        "interrupted import continues when rerun with the same arguments.", cmd_import)
+    imports.add_argument("source", metavar="SOURCE", help="a folder, a file, or a Hugging Face hub id")
+    imports.add_argument("--out", required=True, help="a new folder for clips/, the manifests and the report")
+    imports.add_argument("--format", default=default_of(ImportConfig, "format"), choices=FORMATS,
+                         help="the source's layout; auto: detected from its files (a name that is no path is a hub id)")
+    how = imports.add_mutually_exclusive_group()
+    how.add_argument("--copy", action="store_true", default=True,
+                     help="write every clip as a 16 kHz mono 16-bit WAV under clips/")
+    how.add_argument("--link", action="store_true",
+                     help="point the manifest at originals that are already 16 kHz mono 16-bit WAV or FLAC (others "
+                          "are still converted)")
+    imports.add_argument("--config", default=default_of(ImportConfig, "config"),
+                         help="a hub dataset's configuration, e.g. clean for librispeech_asr")
+    imports.add_argument("--split", action="append", default=[],
+                         help="splits to import (comma-separated or repeated): a hub split, a Common Voice TSV name, a "
+                              "dataset's or folder's split; none: all (a hub id needs one)")
+    imports.add_argument("--audio-column", default=None, help="column holding the audio; none: detected")
+    imports.add_argument("--text-column", default=None, help="column holding the transcript; none: detected")
+    imports.add_argument("--speaker-column", default=None, help="column holding the speaker; none: detected")
+    imports.add_argument("--limit", type=int, default=default_of(ImportConfig, "limit"),
+                         help="at most this many clips per split, a random sample drawn with --seed")
+    imports.add_argument("--max-seconds", type=float, default=default_of(ImportConfig, "max_seconds"),
+                         help="skip clips longer than this (counted in the report)")
+    imports.add_argument("--seed", type=int, default=default_of(ImportConfig, "seed"), help="seed of the --limit sample")
+    imports.add_argument("--text-mode", default=default_of(ImportConfig, "text_mode"), choices=TEXT_MODES,
+                         help="auto: lowercase a corpus whose transcripts are more than 90 percent upper case "
+                              "(LibriSpeech), as the official fine-tuner does; none: keep; lower: always")
+    add_overwrite_arg(imports, "--out")
+
+
 # --- the parser ---------------------------------------------------------------------------------------------------
 
 
@@ -493,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                        default=inspect.signature(build_domain).parameters["test_fraction"].default,
                        help="share of utterances for the test voices")
     add_overwrite_arg(synth, "--out")
+
+    add_import_command(commands)
 
     augment = add_command(commands, "augment", "domain-shifted copies of a manifest: noise, band-limit, speed",
                           "Copies go through the one audio pipeline, then speed, band and noise in that order; "

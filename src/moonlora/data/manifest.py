@@ -1,7 +1,11 @@
 """Manifests: JSONL rows naming an audio file and its transcript (NeMo field names).
 
 `load_manifest` is the only reader. Rows that cannot be used are skipped, counted and
-listed with their file and line — never silently dropped, never a traceback.
+listed with their file and line — never silently dropped, never a traceback. The official
+fine-tuner's manifests (`moonshine_voice.lora`: `{"audio": path, "text": ...}` as JSONL, a JSON
+list or `{"utterances": [...]}`, or `path<TAB>text` lines in a .tsv/.csv) load as they are;
+audio held inline (`{"array": [...], "sampling_rate": ...}` or encoded bytes) is refused with a
+pointer to `moonlora import`, which writes it to files.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from moonlora.errors import MoonloraError
 AUDIO_KEYS = ("audio_filepath", "audio", "path", "wav", "audio_path")
 TEXT_KEYS = ("text", "transcript", "transcription", "sentence")
 DURATION_KEYS = ("duration", "seconds")
-SPEAKER_KEYS = ("speaker", "speaker_id")
+SPEAKER_KEYS = ("speaker", "speaker_id", "group")  # group: the official fine-tuner's name
 
 
 class ManifestError(MoonloraError, ValueError):
-    """The manifest as a whole cannot be used (missing file, no usable row)."""
+    """The manifest as a whole cannot be used (missing file, no usable row, inline audio)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,14 @@ def parse_row(row: object, manifest_dir: Path, name: str, line: int) -> Utteranc
     if not isinstance(row, dict):
         return skip("bad_json", "row is not a JSON object")
     audio_field = _first(row, AUDIO_KEYS)
+    if isinstance(audio_field, dict):  # a Hugging Face audio value: {"path", "bytes"} or {"array", "sampling_rate"}
+        inline = ("an array" if audio_field.get("array") is not None
+                  else "encoded bytes" if audio_field.get("bytes") else None)
+        if inline:
+            raise ManifestError(f"{name}:{line}: the audio is inline ({inline}), not a file; moonlora reads audio "
+                                f"files: run `moonlora import {name} --out DIR` to write the clips as WAV files "
+                                "with a manifest, and use that manifest")
+        audio_field = audio_field.get("path")
     if not isinstance(audio_field, str) or not audio_field.strip():
         return skip("no_audio_field", f"no audio path (expected one of {', '.join(AUDIO_KEYS)})")
     text = _first(row, TEXT_KEYS)
@@ -162,24 +174,57 @@ def parse_row(row: object, manifest_dir: Path, name: str, line: int) -> Utteranc
     )
 
 
+def _json_rows(path: Path):
+    """The official fine-tuner's .json manifest: a list of rows or {"utterances": [...]}; line = the row's position."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"{path}:{error.lineno}: invalid JSON ({error.msg}); a .json manifest is a list of rows "
+                            'or {"utterances": [...]}') from None
+    rows = document.get("utterances") if isinstance(document, dict) else document
+    if not isinstance(rows, list):
+        raise ManifestError(f'{path}: a .json manifest is a list of rows or {{"utterances": [...]}}')
+    return list(enumerate(rows, start=1))
+
+
+def _line_row(path: Path, line_number: int, raw: str):
+    """One line as a row: path<TAB>text in a .tsv/.csv (the fine-tuner's; CSV splits at the first comma), else JSON."""
+    if path.suffix.lower() in (".tsv", ".csv"):
+        fields = raw.strip().split("\t" if "\t" in raw else ",", 1)
+        if len(fields) != 2:
+            return SkippedRow(str(path), line_number, "bad_json", "expected path<TAB>text")
+        return {"audio": fields[0].strip(), "text": fields[1].strip()}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        return SkippedRow(str(path), line_number, "bad_json", f"invalid JSON ({error.msg})")
+
+
+def _rows(path: Path):
+    """(line, decoded row or SkippedRow) for every non-empty line (row of a .json list)."""
+    if path.suffix.lower() == ".json":
+        yield from _json_rows(path)
+        return
+    tabular = path.suffix.lower() in (".tsv", ".csv")
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if raw.strip() and not (tabular and raw.lstrip().startswith("#")):
+                yield line_number, _line_row(path, line_number, raw)
+
+
 def load_manifest(path: str | Path) -> Manifest:
-    """Read a JSONL manifest; unusable rows are collected in `Manifest.skipped`."""
+    """Read a manifest (JSONL, or the fine-tuner's JSON/TSV); unusable rows are collected in `Manifest.skipped`."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; pass a JSONL file with one row per clip")
     utterances: list[Utterance] = []
     skipped: list[SkippedRow] = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as error:
-                skipped.append(SkippedRow(str(path), line_number, "bad_json", f"invalid JSON ({error.msg})"))
-                continue
-            parsed = parse_row(row, path.parent, str(path), line_number)
-            (utterances if isinstance(parsed, Utterance) else skipped).append(parsed)
+    for line_number, row in _rows(path):
+        if isinstance(row, SkippedRow):
+            skipped.append(row)
+            continue
+        parsed = parse_row(row, path.parent, str(path), line_number)
+        (utterances if isinstance(parsed, Utterance) else skipped).append(parsed)
     if not utterances:
         detail = f"; first problem: {skipped[0]}" if skipped else ""
         raise ManifestError(f"{path}: no usable rows ({len(skipped)} skipped){detail}")
