@@ -213,3 +213,53 @@ def test_a_checkpointed_streaming_encoder_gives_the_same_loss_and_gradients(tiny
         loss, grads = loss_and_gradients(StemCache())
     assert abs(loss - plain_loss) <= 1e-5 and any(".encoder." in name for name in grads)
     assert all((grads[name] - plain[name]).abs().max() <= 1e-5 for name in plain)
+
+
+@pytest.mark.parametrize("family", ["moonshine_streaming", "moonshine"])
+def test_the_cross_attention_cache_gives_the_same_loss_and_gradients(tiny_streaming_dir, tiny_model_dir, speech,
+                                                                      family):
+    """While nothing between the encoder and the cross-attention keys/values trains (decoder self-attention
+    LoRA), those keys and values are cached per clip: the loss and gradients are those of a full forward."""
+    from peft import LoraConfig, get_peft_model
+
+    from moonlora.model.loading import load_model
+    from moonlora.train.loop import cross_attention_is_frozen
+
+    loaded = load_model(str(tiny_streaming_dir if family == "moonshine_streaming" else tiny_model_dir), device="cpu")
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3,
+                        target_modules=r".*decoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj)")
+    model = get_peft_model(loaded.model, config)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)  # a non-identity adapter
+    model.train()
+    keys, cache = [str(i) for i in range(len(speech))], EncoderCache(2**30)
+    from moonlora.model.encoder import encoder_path_of
+    assert cross_attention_is_frozen(model, encoder_path_of(model))
+
+    def loss_and_gradients(encoder_cache):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(3)  # the same LoRA dropout masks
+        loss = batch_loss(model, loaded.feature_extractor, loaded.tokenizer, speech, list(PHRASES),
+                          keys if encoder_cache else None, None, encoder_cache)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full = loss_and_gradients(None)
+    for _ in range(2):  # filling the cache, then reading it
+        loss, grads = loss_and_gradients(cache)
+        assert abs(loss - full_loss) <= 1e-6 and grads.keys() == full.keys() and full
+        assert all((grads[name] - full[name]).abs().max() <= 1e-6 for name in full)
+    assert sum(isinstance(key, tuple) for key in cache.saved) == len(speech)  # the keys/values were cached
+
+
+def test_no_cross_attention_cache_while_the_cross_attention_trains(tiny_model_dir):
+    from moonlora.configs import LoraSettings
+    from moonlora.model.encoder import MOONSHINE_PATH
+    from moonlora.model.loading import load_model
+    from moonlora.model.lora import attach_lora
+    from moonlora.train.loop import cross_attention_is_frozen
+
+    model = attach_lora(load_model(str(tiny_model_dir), device="cpu").model,
+                        LoraSettings(target_modules=("decoder",)), seed=0)  # Moonshine's decoder preset: cross too
+    assert not cross_attention_is_frozen(model, MOONSHINE_PATH)

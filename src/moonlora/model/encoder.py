@@ -42,7 +42,10 @@ class EncoderPath:
     stem_modules(encoder) -> the modules whose weights must be frozen for a stem cache to be exact;
     output_class(last_hidden_state=, attention_mask=) -> what the model takes as `encoder_outputs`;
     encode_batched_exact(model, feature_extractor, waveforms, dtype) -> a one-pass padded batch with the
-    per-clip states, or None where the family has none (`ModelFamily.exact_padded_batches`).
+    per-clip states, or None where the family has none (`ModelFamily.exact_padded_batches`);
+    memory(decoder, states) -> (frames, hidden) what the decoder's cross-attention projects into keys and
+    values for one clip's states; memory_modules(decoder) -> the modules that computation uses besides
+    the cross-attention key/value projections (frozen for a cross-attention cache to be exact).
     """
 
     name: str
@@ -53,6 +56,8 @@ class EncoderPath:
     stem_modules: Callable
     output_class: type
     encode_batched_exact: Callable | None
+    memory: Callable
+    memory_modules: Callable
 
 
 def encoder_path_of(model) -> EncoderPath:
@@ -145,6 +150,15 @@ def moonshine_stem_modules(encoder) -> list[torch.nn.Module]:
     return [encoder.conv1, encoder.groupnorm, encoder.conv2, encoder.conv3]
 
 
+def moonshine_memory(decoder, states: torch.Tensor) -> torch.Tensor:
+    """Moonshine's cross-attention reads the encoder states as they are."""
+    return states
+
+
+def moonshine_memory_modules(decoder) -> list[torch.nn.Module]:
+    return []
+
+
 def conv_output_lengths(conv: torch.nn.Conv1d, lengths: torch.Tensor) -> torch.Tensor:
     """Output length of `conv` for each input length (PyTorch's Conv1d arithmetic)."""
     padding, dilation = conv.padding[0], conv.dilation[0]
@@ -230,4 +244,6 @@ MOONSHINE_PATH = EncoderPath(
     stem_modules=moonshine_stem_modules,
     output_class=MoonshineEncoderModelOutput,
     encode_batched_exact=encode_batched_exact,
+    memory=moonshine_memory,
+    memory_modules=moonshine_memory_modules,
 )

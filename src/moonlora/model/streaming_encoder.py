@@ -85,6 +85,18 @@ def stem_modules(encoder) -> list[torch.nn.Module]:
     return [encoder.embedder]
 
 
+def memory(decoder, states: torch.Tensor) -> torch.Tensor:
+    """What the streaming decoder's cross-attention projects: the states plus a learned position embedding,
+    through `proj` (identity where encoder and decoder widths match); mirrors the top of
+    `MoonshineStreamingDecoder.forward`, without its in-place add."""
+    positions = torch.arange(states.shape[0], device=states.device)
+    return decoder.proj(states + decoder.pos_emb(positions).to(states.dtype))
+
+
+def memory_modules(decoder) -> list[torch.nn.Module]:
+    return [decoder.pos_emb, decoder.proj]
+
+
 STREAMING_PATH = EncoderPath(
     name="moonshine_streaming",
     clip_inputs=clip_inputs,
@@ -94,4 +106,6 @@ STREAMING_PATH = EncoderPath(
     stem_modules=stem_modules,
     output_class=MoonshineStreamingEncoderModelOutput,
     encode_batched_exact=None,
+    memory=memory,
+    memory_modules=memory_modules,
 )

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.utils.checkpoint
+from torch.nn.utils.rnn import pad_sequence
 from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import get_linear_schedule_with_warmup
@@ -110,6 +111,18 @@ def encoder_is_frozen(model) -> bool:
     return not any(p.requires_grad for p in model.get_encoder().parameters())
 
 
+def cross_attention_is_frozen(model, path) -> bool:
+    """True when nothing between the encoder states and the decoder's cross-attention keys and values trains
+    (e.g. Moonshine Streaming's `decoder` preset: self-attention only), so those keys and values are a pure
+    function of the clip."""
+    decoder = model.get_decoder()
+    for layer in decoder.layers:
+        for projection in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj):
+            if any(p.requires_grad for p in projection.parameters()):
+                return False
+    return not any(p.requires_grad for m in path.memory_modules(decoder) for p in m.parameters())
+
+
 @contextmanager
 def eval_mode(module: torch.nn.Module):
     """Put a module tree in eval mode for a section, then give each submodule its own mode back."""
@@ -188,6 +201,37 @@ class EncoderCache:
             self.saved[key], self.used_bytes = states, self.used_bytes + size
         return states
 
+    def cross_kv(self, decoder, path, key: str, states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each decoder layer's cross-attention (keys, values) of one clip, (kv heads, frames, head dim) each,
+        while the cross-attention trains nothing. Projecting every clip's memory at every step is a large
+        share of a decoder-only step (the memory has ~12 frames a token: on the streaming tiny architecture
+        about as much work as the 32768-way output layer); kept in the same byte budget as the states."""
+        cross_key = ("cross", key)
+        if cross_key in self.saved:
+            return self.saved[cross_key]
+        with torch.no_grad(), eval_mode(decoder):
+            memory = path.memory(decoder, states)
+            pairs = [tuple(projection(memory).view(memory.shape[0], -1, layer.encoder_attn.head_dim).transpose(0, 1)
+                           .contiguous() for projection in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj))
+                     for layer in decoder.layers]
+        size = sum(t.numel() * t.element_size() for pair in pairs for t in pair)
+        if self.used_bytes + size <= self.max_bytes:
+            self.saved[cross_key], self.used_bytes = pairs, self.used_bytes + size
+        return pairs
+
+
+def cross_attention_cache(per_clip: list[list[tuple[torch.Tensor, torch.Tensor]]]):
+    """A transformers EncoderDecoderCache whose cross-attention layers hold the clips' keys and values, padded
+    to the longest clip (the encoder mask keeps attention off the padding), marked as already computed."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    cross = DynamicCache()
+    for index in range(len(per_clip[0])):
+        keys = pad_sequence([clip[index][0].transpose(0, 1) for clip in per_clip], batch_first=True).transpose(1, 2)
+        values = pad_sequence([clip[index][1].transpose(0, 1) for clip in per_clip], batch_first=True).transpose(1, 2)
+        cross.update(keys, values, index)
+    return EncoderDecoderCache(DynamicCache(), cross)
+
 
 def clip_inputs(path, encoder, feature_extractor, waveforms: list[np.ndarray],
                 parameter: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -206,10 +250,16 @@ def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray],
     """
     parameter = next(p for p in model.parameters())
     path, encoder = encoder_path_of(model), model.get_encoder()
+    cache_kwargs = {}
     if encoder_cache is not None and keys is not None and encoder_is_frozen(model):
         inputs = clip_inputs(path, encoder, feature_extractor, waveforms, parameter)
+        clip_states = [encoder_cache.states(encoder, path, key, x) for key, x in zip(keys, inputs)]
         # pad_states copies: the streaming decoder adds its position embedding to the states in place
-        states, mask = pad_states([encoder_cache.states(encoder, path, key, x) for key, x in zip(keys, inputs)])
+        states, mask = pad_states(clip_states)
+        if cross_attention_is_frozen(model, path):
+            decoder = model.get_decoder()
+            cache_kwargs["cache"] = cross_attention_cache(
+                [encoder_cache.cross_kv(decoder, path, key, clip) for key, clip in zip(keys, clip_states)])
     elif cache is not None and keys is not None and stem_is_frozen(model):
         inputs = clip_inputs(path, encoder, feature_extractor, waveforms, parameter)
         states, mask = pad_states([path.states_from_stem(encoder, *cache.stem(encoder, path, key, x))
@@ -219,7 +269,7 @@ def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray],
     eos_id = model.config.eos_token_id
     labels = label_ids(tokenizer, texts, eos_id).to(parameter.device)
     encoded = path.output_class(last_hidden_state=states, attention_mask=mask)
-    return model(encoder_outputs=encoded, attention_mask=mask, labels=labels).loss
+    return model(encoder_outputs=encoded, attention_mask=mask, labels=labels, **cache_kwargs).loss
 
 
 class ExactEncodeLoss(torch.nn.Module):
