@@ -22,8 +22,8 @@ from pathlib import Path
 from moonlora import markdown
 from moonlora.data.audio import AudioConfig
 from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
-from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, LORA_INITS, LORA_VARIANTS,
-                              DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, SynthConfig, TranscribeConfig,
+from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, LORA_INITS, LORA_VARIANTS, METRIC_NAMES,
+                              DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, ScoringConfig, SynthConfig, TranscribeConfig,
                               default_of, flag_default, flag_type, parse_targets)
 from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP
 from moonlora.verdict.decide import DecideConfig
@@ -135,6 +135,18 @@ def add_rms_arg(parser: argparse.ArgumentParser) -> None:
                         help="scale every clip to this RMS level (dBFS) before the model hears it; none keeps the level")
 
 
+LANGUAGE_HELP = ("ISO code of the transcripts (en, es, de, zh, ja, ...): picks the scoring normalizer (Whisper's "
+                 "English one for en, its basic one otherwise, spaces removed for zh/ja/ko/yue) and the primary metric; "
+                 "recorded in the eval contract")
+METRIC_HELP = "the primary metric: wer or cer; none: cer for zh, ja, ko, yue and wer otherwise"
+
+
+def add_scoring_args(parser: argparse.ArgumentParser) -> None:
+    defaults = ScoringConfig()
+    parser.add_argument("--language", default=defaults.language, help=LANGUAGE_HELP)
+    parser.add_argument("--metric", default=defaults.metric, choices=list(METRIC_NAMES), help=METRIC_HELP)
+
+
 def add_overwrite_arg(parser: argparse.ArgumentParser, flag: str) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace moonlora's earlier results at {flag} (only files moonlora wrote there)")
@@ -165,6 +177,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
         decode=DecodeConfig(num_beams=args.num_beams, batch_size=args.batch_size, device=args.device,
                             dtype=args.dtype, encoder=args.encoder),
+        scoring=ScoringConfig(language=args.language, metric=args.metric),
     )
     config = with_run_settings(config, args.given_flags)  # a run's adapter: the run's audio and decode settings
     config = replace(config, output_dir=str(check_output(config)))  # refused before torch loads
@@ -423,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "none: outputs/transcribe/<manifest>-<time>")
     add_overwrite_arg(transcribe, "--output-dir")
     add_decode_args(transcribe)
+    add_scoring_args(transcribe)
 
     demo_defaults = DemoConfig()
     demo = add_command(commands, "demo", "the main job on the offline default model",
@@ -674,6 +688,8 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
     add_setting(experiment, "device", DEVICE_HELP)
     add_encoder_arg(experiment)
     add_rms_arg(experiment)
+    add_setting(experiment, "language", LANGUAGE_HELP)
+    add_setting(experiment, "metric", METRIC_HELP, choices=list(METRIC_NAMES))
     add_setting(experiment, "resume", "continue the run in --output-dir")
     add_setting(experiment, "overwrite", "replace the run in --output-dir (only a moonlora run folder)")
 

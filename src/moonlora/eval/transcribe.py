@@ -43,14 +43,17 @@ def with_run_settings(config: TranscribeConfig, given: set[str]) -> TranscribeCo
     current = {"--model": (config.model, run.model),
                "--rms-target-dbfs": (config.audio.rms_target_dbfs, run.audio.rms_target_dbfs),
                "--num-beams": (config.decode.num_beams, run.decode.num_beams),
-               "--dtype": (config.decode.dtype, run.decode.dtype)}
+               "--dtype": (config.decode.dtype, run.decode.dtype),
+               "--language": (config.scoring.language, run.scoring.language),
+               "--metric": (config.scoring.metric, run.scoring.metric)}
     for flag, (given_value, run_value) in current.items():
         if flag in given and given_value != run_value:
             raise InputError(f"{flag} {given_value} conflicts with the run this adapter comes from ({source}: "
                              f"{run_value}); drop {flag} to score the adapter under the run's own settings")
     decode = replace(config.decode, **run.decode.result_dict())
     return replace(config, adapter=str(resolved.adapter_dir), model=run.model,
-                   audio=replace(config.audio, rms_target_dbfs=run.audio.rms_target_dbfs), decode=decode)
+                   audio=replace(config.audio, rms_target_dbfs=run.audio.rms_target_dbfs), decode=decode,
+                   scoring=run.scoring)
 
 
 def check_output(config: TranscribeConfig) -> Path:
