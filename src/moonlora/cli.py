@@ -326,7 +326,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     config = DiagnoseConfig(manifests=tuple(args.manifests), max_seconds=args.max_seconds,
                             thresholds=tuple(args.thresholds), seed=args.seed,
-                            val_fraction=args.val_fraction, json_path=args.json)
+                            val_fraction=args.val_fraction, json_path=args.json, language=args.language)
     report, markdown = run(config)
     print(markdown)
     return 1 if report.unloaded else 0
@@ -361,7 +361,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         source=args.source, out_dir=args.out, format=args.format, mode="link" if args.link else "copy",
         config=args.config, splits=splits, audio_column=args.audio_column, text_column=args.text_column,
         speaker_column=args.speaker_column, limit=args.limit, max_seconds=args.max_seconds, seed=args.seed,
-        text_mode=args.text_mode, overwrite=args.overwrite)
+        text_mode=args.text_mode, overwrite=args.overwrite, language=args.language)
     try:
         result = run_import(config, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -408,6 +408,9 @@ def add_import_command(commands) -> None:
     imports.add_argument("--text-mode", default=default_of(ImportConfig, "text_mode"), choices=TEXT_MODES,
                          help="auto: lowercase a corpus whose transcripts are more than 90 percent upper case "
                               "(LibriSpeech), as the official fine-tuner does; none: keep; lower: always")
+    imports.add_argument("--language", default=default_of(ImportConfig, "language"),
+                         help="ISO code of the transcripts (en, es, zh, ...), recorded in the import report: "
+                              "diagnose shows it; experiment and transcribe take their own --language")
     add_overwrite_arg(imports, "--out")
 
 
@@ -542,9 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     diagnose = add_command(
         commands, "diagnose", "duration profile, splits, problems and leakage of manifests",
-        "Duration profile and train/val split tables (the experiment plan's layout), problems (missing or corrupt "
-        "audio, empty text, clips under 1 s or over 30 s, format mix, duration mismatch, duplicates) and leakage "
-        "across manifests.", cmd_diagnose)
+        "Duration profile and train/val split tables (the experiment plan's layout), speakers and language, "
+        "problems (missing or corrupt audio, empty text, clips under 1 s or over 30 s, format mix, duration "
+        "mismatch, duplicates, transcripts that look un-normalized: mostly all caps, digits mixed with spelled-out "
+        "numbers) and leakage across manifests.", cmd_diagnose)
     diagnose.add_argument("--manifests", nargs="+", required=True, help="one or more JSONL manifests")
     diagnose.add_argument("--max-seconds", type=float, required=True, help="duration cap used for the split table")
     diagnose.add_argument("--thresholds", type=float, nargs="+", default=list(default_of(DiagnoseConfig, "thresholds")),
@@ -553,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seed of the train/val split")
     diagnose.add_argument("--val-fraction", type=float, default=default_of(DiagnoseConfig, "val_fraction"),
                           help="share of clips for validation")
+    diagnose.add_argument("--language", default=default_of(DiagnoseConfig, "language"),
+                          help="ISO code of the transcripts; none: the one an import report beside the manifest "
+                               "records (moonlora import --language), else unknown")
     add_json_arg(diagnose, "the whole report")
 
     synth = add_command(commands, "synth", "build a synthetic domain (espeak-ng voices) with train/test manifests",
