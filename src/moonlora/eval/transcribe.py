@@ -85,6 +85,8 @@ def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[Eva
 
 
 def summary_table(result: EvalResult, title: str = "moonlora transcribe") -> Table:
+    """WER and CER both; the title names the language and the primary metric (the contract's)."""
+    title += f" (language {result.contract.language}, primary metric {result.metric.label})"
     table = Table(title=title, show_header=True)
     for column in ("clips", "hours", "WER", "CER", "skipped", "empty", "cap hits", "loops", "RTFx"):
         table.add_column(column, justify="right", no_wrap=True)
