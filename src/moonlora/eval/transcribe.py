@@ -76,7 +76,8 @@ def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[Eva
     manifest = load_manifest(config.manifest)
     loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype, adapter=config.adapter)
     loaded.decoder().check(config.decode)  # whatever runs it (torch or onnxruntime) takes these settings
-    result = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress)
+    result = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress,
+                               scoring=config.scoring)
     # Earlier results go only now that the new ones are ready, and only the files transcribe wrote.
     claim_output_dir(out_dir, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite)
     write_json(out_dir / CONFIG_FILE, {**config.to_dict(), "output_dir": str(out_dir)}, command=OUTPUT_KIND)
