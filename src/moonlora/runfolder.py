@@ -219,9 +219,10 @@ class LeakageCheck:
 
 @dataclass(frozen=True)
 class HeadroomCheck:
-    main_baseline_wer: float
+    main_baseline_wer: float  # the primary metric's rate (see `metric`)
     threshold: float
     ok: bool
+    metric: str = "wer"
 
 
 @dataclass(frozen=True)

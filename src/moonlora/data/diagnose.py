@@ -27,7 +27,7 @@ from moonlora import markdown, outputs
 from moonlora.data.leakage import Leak, find_leaks
 from moonlora.data.manifest import Manifest, ManifestError, Utterance, load_manifest
 from moonlora.data.splits import split_train_val
-from moonlora.configs import ScoringConfig
+from moonlora.configs import DEFAULT_LANGUAGE, ScoringConfig
 from moonlora.data.importers.run import REPORT_NAME as IMPORT_REPORT
 from moonlora.data.text import normalize
 from moonlora.errors import InputError
@@ -266,8 +266,8 @@ def _fmt_format(combo: tuple[int, int]) -> str:
     return f"{combo[0]} Hz, {combo[1]} ch"
 
 
-def duplicate_problems(manifest: Manifest) -> list[Problem]:
-    """Rows repeating an earlier row's audio bytes or normalized transcript."""
+def duplicate_problems(manifest: Manifest, language: str | None = None) -> list[Problem]:
+    """Rows repeating an earlier row's audio bytes or normalized transcript (the language's normalizer)."""
     name, found = str(manifest.path), []
     first_audio: dict[str, int] = {}
     first_text: dict[str, int] = {}
@@ -276,7 +276,7 @@ def duplicate_problems(manifest: Manifest) -> list[Problem]:
             found.append(Problem("duplicate_audio", name, u.line, f"same audio as line {first_audio[u.audio_sha256]}"))
         else:
             first_audio[u.audio_sha256] = u.line
-        text = normalize(u.text)
+        text = normalize(u.text, language or DEFAULT_LANGUAGE)
         if not text:
             continue
         if text in first_text:
@@ -337,15 +337,15 @@ def _quote(text: str) -> str:
 
 def diagnose_manifest(path: str, config: DiagnoseConfig) -> tuple[ManifestReport, Manifest | None]:
     """Everything about one manifest; an unloadable one becomes a problem, not an exception."""
+    language, language_source = manifest_language(path, config)
     try:
-        manifest = load_manifest(path)
+        manifest = load_manifest(path, language or DEFAULT_LANGUAGE)
     except (ManifestError, OSError) as error:
         return ManifestReport(path, False, problems=[Problem("unloadable_manifest", path, None, str(error))]), None
     problems = [Problem(row.kind, path, row.line, row.reason) for row in manifest.skipped]
     rates, channels, format_problems = audio_formats(manifest)
-    language, language_source = manifest_language(path, config)
     style, text_problems = text_style(manifest, language)
-    problems += duration_problems(manifest) + format_problems + duplicate_problems(manifest) + text_problems
+    problems += duration_problems(manifest) + format_problems + duplicate_problems(manifest, language) + text_problems
     problems.sort(key=lambda p: (p.line or 0, p.kind))
     report = ManifestReport(
         manifest=path, loaded=True,

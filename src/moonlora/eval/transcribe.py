@@ -73,7 +73,7 @@ def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[Eva
     skeleton = model_skeleton(config.model)  # the family's limits, from config.json, before any weights load
     if skeleton is not None:
         check_family_settings(family_for(skeleton.config.model_type), encoder=config.decode.encoder)
-    manifest = load_manifest(config.manifest)
+    manifest = load_manifest(config.manifest, config.scoring.language)
     loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype, adapter=config.adapter)
     loaded.decoder().check(config.decode)  # whatever runs it (torch or onnxruntime) takes these settings
     result = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress,

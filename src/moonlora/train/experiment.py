@@ -96,7 +96,8 @@ def check_leakage(config: ExperimentConfig, train: list[Utterance], replay: list
 
 
 def load_run_data(config: ExperimentConfig) -> RunData:
-    dataset = load_manifest(config.dataset_path)
+    language = config.scoring.language
+    dataset = load_manifest(config.dataset_path, language)
     kept, filtering = filter_by_duration(dataset.utterances, config.max_seconds)
     if len(kept) < 2:
         raise InputError(f"{config.dataset_path}: {len(kept)} clip(s) left after --max-seconds {config.max_seconds}; "
@@ -104,12 +105,12 @@ def load_run_data(config: ExperimentConfig) -> RunData:
     split = split_train_val(kept, config.val_fraction, config.train.seed)
     val_split = checklist.check_val_split(len(split.val), config.min_val_clips, config.dataset_path)
     eval_sets = {"val": Manifest(path=Path(f"{config.dataset_path}#val"), utterances=split.val),
-                 "main": load_manifest(config.manifest_path)}
+                 "main": load_manifest(config.manifest_path, language)}
     for path in config.extra_manifests:
-        eval_sets[f"extra-{Path(path).stem}"] = load_manifest(path)
+        eval_sets[f"extra-{Path(path).stem}"] = load_manifest(path, language)
     if config.canary_manifest:
-        eval_sets["canary"] = load_manifest(config.canary_manifest)
-    replay = load_manifest(config.replay_manifest).utterances if config.replay_manifest else []
+        eval_sets["canary"] = load_manifest(config.canary_manifest, language)
+    replay = load_manifest(config.replay_manifest, language).utterances if config.replay_manifest else []
     checks = Checklist(val_split=val_split, leakage=check_leakage(config, split.train, replay, eval_sets))
     report = DataReport(
         dataset=DatasetInfo(path=config.dataset_path, clips=len(dataset.utterances), skipped=len(dataset.skipped),
@@ -583,7 +584,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         record.provenance = {**provenance(), "model_sha256": base.weights_sha256}
         session.save(phase="baseline")
         baseline = baseline_results(base, data, config, run_dir, progress, baseline_store)
-        session.note_checklist(headroom=checklist.headroom(baseline["main"].corpus.primary),
+        session.note_checklist(headroom=checklist.headroom(baseline["main"].corpus.primary, baseline["main"].corpus.metric),
                                sufficiency=checklist.sufficiency(len(data.train)))
         # attach_lora wraps the base model in place: from here on only `tunable` names it
         tunable = dataclasses.replace(base, model=attach_lora(base.model, config.lora, config.train.seed))
