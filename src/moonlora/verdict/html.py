@@ -216,20 +216,21 @@ def transcripts_by_id(path: Path) -> dict[str, dict]:
     return {str(row["utt_id"]): row for row in read_transcripts(path) if "utt_id" in row}
 
 
+# A transcripts row's counts of each metric: (error count fields, reference unit field).
+ROW_COUNTS = {"wer": (("substitutions", "deletions", "insertions"), "ref_words"),
+              "cer": (("char_errors",), "ref_chars")}
+
+
 def clip_errors(row: dict, metric: str = "wer") -> int:
-    if metric == "cer":
-        return int(row.get("char_errors") or 0)
-    return sum(int(row.get(key) or 0) for key in ("substitutions", "deletions", "insertions"))
+    return sum(int(row.get(key) or 0) for key in ROW_COUNTS[metric][0])
 
 
 def clip_rate(row: dict, metric: str = "wer") -> float:
-    """The clip's rate of the run's primary metric (its `wer` or `cer`)."""
+    """The clip's rate of the run's primary metric (its `wer` or `cer`, else from its counts)."""
     rate = row.get(metric)
     if isinstance(rate, (int, float)) and math.isfinite(rate):
         return float(rate)
-    if metric == "cer":
-        return int(row.get("char_errors") or 0) / max(int(row.get("ref_chars") or 0), 1)
-    return clip_errors(row) / max(int(row.get("ref_words") or 0), 1)
+    return clip_errors(row, metric) / max(int(row.get(ROW_COUNTS[metric][1]) or 0), 1)
 
 
 def changed_clips(run_path: Path, name: str = "main", top: int = TOP_CLIPS,
@@ -237,6 +238,7 @@ def changed_clips(run_path: Path, name: str = "main", top: int = TOP_CLIPS,
     """Top clips by |tuned - baseline WER| (changed ones only), plus counts (improved, worsened)."""
     before = transcripts_by_id(run_path / BASELINE_DIR / name / TRANSCRIPTS_FILE)
     after = transcripts_by_id(run_path / TUNED_DIR / name / TRANSCRIPTS_FILE)
+
     def rate(row: dict) -> float:
         return clip_rate(row, metric)
 
