@@ -641,7 +641,8 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
     add_setting(experiment, "max_seconds", "drop training clips longer than this")
     add_setting(experiment, "seed", "seed of the split, LoRA init and batches")
     add_setting(experiment, "wer_stop_threshold",
-                "stop when val WER exceeds baseline val WER times this (e.g. 1.1); none: never")
+                "stop when val WER exceeds baseline val WER times this (e.g. 1.1); none: never (WER here and below: the "
+                "primary metric, CER for --language zh/ja/ko/yue or --metric cer)")
     add_model_args(experiment, flag_default("model"))
     add_setting(experiment, "lora_r", "LoRA rank")
     add_setting(experiment, "lora_alpha", "LoRA scaling numerator")
