@@ -236,6 +236,7 @@ NON_DEFAULT = {
     "min_val_clips": ["--min-val-clips", "2"], "allow_leakage": ["--allow-leakage"],
     "decode_batch_size": ["--decode-batch-size", "4"], "num_beams": ["--num-beams", "2"],
     "device": ["--device", "cpu"], "encoder": ["--encoder", "batched"], "rms_target_dbfs": ["--rms-target-dbfs", "-20"],
+    "language": ["--language", "de"], "metric": ["--metric", "cer"],
     "resume": ["--resume"], "overwrite": ["--overwrite"],
 }
 REQUIRED = ["--output-dir", "o", "--dataset-path", "d", "--manifest-path", "m"]

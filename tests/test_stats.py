@@ -157,6 +157,9 @@ def test_export_parity_outcomes(to_torch, to_baseline, expected):
     assert parity_outcome(ci(*to_torch), ci(*to_baseline), 0.005) == expected
 
 
+WER_CONTRACT = SimpleNamespace(metric="wer")
+
+
 def _clip(line: int, errors: int, words: int, sha: str | None = None):
     utterance = Utterance(Path(f"/d/clip{line}.wav"), "x", 1.0, None, line, 1.0, sha or f"sha{line}")
     score = UtteranceScore("", "", words, errors, 0, 0, 0, 0)
@@ -168,17 +171,17 @@ def test_compare_results_pairs_by_id():
     words = [10, 4, 12, 8, 9]
     base = [_clip(i + 1, b, w) for i, ((b, _), w) in enumerate(zip(errors, words))]
     tuned = [_clip(i + 1, t, w) for i, ((_, t), w) in enumerate(zip(errors, words))]
-    result = compare_results(SimpleNamespace(clips=base), SimpleNamespace(clips=tuned[::-1]), resamples=300, seed=2)
+    result = compare_results(SimpleNamespace(contract=WER_CONTRACT, clips=base), SimpleNamespace(contract=WER_CONTRACT, clips=tuned[::-1]), resamples=300, seed=2)
     expected = paired_bootstrap([b for b, _ in errors], words, [t for _, t in errors], resamples=300, seed=2)
     assert result == expected
     assert result.delta == pytest.approx((5 - 14) / 43)
 
 
 def test_compare_results_refuses_mismatch():
-    base = SimpleNamespace(clips=[_clip(1, 1, 5), _clip(2, 1, 5)])
+    base = SimpleNamespace(contract=WER_CONTRACT, clips=[_clip(1, 1, 5), _clip(2, 1, 5)])
     with pytest.raises(ValueError, match=r"only in baseline \['2:clip2.wav'\].*only in tuned \['3:clip3.wav'\]"):
-        compare_results(base, SimpleNamespace(clips=[_clip(1, 0, 5), _clip(3, 0, 5)]))
+        compare_results(base, SimpleNamespace(contract=WER_CONTRACT, clips=[_clip(1, 0, 5), _clip(3, 0, 5)]))
     with pytest.raises(ValueError, match="same clips"):  # same id, different audio
-        compare_results(base, SimpleNamespace(clips=[_clip(1, 0, 5), _clip(2, 0, 5, sha="other")]))
+        compare_results(base, SimpleNamespace(contract=WER_CONTRACT, clips=[_clip(1, 0, 5), _clip(2, 0, 5, sha="other")]))
     with pytest.raises(ValueError, match="twice"):
-        compare_results(base, SimpleNamespace(clips=[_clip(1, 0, 5), _clip(1, 0, 5)]))
+        compare_results(base, SimpleNamespace(contract=WER_CONTRACT, clips=[_clip(1, 0, 5), _clip(1, 0, 5)]))

@@ -22,8 +22,8 @@ from pathlib import Path
 from moonlora import markdown
 from moonlora.data.audio import AudioConfig
 from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
-from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, LORA_INITS, LORA_VARIANTS,
-                              DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, SynthConfig, TranscribeConfig,
+from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, LORA_INITS, LORA_VARIANTS, METRIC_NAMES,
+                              DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, ScoringConfig, SynthConfig, TranscribeConfig,
                               default_of, flag_default, flag_type, parse_targets)
 from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP
 from moonlora.verdict.decide import DecideConfig
@@ -135,6 +135,18 @@ def add_rms_arg(parser: argparse.ArgumentParser) -> None:
                         help="scale every clip to this RMS level (dBFS) before the model hears it; none keeps the level")
 
 
+LANGUAGE_HELP = ("ISO code of the transcripts (en, es, de, zh, ja, ...): picks the scoring normalizer (Whisper's "
+                 "English one for en, its basic one otherwise, spaces removed for zh/ja/ko/yue) and the primary metric; "
+                 "recorded in the eval contract")
+METRIC_HELP = "the primary metric: wer or cer; none: cer for zh, ja, ko, yue and wer otherwise"
+
+
+def add_scoring_args(parser: argparse.ArgumentParser) -> None:
+    defaults = ScoringConfig()
+    parser.add_argument("--language", default=defaults.language, help=LANGUAGE_HELP)
+    parser.add_argument("--metric", default=defaults.metric, choices=list(METRIC_NAMES), help=METRIC_HELP)
+
+
 def add_overwrite_arg(parser: argparse.ArgumentParser, flag: str) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace moonlora's earlier results at {flag} (only files moonlora wrote there)")
@@ -165,6 +177,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
         decode=DecodeConfig(num_beams=args.num_beams, batch_size=args.batch_size, device=args.device,
                             dtype=args.dtype, encoder=args.encoder),
+        scoring=ScoringConfig(language=args.language, metric=args.metric),
     )
     config = with_run_settings(config, args.given_flags)  # a run's adapter: the run's audio and decode settings
     config = replace(config, output_dir=str(check_output(config)))  # refused before torch loads
@@ -313,7 +326,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     config = DiagnoseConfig(manifests=tuple(args.manifests), max_seconds=args.max_seconds,
                             thresholds=tuple(args.thresholds), seed=args.seed,
-                            val_fraction=args.val_fraction, json_path=args.json)
+                            val_fraction=args.val_fraction, json_path=args.json, language=args.language)
     report, markdown = run(config)
     print(markdown)
     return 1 if report.unloaded else 0
@@ -348,7 +361,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         source=args.source, out_dir=args.out, format=args.format, mode="link" if args.link else "copy",
         config=args.config, splits=splits, audio_column=args.audio_column, text_column=args.text_column,
         speaker_column=args.speaker_column, limit=args.limit, max_seconds=args.max_seconds, seed=args.seed,
-        text_mode=args.text_mode, overwrite=args.overwrite)
+        text_mode=args.text_mode, overwrite=args.overwrite, language=args.language)
     try:
         result = run_import(config, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -395,6 +408,9 @@ def add_import_command(commands) -> None:
     imports.add_argument("--text-mode", default=default_of(ImportConfig, "text_mode"), choices=TEXT_MODES,
                          help="auto: lowercase a corpus whose transcripts are more than 90 percent upper case "
                               "(LibriSpeech), as the official fine-tuner does; none: keep; lower: always")
+    imports.add_argument("--language", default=default_of(ImportConfig, "language"),
+                         help="ISO code of the transcripts (en, es, zh, ...), recorded in the import report: "
+                              "diagnose shows it; experiment and transcribe take their own --language")
     add_overwrite_arg(imports, "--out")
 
 
@@ -423,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "none: outputs/transcribe/<manifest>-<time>")
     add_overwrite_arg(transcribe, "--output-dir")
     add_decode_args(transcribe)
+    add_scoring_args(transcribe)
 
     demo_defaults = DemoConfig()
     demo = add_command(commands, "demo", "the main job on the offline default model",
@@ -528,9 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     diagnose = add_command(
         commands, "diagnose", "duration profile, splits, problems and leakage of manifests",
-        "Duration profile and train/val split tables (the experiment plan's layout), problems (missing or corrupt "
-        "audio, empty text, clips under 1 s or over 30 s, format mix, duration mismatch, duplicates) and leakage "
-        "across manifests.", cmd_diagnose)
+        "Duration profile and train/val split tables (the experiment plan's layout), speakers and language, "
+        "problems (missing or corrupt audio, empty text, clips under 1 s or over 30 s, format mix, duration "
+        "mismatch, duplicates, transcripts that look un-normalized: mostly all caps, digits mixed with spelled-out "
+        "numbers) and leakage across manifests.", cmd_diagnose)
     diagnose.add_argument("--manifests", nargs="+", required=True, help="one or more JSONL manifests")
     diagnose.add_argument("--max-seconds", type=float, required=True, help="duration cap used for the split table")
     diagnose.add_argument("--thresholds", type=float, nargs="+", default=list(default_of(DiagnoseConfig, "thresholds")),
@@ -539,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seed of the train/val split")
     diagnose.add_argument("--val-fraction", type=float, default=default_of(DiagnoseConfig, "val_fraction"),
                           help="share of clips for validation")
+    diagnose.add_argument("--language", default=default_of(DiagnoseConfig, "language"),
+                          help="ISO code of the transcripts; none: the one an import report beside the manifest "
+                               "records (moonlora import --language), else unknown")
     add_json_arg(diagnose, "the whole report")
 
     synth = add_command(commands, "synth", "build a synthetic domain (espeak-ng voices) with train/test manifests",
@@ -620,7 +641,8 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
     add_setting(experiment, "max_seconds", "drop training clips longer than this")
     add_setting(experiment, "seed", "seed of the split, LoRA init and batches")
     add_setting(experiment, "wer_stop_threshold",
-                "stop when val WER exceeds baseline val WER times this (e.g. 1.1); none: never")
+                "stop when val WER exceeds baseline val WER times this (e.g. 1.1); none: never (WER here and below: the "
+                "primary metric, CER for --language zh/ja/ko/yue or --metric cer)")
     add_model_args(experiment, flag_default("model"))
     add_setting(experiment, "lora_r", "LoRA rank")
     add_setting(experiment, "lora_alpha", "LoRA scaling numerator")
@@ -674,6 +696,8 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
     add_setting(experiment, "device", DEVICE_HELP)
     add_encoder_arg(experiment)
     add_rms_arg(experiment)
+    add_setting(experiment, "language", LANGUAGE_HELP)
+    add_setting(experiment, "metric", METRIC_HELP, choices=list(METRIC_NAMES))
     add_setting(experiment, "resume", "continue the run in --output-dir")
     add_setting(experiment, "overwrite", "replace the run in --output-dir (only a moonlora run folder)")
 

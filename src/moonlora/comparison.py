@@ -1,5 +1,9 @@
 """One paired-bootstrap result, WER(tuned) - WER(baseline) over the same clips, and the rules read from it.
 
+The rate is the primary metric's, named by `metric` ("wer", or "cer" for Chinese, Japanese, Korean and
+wherever a run said `--metric cer`); the fields keep their `_wer` names (the run record's schema), and a
+comparison written before metrics were recorded reads as WER.
+
 The experiment's per-manifest comparisons and candidates, its export parity, `moonlora compare`
 (A is the baseline, B the tuned side) and `decide` all hold this one type; the non-inferiority
 rule and the export parity outcome are written here once. Torch-free (stdlib only).
@@ -27,12 +31,18 @@ class Comparison:
     seed: int
     clips: int
     confidence: float = 0.95
+    metric: str = "wer"  # the primary metric whose rates baseline_wer and tuned_wer hold
     excludes_zero: bool = field(init=False)
     relative_delta: float | None = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "excludes_zero", self.ci_high < 0 or self.ci_low > 0)
         object.__setattr__(self, "relative_delta", self.delta / self.baseline_wer if self.baseline_wer else None)
+
+    @property
+    def label(self) -> str:
+        """The metric as tables print it: WER or CER."""
+        return self.metric.upper()
 
     @property
     def tuned_shown_better(self) -> bool:

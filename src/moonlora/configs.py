@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,6 +34,12 @@ LORA_VARIANTS = ("lora", "dora")
 # (A Gaussian); pissa (full SVD) and olora (QR) move the weights' top subspace into the adapter, the base
 # keeps the residual: the model starts as the base, and saved adapters are converted to plain LoRA.
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
+
+
+DEFAULT_LANGUAGE = "en"
+CJK_LANGUAGES = ("zh", "ja", "ko", "yue")  # no spaces between words: CER is their primary metric
+METRIC_NAMES = ("wer", "cer")
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")
 
 
 class UnreadableConfig(ConfigError, TypeError):
@@ -58,6 +65,30 @@ class AudioConfig:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "pipeline_version": PIPELINE_VERSION}
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How transcripts are scored: the language picks the normalizer (moonlora.data.text) and the
+    primary metric (moonlora.eval.metrics); both are recorded in, and compared by, the eval contract."""
+
+    language: str = DEFAULT_LANGUAGE  # ISO 639-1/-3 code of the transcripts, e.g. en, es, de, zh, ja
+    # The primary metric: wer or cer; None picks cer for zh/ja/ko/yue and wer for every other language.
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.language, str) or not _LANGUAGE_CODE.fullmatch(self.language):
+            raise ConfigError(f"--language must be an ISO 639 code of 2 or 3 lower-case letters (en, es, de, zh, "
+                              f"ja, ...), got {self.language!r}")
+        if self.metric is not None and self.metric not in METRIC_NAMES:
+            raise ConfigError(f"--metric must be one of {', '.join(METRIC_NAMES)}, got {self.metric!r}")
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metric or ("cer" if self.language in CJK_LANGUAGES else "wer")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -205,6 +236,7 @@ class ExperimentConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     audio: AudioConfig = field(default_factory=AudioConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)  # language and primary metric
     resume: bool = False
     overwrite: bool = False
 
@@ -247,7 +279,8 @@ class ExperimentConfig:
     def from_dict(cls, data: dict, source: str = "experiment config") -> ExperimentConfig:
         """The config back from `to_dict()` output (e.g. a saved experiment_config.json); one that is not
         (another tool's, or an older moonlora's with other fields) is a ConfigError naming `source`."""
-        nested = {"train": TrainConfig, "lora": LoraSettings, "audio": AudioConfig, "decode": DecodeConfig}
+        nested = {"train": TrainConfig, "lora": LoraSettings, "audio": AudioConfig, "decode": DecodeConfig,
+                  "scoring": ScoringConfig}  # a config saved before `scoring` reads as English, WER
         data = _train_device_from_decode(data)
         try:
             values = {key: _typed(nested[key], value) if key in nested and isinstance(value, dict) else value
@@ -314,6 +347,8 @@ EXPERIMENT_FLAGS = {
     "device": ("decode.device", "train.device"),  # one model trains and decodes on one device
     "encoder": "decode.encoder",
     "rms_target_dbfs": "audio.rms_target_dbfs",
+    "language": "scoring.language",
+    "metric": "scoring.metric",
     "resume": "resume",
     "overwrite": "overwrite",
 }
@@ -427,6 +462,7 @@ class TranscribeConfig:
     overwrite: bool = False
     audio: AudioConfig = field(default_factory=AudioConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def resolved_output_dir(self) -> Path:
         if self.output_dir:

@@ -114,6 +114,16 @@ class EvalSummary:
     wer_by_duration: list[dict]
     contract: dict
     skipped_rows: int = 0
+    metric: str = "wer"  # the primary metric (records from before it was recorded scored WER)
+
+    @property
+    def primary(self) -> float:
+        """The primary metric's corpus rate: `wer` or `cer`, as `metric` names."""
+        return getattr(self, self.metric)
+
+    @property
+    def label(self) -> str:
+        return self.metric.upper()
 
 
 @dataclass
@@ -134,6 +144,7 @@ class TrainingSummary:
     lora_delta_norm: float
     losses: list[dict]  # {"step", "loss" (null when non-finite), "lr", "skipped"}
     intervals: list[dict]  # {"step", "val_wer", ...evaluator details}
+    metric: str = "wer"  # the primary metric best_val_wer and the intervals' *_wer values hold
 
 
 @dataclass
@@ -208,9 +219,10 @@ class LeakageCheck:
 
 @dataclass(frozen=True)
 class HeadroomCheck:
-    main_baseline_wer: float
+    main_baseline_wer: float  # the primary metric's rate (see `metric`)
     threshold: float
     ok: bool
+    metric: str = "wer"
 
 
 @dataclass(frozen=True)

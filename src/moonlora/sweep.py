@@ -64,6 +64,8 @@ AXES = {axis.name: axis for axis in (
     Axis("lora_variant", lambda v: v),
     Axis("init_lora_weights", lambda v: f"init-{v}"),
     Axis("manifest_path", lambda v: "manifest-" + _slug(Path(v).stem)),
+    Axis("language", lambda v: f"lang-{v}"),
+    Axis("metric", lambda v: v or "metric-auto"),
 )}
 RUN_CONTROL = ("output_dir", *RUN_CONTROL_FIELDS)  # set per run by the sweep, never shared or varied
 REQUIRED = ("dataset_path", "manifest_path")  # experiment flags without a default
@@ -266,15 +268,17 @@ class SweepRun:
     status: str  # pending | success | stopped_early | failed | interrupted | died | running
     reason: str | None = None
     wall_seconds: float | None = None
-    baseline_main_wer: float | None = None
+    baseline_main_wer: float | None = None  # the primary metric's rate (CER for a CER run, see `metric`)
     tuned_main_wer: float | None = None
+    metric: str = "wer"  # the run's primary metric (sweeps from before it was recorded: WER)
 
     def finish(self, record: RunRecord) -> None:
-        """Status and main WERs from the run's record."""
+        """Status and main WERs (the run's primary metric) from the run's record."""
         self.status, self.reason = record.status, record.reason
+        self.metric = record.config.scoring.primary_metric
         main_base, main_tuned = record.baseline.get("main"), record.tuned.get("main")
-        self.baseline_main_wer = None if main_base is None else main_base.wer
-        self.tuned_main_wer = None if main_tuned is None else main_tuned.wer
+        self.baseline_main_wer = None if main_base is None else main_base.primary
+        self.tuned_main_wer = None if main_tuned is None else main_tuned.primary
 
 
 @dataclass

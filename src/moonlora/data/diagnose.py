@@ -1,12 +1,21 @@
-"""Manifest diagnostics: duration profile, split sizes, problems and cross-manifest leakage.
+"""Manifest diagnostics: duration profile, split sizes, speakers and language, problems and leakage.
 
 The library form of the seed plan's `manifest_diagnostics.py`; `render_markdown` lays the
 tables out as the plan's "Diagnostics Results" section does.
+
+The language is `--language`, else what the import report beside the manifest records
+(`moonlora import --language`), else unknown. Transcripts that look un-normalized are problems:
+a corpus mostly in capitals (`all_caps_transcript`, each such row; scoring ignores case, but a model
+trained on it learns to write capitals) and one that writes numbers both as digits and spelled out
+(`number_style_mix`, each row with digits; "12" and "twelve" are different words to the model, and
+only English scoring maps one onto the other).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import shlex
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -18,6 +27,8 @@ from moonlora import markdown, outputs
 from moonlora.data.leakage import Leak, find_leaks
 from moonlora.data.manifest import Manifest, ManifestError, Utterance, load_manifest
 from moonlora.data.splits import split_train_val
+from moonlora.configs import DEFAULT_LANGUAGE, ScoringConfig
+from moonlora.data.importers.run import REPORT_NAME as IMPORT_REPORT
 from moonlora.data.text import normalize
 from moonlora.errors import InputError
 
@@ -26,6 +37,19 @@ LONG_SECONDS = 30.0  # ... and longer than this
 DURATION_TOLERANCE = 0.1  # seconds between the declared duration and the file header
 DEFAULT_SEED = 42
 MAX_LINES_SHOWN = 10
+ALL_CAPS_SHARE = 0.5  # a corpus is "mostly all caps" when more than this share of its cased transcripts is
+# Spelled-out numbers per language ("one" left out of English: "no one", "the one" are no numbers).
+NUMBER_WORDS = {
+    "en": "zero two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+          "eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand million",
+    "es": "dos tres cuatro cinco seis siete ocho nueve diez once doce trece catorce quince veinte treinta cuarenta "
+          "cincuenta sesenta setenta ochenta noventa cien ciento mil",
+    "de": "zwei drei vier fünf sechs sieben acht neun zehn elf zwölf zwanzig dreißig vierzig fünfzig sechzig "
+          "siebzig achtzig neunzig hundert tausend",
+    "fr": "deux trois quatre cinq six sept huit neuf dix onze douze vingt trente quarante cinquante soixante cent "
+          "mille",
+}
+_DIGIT = re.compile(r"\d")
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,7 @@ class DiagnoseConfig:
     seed: int = DEFAULT_SEED
     val_fraction: float = 0.2
     json_path: str | None = None
+    language: str | None = None  # None: an import report's, else unknown
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "manifests", tuple(str(m) for m in self.manifests))
@@ -52,6 +77,8 @@ class DiagnoseConfig:
             raise InputError(f"thresholds must be strictly increasing, got {list(self.thresholds)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.language is not None:
+            ScoringConfig(language=self.language)  # the one check of a language code
 
 
 @dataclass(frozen=True)
@@ -94,6 +121,25 @@ class SplitSizes:
     source: str
 
 
+@dataclass(frozen=True)
+class TextStyle:
+    """How the transcripts are written: counts behind the un-normalized-text problems."""
+
+    transcripts: int
+    cased: int  # transcripts with a cased letter
+    all_caps: int  # of those, written in capitals only
+    with_digits: int
+    with_spelled_numbers: int  # holding a number word of the language (English when unknown)
+
+    @property
+    def mostly_all_caps(self) -> bool:
+        return self.cased > 0 and self.all_caps / self.cased > ALL_CAPS_SHARE
+
+    @property
+    def mixed_numbers(self) -> bool:
+        return self.with_digits > 0 and self.with_spelled_numbers > 0
+
+
 @dataclass
 class ManifestReport:
     manifest: str
@@ -103,6 +149,10 @@ class ManifestReport:
     sample_rates: dict[int, int] = field(default_factory=dict)
     channels: dict[int, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    speakers: int | None = None  # distinct speakers; None when no row names one
+    language: str | None = None
+    language_source: str | None = None  # "--language" or the import report's path
+    text_style: TextStyle | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -113,6 +163,8 @@ class ManifestReport:
             "sample_rates": {str(k): v for k, v in self.sample_rates.items()},
             "channels": {str(k): v for k, v in self.channels.items()},
             "problems": [asdict(p) for p in self.problems],
+            "speakers": self.speakers, "language": self.language, "language_source": self.language_source,
+            "text_style": asdict(self.text_style) if self.text_style else None,
         }
 
 
@@ -214,8 +266,8 @@ def _fmt_format(combo: tuple[int, int]) -> str:
     return f"{combo[0]} Hz, {combo[1]} ch"
 
 
-def duplicate_problems(manifest: Manifest) -> list[Problem]:
-    """Rows repeating an earlier row's audio bytes or normalized transcript."""
+def duplicate_problems(manifest: Manifest, language: str | None = None) -> list[Problem]:
+    """Rows repeating an earlier row's audio bytes or normalized transcript (the language's normalizer)."""
     name, found = str(manifest.path), []
     first_audio: dict[str, int] = {}
     first_text: dict[str, int] = {}
@@ -224,7 +276,7 @@ def duplicate_problems(manifest: Manifest) -> list[Problem]:
             found.append(Problem("duplicate_audio", name, u.line, f"same audio as line {first_audio[u.audio_sha256]}"))
         else:
             first_audio[u.audio_sha256] = u.line
-        text = normalize(u.text)
+        text = normalize(u.text, language or DEFAULT_LANGUAGE)
         if not text:
             continue
         if text in first_text:
@@ -234,21 +286,73 @@ def duplicate_problems(manifest: Manifest) -> list[Problem]:
     return found
 
 
+def manifest_language(path: str, config: DiagnoseConfig) -> tuple[str | None, str | None]:
+    """(language, where it came from): --language, else the import report beside the manifest."""
+    if config.language is not None:
+        return config.language, "--language"
+    report = Path(path).parent / IMPORT_REPORT
+    try:
+        language = json.loads(report.read_text(encoding="utf-8")).get("language")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    return (language, str(report)) if isinstance(language, str) and language else (None, None)
+
+
+def speaker_count(manifest: Manifest) -> int | None:
+    speakers = {u.speaker for u in manifest.utterances if u.speaker is not None}
+    return len(speakers) if speakers else None
+
+
+def _number_words(language: str | None) -> re.Pattern:
+    words = NUMBER_WORDS.get(language or "en", NUMBER_WORDS["en"]).split()
+    return re.compile(r"\b(" + "|".join(words) + r")\b", re.IGNORECASE)
+
+
+def text_style(manifest: Manifest, language: str | None) -> tuple[TextStyle, list[Problem]]:
+    """Counts of capitals, digits and spelled numbers, and a problem per row that makes the corpus look
+    un-normalized (only when it does: mostly all caps, or digits beside spelled-out numbers)."""
+    name, spelled = str(manifest.path), _number_words(language)
+    rows = manifest.utterances
+    cased = [u for u in rows if any(c.isupper() or c.islower() for c in u.text)]
+    caps = [u for u in cased if u.text.isupper()]
+    digits = [u for u in rows if _DIGIT.search(u.text)]
+    worded = [u for u in rows if spelled.search(u.text)]
+    style = TextStyle(len(rows), len(cased), len(caps), len(digits), len(worded))
+    problems = []
+    if style.mostly_all_caps:
+        share = f"{len(caps)} of {len(cased)} transcripts in capitals only"
+        problems += [Problem("all_caps_transcript", name, u.line, f"{_quote(u.text)} ({share}; moonlora import "
+                             "--text-mode auto lowercases such a corpus)") for u in caps]
+    if style.mixed_numbers:
+        example = worded[0]
+        problems += [Problem("number_style_mix", name, u.line,
+                             f"digits in {_quote(u.text)}, while {len(worded)} transcript(s) spell numbers out "
+                             f"(line {example.line}: {_quote(example.text)})") for u in digits]
+    return style, problems
+
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
 def diagnose_manifest(path: str, config: DiagnoseConfig) -> tuple[ManifestReport, Manifest | None]:
     """Everything about one manifest; an unloadable one becomes a problem, not an exception."""
+    language, language_source = manifest_language(path, config)
     try:
-        manifest = load_manifest(path)
+        manifest = load_manifest(path, language or DEFAULT_LANGUAGE)
     except (ManifestError, OSError) as error:
         return ManifestReport(path, False, problems=[Problem("unloadable_manifest", path, None, str(error))]), None
     problems = [Problem(row.kind, path, row.line, row.reason) for row in manifest.skipped]
     rates, channels, format_problems = audio_formats(manifest)
-    problems += duration_problems(manifest) + format_problems + duplicate_problems(manifest)
+    style, text_problems = text_style(manifest, language)
+    problems += duration_problems(manifest) + format_problems + duplicate_problems(manifest, language) + text_problems
     problems.sort(key=lambda p: (p.line or 0, p.kind))
     report = ManifestReport(
         manifest=path, loaded=True,
         profile=duration_profile([u.duration for u in manifest.utterances], config.thresholds),
         split=split_sizes(manifest.utterances, config),
         sample_rates=rates, channels=channels, problems=problems,
+        speakers=speaker_count(manifest), language=language, language_source=language_source, text_style=style,
     )
     return report, manifest
 
@@ -314,6 +418,19 @@ def _format_table(report: DiagnosisReport) -> list[str]:
     return markdown.table(["Manifest", "Sample rates", "Channels"], rows)
 
 
+def _corpus_table(report: DiagnosisReport) -> list[str]:
+    rows = []
+    for m in report.manifests:
+        if m.loaded:
+            language = "unknown (give --language)" if m.language is None else \
+                f"{m.language} ({'--language' if m.language_source == '--language' else 'import report'})"
+            style = m.text_style
+            rows.append([f"`{m.manifest}`", "-" if m.speakers is None else str(m.speakers), language,
+                         f"{style.all_caps}/{style.cased}" if style else "-",
+                         f"{style.with_digits} / {style.with_spelled_numbers}" if style else "-"])
+    return markdown.table(["Manifest", "Speakers", "Language", "All caps", "Digits / spelled numbers"], rows)
+
+
 def _problem_table(report: DiagnosisReport) -> list[str]:
     groups: dict[tuple[str, str], list[Problem]] = defaultdict(list)
     for p in report.problems:
@@ -351,6 +468,7 @@ def render_markdown(report: DiagnosisReport) -> str:
     lines = [f"### Duration profile (max-seconds={seconds})", "", *_profile_table(report), ""]
     lines += [f"### Split sizes (max-seconds={seconds}, seed={config.seed})", "", *_split_table(report), ""]
     lines += ["### Audio formats", "", *_format_table(report), ""]
+    lines += ["### Speakers, language and transcript style", "", *_corpus_table(report), ""]
     lines += ["### Problems", ""]
     lines += [*_problem_table(report), ""] if report.problems else ["none found", ""]
     lines += ["### Leakage", ""]

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from moonlora.data.audio import AudioError, header_duration
+from moonlora.configs import DEFAULT_LANGUAGE
 from moonlora.data.text import has_words, normalize
 from moonlora.errors import MoonloraError
 
@@ -119,8 +120,10 @@ def _parse_duration(value) -> float | None:
     return seconds
 
 
-def parse_row(row: object, manifest_dir: Path, name: str, line: int) -> Utterance | SkippedRow:
-    """Turn one decoded JSON row into an Utterance, or say why it cannot be used."""
+def parse_row(row: object, manifest_dir: Path, name: str, line: int,
+              language: str = DEFAULT_LANGUAGE) -> Utterance | SkippedRow:
+    """Turn one decoded JSON row into an Utterance, or say why it cannot be used (`language` picks the
+    normalizer that decides whether the transcript has a word to score)."""
 
     def skip(kind: str, reason: str) -> SkippedRow:
         return SkippedRow(name, line, kind, reason)
@@ -141,7 +144,7 @@ def parse_row(row: object, manifest_dir: Path, name: str, line: int) -> Utteranc
     text = _first(row, TEXT_KEYS)
     if not isinstance(text, str) or not text.strip():
         return skip("empty_text", f"empty or missing transcript (expected one of {', '.join(TEXT_KEYS)})")
-    if not has_words(normalize(text)):
+    if not has_words(normalize(text, language)):
         # Scoring compares normalized words; with none in the reference, WER has no denominator.
         return skip(
             "text_normalizes_to_nothing",
@@ -212,8 +215,10 @@ def _rows(path: Path):
                 yield line_number, _line_row(path, line_number, raw)
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read a manifest (JSONL, or the fine-tuner's JSON/TSV); unusable rows are collected in `Manifest.skipped`."""
+def load_manifest(path: str | Path, language: str = DEFAULT_LANGUAGE) -> Manifest:
+    """Read a manifest (JSONL, or the fine-tuner's JSON/TSV); unusable rows are collected in `Manifest.skipped`.
+
+    `language` is the transcripts' (the scoring normalizer's, see moonlora.data.text)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; pass a JSONL file with one row per clip")
@@ -223,7 +228,7 @@ def load_manifest(path: str | Path) -> Manifest:
         if isinstance(row, SkippedRow):
             skipped.append(row)
             continue
-        parsed = parse_row(row, path.parent, str(path), line_number)
+        parsed = parse_row(row, path.parent, str(path), line_number, language)
         (utterances if isinstance(parsed, Utterance) else skipped).append(parsed)
     if not utterances:
         detail = f"; first problem: {skipped[0]}" if skipped else ""

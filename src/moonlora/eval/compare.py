@@ -17,6 +17,10 @@ clip, and `summary.json`, which carries the eval contract. `compare_folders`:
 - B is non-inferior to A when the CI's high end of WER(B) - WER(A) is at most `margin`
   (`Comparison.non_inferior`; A is the comparison's baseline, B its tuned side).
 
+"WER" is the primary metric the contracts name: for CER contracts (Chinese, Japanese, Korean, `--metric
+cer`) the bootstrap, the verdict and the ranking use each clip's character counts. Two folders scored
+by different metrics are refused, `--allow metric` or not.
+
 Torch-free: it reads JSON and never loads a model.
 """
 
@@ -31,6 +35,7 @@ from pathlib import Path
 from moonlora import markdown
 from moonlora.comparison import Comparison
 from moonlora.eval.contract import ContractMismatch, EvalContract, require_comparable
+from moonlora.eval.metrics import Metric, metric_named
 from moonlora.eval.stats import DEFAULT_RESAMPLES, paired_bootstrap
 from moonlora.markdown import ci_cell, short
 from moonlora.runfolder import SUMMARY_FILE as SUMMARY
@@ -61,10 +66,20 @@ class Clip:
     ref_words: int
     word_errors: int
     token_ids: tuple[int, ...] | None  # None in files written before token ids were recorded
+    ref_chars: int | None = None  # None in files written before character counts were recorded
+    char_errors: int | None = None
 
     @property
     def wer(self) -> float:
         return self.word_errors / self.ref_words if self.ref_words else float(self.word_errors > 0)
+
+    def counts(self, metric: Metric) -> tuple[int, int]:
+        """(errors, reference units) of the primary metric."""
+        return metric.counts(self)
+
+    def rate(self, metric: Metric) -> float:
+        errors, units = self.counts(metric)
+        return errors / units if units else float(errors > 0)
 
 
 @dataclass(frozen=True)
@@ -201,8 +216,9 @@ def _clip(row: dict, where: str) -> Clip:
         bad.append("token_ids")
     if bad:
         raise CompareError(f"{where}: bad value of {', '.join(bad)}")
+    chars = [row.get(name) if _is_count(row.get(name)) else None for name in ("ref_chars", "char_errors")]
     return Clip(row["utt_id"], row["audio_filepath"], row["ref"], row["hyp"], row["hyp_norm"], row["ref_words"],
-                sum(row[name] for name in COUNT_FIELDS[1:]), None if tokens is None else tuple(tokens))
+                sum(row[name] for name in COUNT_FIELDS[1:]), None if tokens is None else tuple(tokens), *chars)
 
 
 # --- the checks ---------------------------------------------------------------------------------------------------
@@ -225,6 +241,9 @@ def check_contracts(a: ScoredFolder, b: ScoredFolder, allow: tuple[str, ...]) ->
     if unknown:
         raise CompareError(f"--allow {unknown[0]}: not a field of the eval contract; "
                            f"one of {', '.join(contract_fields())}")
+    if "metric" in allow and a.contract.metric != b.contract.metric:
+        raise ContractMismatch(f"{a.path} vs {b.path}: metric ({a.contract.metric!r} vs {b.contract.metric!r}) "
+                               "differs; a WER and a CER have no paired difference, --allow cannot accept it")
     try:
         require_comparable(a.contract, b.contract, allow=allow)
     except ContractMismatch as error:
@@ -278,13 +297,16 @@ def agreement(pairs: list[tuple[Clip, Clip]]) -> Agreement:
     )
 
 
-def clip_differences(pairs: list[tuple[Clip, Clip]]) -> list[ClipDifference]:
-    """Every clip whose hypotheses differ, most different first: |WER B - WER A|, then text difference."""
+def clip_differences(pairs: list[tuple[Clip, Clip]], metric: Metric | None = None) -> list[ClipDifference]:
+    """Every clip whose hypotheses differ, most different first: |WER B - WER A| (the primary metric's
+    rates: `wer_a`/`wer_b` hold CER for a CER comparison), then text difference."""
+    metric = metric or metric_named("wer")
     found = []
     for ca, cb in pairs:
         if ca.hyp != cb.hyp:
             similar = SequenceMatcher(None, ca.hyp.split(), cb.hyp.split(), autojunk=False).ratio()
-            found.append(ClipDifference(ca.utt_id, ca.audio_filepath, ca.ref, ca.hyp, cb.hyp, ca.wer, cb.wer,
+            found.append(ClipDifference(ca.utt_id, ca.audio_filepath, ca.ref, ca.hyp, cb.hyp, ca.rate(metric),
+                                        cb.rate(metric),
                                         1.0 - similar))
     return sorted(found, key=lambda d: (-abs(d.wer_delta), -d.text_difference))  # stable: manifest order next
 
@@ -299,12 +321,17 @@ def compare_folders(a: str | Path, b: str | Path, allow: tuple[str, ...] = (), m
     folder_a, folder_b = read_folder(a), read_folder(b)
     allowed = check_contracts(folder_a, folder_b, tuple(allow))
     pairs = pair_clips(folder_a, folder_b)
+    metric = metric_named(folder_a.contract.metric)
+    lacking = [c.utt_id for pair in pairs for c in pair if None in c.counts(metric)]
+    if lacking:
+        raise CompareError(f"{metric.label} needs each clip's character counts (ref_chars, char_errors), which clip "
+                           f"{lacking[0]} lacks; score both folders again with this moonlora")
+    counts_a, counts_b = [ca.counts(metric) for ca, _ in pairs], [cb.counts(metric) for _, cb in pairs]
     bootstrap = paired_bootstrap(
-        [ca.word_errors for ca, _ in pairs], [ca.ref_words for ca, _ in pairs],
-        [cb.word_errors for _, cb in pairs], [cb.ref_words for _, cb in pairs],
-        resamples=resamples, seed=BOOTSTRAP_SEED, confidence=CONFIDENCE,
+        [e for e, _ in counts_a], [u for _, u in counts_a], [e for e, _ in counts_b], [u for _, u in counts_b],
+        resamples=resamples, seed=BOOTSTRAP_SEED, confidence=CONFIDENCE, metric=metric.name,
     )
-    differences = clip_differences(pairs)
+    differences = clip_differences(pairs, metric)
     return FolderComparison(folder_a, folder_b, tuple(allow), allowed, bootstrap, agreement(pairs), len(differences),
                       differences[:top], margin)
 
@@ -323,14 +350,15 @@ def _rate(same: int, total: int) -> str:
 
 def render(comparison: FolderComparison) -> str:
     boot, agree = comparison.bootstrap, comparison.agreement
-    lines = [f"A: {comparison.a.path}  WER {boot.baseline_wer:.4f}  contract {comparison.a.contract.fingerprint}",
-             f"B: {comparison.b.path}  WER {boot.tuned_wer:.4f}  contract {comparison.b.contract.fingerprint}"]
+    label = boot.label
+    lines = [f"A: {comparison.a.path}  {label} {boot.baseline_wer:.4f}  contract {comparison.a.contract.fingerprint}",
+             f"B: {comparison.b.path}  {label} {boot.tuned_wer:.4f}  contract {comparison.b.contract.fingerprint}"]
     if comparison.allowed_differences:
         lines.append("allowed differences: " + ", ".join(
             f"{d['field']} ({_shown(d['a'])} vs {_shown(d['b'])})" for d in comparison.allowed_differences))
     else:
         lines.append("eval contracts: identical")
-    lines.append(f"WER(B) - WER(A): {ci_cell(boot)} ({boot.confidence:.0%} CI), P(B better)="
+    lines.append(f"{label}(B) - {label}(A): {ci_cell(boot)} ({boot.confidence:.0%} CI), P(B better)="
                  f"{boot.p_tuned_better:.3f} over {boot.clips} paired clips ({boot.resamples} resamples, "
                  f"seed {boot.seed})")
     lines.append(f"agreement: text {_rate(agree.same_text, agree.clips)}, normalized "
@@ -342,7 +370,7 @@ def render(comparison: FolderComparison) -> str:
                  f"(CI high end {boot.ci_high:+.4f} {relation} {comparison.margin:g})")
     if comparison.top:
         lines += ["", f"clips that differ most ({len(comparison.top)} of {comparison.differing_clips} differing):", ""]
-        lines += markdown.table(("clip", "WER A", "WER B", "ref", "hyp A", "hyp B"), [
+        lines += markdown.table(("clip", f"{label} A", f"{label} B", "ref", "hyp A", "hyp B"), [
             [markdown.text(d.utt_id), f"{d.wer_a:.3f}", f"{d.wer_b:.3f}", markdown.text(short(d.ref, 80)),
              markdown.text(short(d.hyp_a, 80)), markdown.text(short(d.hyp_b, 80))] for d in comparison.top])
     return "\n".join(lines)

@@ -17,6 +17,12 @@ rate fit; None where moonlora did not check, e.g. onnxruntime graphs). It is rec
 or fingerprinted: a model that fails the check is never scored. `frontend` is the audio front end and
 encoder pipeline of that family as moonlora runs it (`ModelFamily.frontend`: e.g. Moonshine Streaming's
 80-sample frames and sliding-window attention); recorded, not compared, since `model_type` decides it.
+
+`language` (an ISO code) picks `normalizer` (moonlora.data.text) and `metric` is the primary metric
+("wer" | "cer", moonlora.eval.metrics); both are compared, so a Spanish result never compares with an
+English one, nor a CER with a WER, and the refusal names the field. Contracts from before they were
+recorded read as "en" and "wer", and a contract at exactly those values leaves them out of its
+fingerprint: an English WER result keeps the fingerprint it always had.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from moonlora.data.audio import AudioConfig
-from moonlora.configs import DecodeConfig
+from moonlora.configs import DEFAULT_LANGUAGE, DecodeConfig, ScoringConfig
 from moonlora.data.text import normalizer_id
 from moonlora.errors import MoonloraError
 from moonlora.model.families import FAMILIES
@@ -37,6 +43,9 @@ class ContractMismatch(MoonloraError, ValueError):
 
 
 LEGACY_MODEL_TYPE = "moonshine"  # the only model family before contracts recorded one
+# What contracts from before languages were recorded measured; at these values a field stays out of the
+# fingerprint, so English WER fingerprints do not move.
+LEGACY_SCORING = {"language": DEFAULT_LANGUAGE, "metric": "wer"}
 
 
 def family_frontend(model_type: str) -> str | None:
@@ -61,14 +70,21 @@ class EvalContract:
     model_type: str = LEGACY_MODEL_TYPE  # the loaded model's family (config.json's model_type)
     load_check: dict | None = field(default=None, compare=False)  # what the loader verified; not compared
     frontend: str | None = field(default=None, compare=False)  # the family's audio pipeline; not compared
+    language: str = DEFAULT_LANGUAGE  # ISO code of the transcripts; picks the normalizer
+    metric: str = "wer"  # the primary metric: "wer" | "cer"
 
     @classmethod
     def build(cls, manifest_sha256: str, audio: AudioConfig, decode: DecodeConfig,
               model_sha256: str, adapter_sha256: str | None, runtime: dict | None = None,
-              model_type: str = LEGACY_MODEL_TYPE, load_check: dict | None = None) -> EvalContract:
+              model_type: str = LEGACY_MODEL_TYPE, load_check: dict | None = None,
+              scoring: ScoringConfig | None = None) -> EvalContract:
         """`runtime` defaults to torch at the decode dtype (what `load_model(dtype=decode.dtype)` runs);
-        `model_type` and `load_check` come from the LoadedModel."""
-        return cls(manifest_sha256=manifest_sha256, audio=audio.to_dict(), normalizer=normalizer_id(),
+        `model_type` and `load_check` come from the LoadedModel; `scoring` (default: English, WER)
+        gives the language, its normalizer and the primary metric."""
+        scoring = scoring or ScoringConfig()
+        return cls(manifest_sha256=manifest_sha256, audio=audio.to_dict(),
+                   normalizer=normalizer_id(scoring.language), language=scoring.language,
+                   metric=scoring.primary_metric,
                    decode=decode.result_dict(), model_sha256=model_sha256, adapter_sha256=adapter_sha256,
                    runtime=dict(runtime) if runtime is not None else torch_runtime(decode.dtype),
                    model_type=model_type, load_check=None if load_check is None else dict(load_check),
@@ -83,7 +99,7 @@ class EvalContract:
         if "runtime" not in data and isinstance(data.get("decode"), dict) and "dtype" in data["decode"]:
             # Contracts from before the runtime field was recorded were all measured by torch.
             data = {**data, "runtime": {"name": "torch", "precision": data["decode"]["dtype"]}}
-        data = {"model_type": LEGACY_MODEL_TYPE, "load_check": None, "frontend": None, **data}
+        data = {"model_type": LEGACY_MODEL_TYPE, "load_check": None, "frontend": None, **LEGACY_SCORING, **data}
         missing = names - data.keys()
         if missing:
             raise ContractMismatch(f"eval contract lacks field(s): {', '.join(sorted(missing))}")
@@ -95,7 +111,10 @@ class EvalContract:
 
     @property
     def fingerprint(self) -> str:
-        canonical = json.dumps(self.compared(), sort_keys=True, separators=(",", ":"))
+        """Hash of the compared fields; language and metric only where they differ from English WER."""
+        fingerprinted = {name: value for name, value in self.compared().items()
+                         if not (name in LEGACY_SCORING and value == LEGACY_SCORING[name])}
+        canonical = json.dumps(fingerprinted, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def differences(self, other: EvalContract) -> list[str]:

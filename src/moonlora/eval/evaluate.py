@@ -9,11 +9,13 @@ from pathlib import Path
 
 
 from moonlora.data.audio import AudioConfig, load_audio
-from moonlora.configs import DecodeConfig
+from moonlora.configs import DecodeConfig, ScoringConfig
 from moonlora.eval.contract import EvalContract
 from moonlora.eval.decode import decode_clips
 from moonlora.data.manifest import Manifest, SkippedRow, Utterance
-from moonlora.eval.metrics import CorpusScore, UtteranceFlags, UtteranceScore, corpus_score, flag_utterance, score_utterance
+from moonlora.data.text import normalizer_for
+from moonlora.eval.metrics import (CorpusScore, Metric, UtteranceFlags, UtteranceScore, corpus_score, flag_utterance,
+                                   metric_for, metric_named, score_utterance)
 from moonlora.model.decoder import DecodedClip
 from moonlora.model.loading import LoadedModel, adapter_sha256
 from moonlora.outputs import write_json, write_text
@@ -41,7 +43,8 @@ class ClipResult:
             "ref_norm": self.score.ref_norm, "hyp_norm": self.score.hyp_norm,
             "ref_words": self.score.ref_words, "substitutions": self.score.substitutions,
             "deletions": self.score.deletions, "insertions": self.score.insertions,
-            "wer": self.score.wer, "num_tokens": len(self.decoded.token_ids), "token_ids": self.decoded.token_ids,
+            "wer": self.score.wer, "ref_chars": self.score.ref_chars, "char_errors": self.score.char_errors,
+            "cer": self.score.cer, "num_tokens": len(self.decoded.token_ids), "token_ids": self.decoded.token_ids,
             "token_cap": self.decoded.token_cap, "flags": self.flags.names(),
             "repeat_ngram": self.flags.repeat_loop,
         }
@@ -58,6 +61,11 @@ class EvalResult:
     decode_seconds: float
     wall_seconds: float
 
+    @property
+    def metric(self) -> Metric:
+        """The primary metric, as the contract names it."""
+        return metric_named(self.contract.metric)
+
     def flag_counts(self) -> dict[str, int]:
         return {name: sum(name in c.flags.names() for c in self.clips) for name in FLAG_NAMES}
 
@@ -68,12 +76,14 @@ class EvalResult:
             scores = [c.score for c in self.clips if low <= c.utterance.duration < high]
             if scores:
                 label = f"{low:g}-{high:g}s" if high != float("inf") else f">={low:g}s"
-                buckets.append({"bucket": label, "clips": len(scores), "wer": corpus_score(scores).wer})
+                corpus = corpus_score(scores)
+                buckets.append({"bucket": label, "clips": len(scores), "wer": corpus.wer, "cer": corpus.cer})
         return buckets
 
     def summary_dict(self) -> dict:
         return {
             "manifest": str(self.manifest_path),
+            "metric": self.corpus.metric, "language": self.contract.language,
             "wer": self.corpus.wer, "cer": self.corpus.cer, "raw_wer": self.corpus.raw_wer,
             "scores": self.corpus.to_dict(),
             "clips": len(self.clips), "hours": self.audio_seconds / 3600.0,
@@ -93,8 +103,12 @@ def evaluate_manifest(
     decode: DecodeConfig,
     progress: bool = True,
     description: str = "transcribing",
+    scoring: ScoringConfig | None = None,
 ) -> EvalResult:
-    """Transcribe every usable clip of the manifest and score it (full-manifest WER)."""
+    """Transcribe every usable clip of the manifest and score it (full-manifest WER and CER; `scoring`,
+    English WER by default, picks the normalizer and the primary metric)."""
+    scoring = scoring or ScoringConfig()
+    normalizer, metric = normalizer_for(scoring.language), metric_for(scoring)
     started = time.perf_counter()
     utterances = manifest.utterances
     bar = progress_bar(len(utterances), description, unit="clip", enabled=progress)
@@ -107,15 +121,16 @@ def evaluate_manifest(
     bar.close()
     clips = []
     for utterance, clip in zip(utterances, decoded):
-        score = score_utterance(utterance.text, clip.text)
+        score = score_utterance(utterance.text, clip.text, normalizer)
         clips.append(ClipResult(utterance, clip.text, clip, score, flag_utterance(score, clip.token_cap_hit)))
     contract = EvalContract.build(
         manifest.content_hash, audio, decode, loaded.weights_sha256, adapter_sha256(loaded.model),
         runtime=loaded.runtime_dict(), model_type=loaded.model_type, load_check=loaded.load_check,
+        scoring=scoring,
     )
     return EvalResult(
         manifest_path=manifest.path, clips=clips, skipped=manifest.skipped,
-        corpus=corpus_score([c.score for c in clips]), contract=contract,
+        corpus=corpus_score([c.score for c in clips], metric), contract=contract,
         audio_seconds=sum(u.file_duration for u in utterances), decode_seconds=decode_seconds,
         wall_seconds=time.perf_counter() - started,
     )
@@ -150,21 +165,22 @@ def read_eval(out_dir: Path, manifest: Manifest) -> EvalResult | None:
     if contract.manifest_sha256 != manifest.content_hash or len(rows) != len(utterances) \
             or any(row.get("utt_id") != u.utt_id for (_, row), u in zip(rows, utterances)):
         return None
-    clips = [_stored_clip(utterance, row, f"{transcripts_path}:{number}")
+    normalizer = normalizer_for(contract.language)
+    clips = [_stored_clip(utterance, row, f"{transcripts_path}:{number}", normalizer)
              for utterance, (number, row) in zip(utterances, rows)]
     return EvalResult(manifest_path=manifest.path, clips=clips, skipped=manifest.skipped,
-                      corpus=corpus_score([c.score for c in clips]), contract=contract,
+                      corpus=corpus_score([c.score for c in clips], metric_named(contract.metric)), contract=contract,
                       audio_seconds=float(summary.get("audio_seconds") or 0.0),
                       decode_seconds=float(summary.get("decode_seconds") or 0.0),
                       wall_seconds=float(summary.get("wall_seconds") or 0.0))
 
 
-def _stored_clip(utterance: Utterance, row: dict, where: str) -> ClipResult:
+def _stored_clip(utterance: Utterance, row: dict, where: str, normalizer) -> ClipResult:
     """One transcripts row back as a ClipResult, its score recomputed from the stored hypothesis."""
     try:
         cap_hit = "token_cap_hit" in (row.get("flags") or [])
         decoded = DecodedClip(str(row["hyp"]), list(row.get("token_ids") or []), int(row["token_cap"]), cap_hit)
     except (KeyError, TypeError, ValueError) as error:
         raise TranscriptsError(f"{where}: not a transcripts row ({type(error).__name__}: {error}); {DAMAGED}") from None
-    score = score_utterance(utterance.text, decoded.text)
+    score = score_utterance(utterance.text, decoded.text, normalizer)
     return ClipResult(utterance, decoded.text, decoded, score, flag_utterance(score, cap_hit))

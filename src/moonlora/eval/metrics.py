@@ -1,4 +1,13 @@
-"""Scoring: corpus WER/CER, per-utterance error counts and hallucination flags."""
+"""Scoring: corpus WER/CER, per-utterance error counts and hallucination flags, and the primary metric.
+
+Every clip is scored both ways (word and character errors over the normalized texts); the primary
+`Metric` (WER, or CER for Chinese, Japanese, Korean and wherever `--metric cer` says so) is a value
+that names which pair of counts the corpus rate, the paired bootstrap, the interval evaluation and
+the verdict read. CER is jiwer's character edit distance (`jiwer.process_characters`) over the
+normalized texts: the same CER moonlora always reported beside English WER; for zh/ja/ko/yue the
+normalizer has already removed every space (`moonlora.data.text`), so only the script's characters
+count, and a hypothesis's word spacing is no error.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,40 @@ from dataclasses import asdict, dataclass
 
 import jiwer
 
-from moonlora.data.text import has_words, normalize
+from moonlora.configs import ScoringConfig
+from moonlora.data.text import TextNormalizer, has_words, normalizer_for
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The primary metric: corpus errors over reference units, read from each clip's score."""
+
+    name: str  # "wer" | "cer": also the CorpusScore / summary field that holds the corpus rate
+    label: str  # as tables and messages print it
+    unit: str  # what the reference counts: words or characters
+    error_field: str  # UtteranceScore's count of errors of this metric
+    unit_field: str  # UtteranceScore's count of reference units
+
+    def counts(self, score: UtteranceScore) -> tuple[int, int]:
+        """(errors, reference units) of one clip."""
+        return getattr(score, self.error_field), getattr(score, self.unit_field)
+
+    def rate(self, corpus: CorpusScore) -> float:
+        return getattr(corpus, self.name)
+
+
+WER = Metric("wer", "WER", "words", "word_errors", "ref_words")
+CER = Metric("cer", "CER", "characters", "char_errors", "ref_chars")
+METRICS = {metric.name: metric for metric in (WER, CER)}
+
+
+def metric_named(name: str | None) -> Metric:
+    """The metric a contract or record names (None, from before metrics were recorded: WER)."""
+    return METRICS[name or "wer"]
+
+
+def metric_for(scoring: ScoringConfig) -> Metric:
+    return METRICS[scoring.primary_metric]
 
 # A run of the same n-gram this many times in a row (n = 1 needs one more) is a decode loop,
 # unless the reference has the same run.
@@ -37,8 +79,12 @@ class UtteranceScore:
     def wer(self) -> float:
         return self.word_errors / self.ref_words if self.ref_words else float(self.word_errors > 0)
 
+    @property
+    def cer(self) -> float:
+        return self.char_errors / self.ref_chars if self.ref_chars else float(self.char_errors > 0)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "word_errors": self.word_errors, "wer": self.wer}
+        return {**asdict(self), "word_errors": self.word_errors, "wer": self.wer, "cer": self.cer}
 
 
 def _word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
@@ -48,13 +94,15 @@ def _word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return len(ref_words), out.substitutions + out.deletions + out.insertions
 
 
-def score_utterance(reference: str, hypothesis: str) -> UtteranceScore:
+def score_utterance(reference: str, hypothesis: str, normalizer: TextNormalizer | None = None) -> UtteranceScore:
     """Word and character errors of one clip; the normalized reference must have words.
 
+    `normalizer` is the language's (`moonlora.data.text.normalizer_for`; English when not given).
     `load_manifest` skips rows whose transcript normalizes to nothing
     ("text_normalizes_to_nothing"), so this only fails when a caller bypasses it.
     """
-    ref_norm, hyp_norm = normalize(reference), normalize(hypothesis)
+    normalizer = normalizer or normalizer_for()
+    ref_norm, hyp_norm = normalizer(reference), normalizer(hypothesis)
     if not has_words(ref_norm):
         raise ValueError(
             f"reference {reference!r} has no words once normalized, so WER is undefined for it; "
@@ -80,12 +128,17 @@ class CorpusScore:
     deletions: int
     insertions: int
     raw_wer: float  # case- and punctuation-sensitive WER on the texts as written
+    metric: str = "wer"  # the primary metric's name: `primary` is this field's value
+
+    @property
+    def primary(self) -> float:
+        return metric_named(self.metric).rate(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def corpus_score(scores: list[UtteranceScore]) -> CorpusScore:
+def corpus_score(scores: list[UtteranceScore], metric: Metric = WER) -> CorpusScore:
     """Corpus WER/CER: total errors over total reference words/characters (not a mean of ratios)."""
     ref_words = sum(s.ref_words for s in scores)
     ref_chars = sum(s.ref_chars for s in scores)
@@ -99,6 +152,7 @@ def corpus_score(scores: list[UtteranceScore]) -> CorpusScore:
         ref_words=ref_words, word_errors=subs + dels + ins,
         substitutions=subs, deletions=dels, insertions=ins,
         raw_wer=sum(s.raw_word_errors for s in scores) / max(sum(s.raw_ref_words for s in scores), 1),
+        metric=metric.name,
     )
 
 

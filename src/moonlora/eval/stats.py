@@ -1,4 +1,4 @@
-"""Paired bootstrap over utterances for the corpus-WER difference between two evaluations.
+"""Paired bootstrap over utterances for the corpus-WER (or CER) difference between two evaluations.
 
 Its result is the one `moonlora.comparison.Comparison`. Torch-free (numpy only).
 """
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from moonlora.comparison import Comparison
+from moonlora.eval.metrics import metric_named
 
 if TYPE_CHECKING:
     from moonlora.eval.evaluate import EvalResult
@@ -78,8 +79,12 @@ def paired_bootstrap(
     seed: int = 0,
     confidence: float = 0.95,
     chunk_size: int = DEFAULT_CHUNK,
+    metric: str = "wer",
 ) -> Comparison:
-    """Paired bootstrap of corpus WER (tuned - baseline) over utterances, same indices for both."""
+    """Paired bootstrap of a corpus error rate (tuned - baseline) over utterances, same indices for both.
+
+    The counts are the `metric`'s (words for WER, characters for CER: `moonlora.eval.metrics.Metric`);
+    the arguments keep their WER names."""
     lengths = {
         "baseline_errors": len(baseline_errors), "baseline_ref_words": len(baseline_ref_words),
         "tuned_errors": len(tuned_errors),
@@ -107,7 +112,7 @@ def paired_bootstrap(
     return Comparison(
         baseline_wer=baseline_wer, tuned_wer=tuned_wer, delta=tuned_wer - baseline_wer,
         ci_low=float(ci_low), ci_high=float(ci_high), p_tuned_better=float(np.mean(deltas < 0)),
-        resamples=resamples, seed=seed, clips=n, confidence=confidence,
+        resamples=resamples, seed=seed, clips=n, confidence=confidence, metric=metric,
     )
 
 
@@ -129,7 +134,11 @@ def compare_results(
     baseline: EvalResult, tuned: EvalResult, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
     confidence: float = 0.95,
 ) -> Comparison:
-    """Paired bootstrap of two evaluations of one manifest, clips paired by utt_id and audio hash."""
+    """Paired bootstrap of two evaluations of one manifest, clips paired by utt_id and audio hash, on
+    the primary metric both contracts name (errors and reference units of that metric per clip)."""
+    if baseline.contract.metric != tuned.contract.metric:
+        raise ValueError(f"baseline scored {baseline.contract.metric}, tuned {tuned.contract.metric}: no paired delta")
+    metric = metric_named(baseline.contract.metric)
     base, tune = _keyed(baseline, "baseline"), _keyed(tuned, "tuned")
     if base.keys() != tune.keys():
         only_base = [k[0] for k in base if k not in tune]
@@ -139,10 +148,11 @@ def compare_results(
             f"{len(only_base)} only in baseline {only_base[:5]}, {len(only_tuned)} only in tuned {only_tuned[:5]}"
         )
     keys = list(base)
+    base_counts, tuned_counts = [metric.counts(base[k].score) for k in keys], [metric.counts(tune[k].score) for k in keys]
     return paired_bootstrap(
-        [base[k].score.word_errors for k in keys], [base[k].score.ref_words for k in keys],
-        [tune[k].score.word_errors for k in keys], [tune[k].score.ref_words for k in keys],
-        resamples=resamples, seed=seed, confidence=confidence,
+        [errors for errors, _ in base_counts], [units for _, units in base_counts],
+        [errors for errors, _ in tuned_counts], [units for _, units in tuned_counts],
+        resamples=resamples, seed=seed, confidence=confidence, metric=metric.name,
     )
 
 

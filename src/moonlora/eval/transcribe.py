@@ -43,14 +43,17 @@ def with_run_settings(config: TranscribeConfig, given: set[str]) -> TranscribeCo
     current = {"--model": (config.model, run.model),
                "--rms-target-dbfs": (config.audio.rms_target_dbfs, run.audio.rms_target_dbfs),
                "--num-beams": (config.decode.num_beams, run.decode.num_beams),
-               "--dtype": (config.decode.dtype, run.decode.dtype)}
+               "--dtype": (config.decode.dtype, run.decode.dtype),
+               "--language": (config.scoring.language, run.scoring.language),
+               "--metric": (config.scoring.metric, run.scoring.metric)}
     for flag, (given_value, run_value) in current.items():
         if flag in given and given_value != run_value:
             raise InputError(f"{flag} {given_value} conflicts with the run this adapter comes from ({source}: "
                              f"{run_value}); drop {flag} to score the adapter under the run's own settings")
     decode = replace(config.decode, **run.decode.result_dict())
     return replace(config, adapter=str(resolved.adapter_dir), model=run.model,
-                   audio=replace(config.audio, rms_target_dbfs=run.audio.rms_target_dbfs), decode=decode)
+                   audio=replace(config.audio, rms_target_dbfs=run.audio.rms_target_dbfs), decode=decode,
+                   scoring=run.scoring)
 
 
 def check_output(config: TranscribeConfig) -> Path:
@@ -70,10 +73,11 @@ def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[Eva
     skeleton = model_skeleton(config.model)  # the family's limits, from config.json, before any weights load
     if skeleton is not None:
         check_family_settings(family_for(skeleton.config.model_type), encoder=config.decode.encoder)
-    manifest = load_manifest(config.manifest)
+    manifest = load_manifest(config.manifest, config.scoring.language)
     loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype, adapter=config.adapter)
     loaded.decoder().check(config.decode)  # whatever runs it (torch or onnxruntime) takes these settings
-    result = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress)
+    result = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress,
+                               scoring=config.scoring)
     # Earlier results go only now that the new ones are ready, and only the files transcribe wrote.
     claim_output_dir(out_dir, "--output-dir", OUTPUT_KIND, OUTPUT_ENTRIES, config.overwrite)
     write_json(out_dir / CONFIG_FILE, {**config.to_dict(), "output_dir": str(out_dir)}, command=OUTPUT_KIND)
@@ -82,6 +86,8 @@ def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[Eva
 
 
 def summary_table(result: EvalResult, title: str = "moonlora transcribe") -> Table:
+    """WER and CER both; the title names the language and the primary metric (the contract's)."""
+    title += f" (language {result.contract.language}, primary metric {result.metric.label})"
     table = Table(title=title, show_header=True)
     for column in ("clips", "hours", "WER", "CER", "skipped", "empty", "cap hits", "loops", "RTFx"):
         table.add_column(column, justify="right", no_wrap=True)

@@ -61,9 +61,10 @@ def leakage_record(leaks: list[Leak], allowed: bool, checked: list[str]) -> Leak
                                 "examples": [list(example) for example in leak.examples]} for leak in leaks])
 
 
-def headroom(main_baseline_wer: float) -> HeadroomCheck:
+def headroom(main_baseline_wer: float, metric: str = "wer") -> HeadroomCheck:
+    """`main_baseline_wer` is the run's primary metric (`metric`: wer, or cer for a CER run)."""
     return HeadroomCheck(main_baseline_wer=main_baseline_wer, threshold=HEADROOM_WER,
-                         ok=main_baseline_wer >= HEADROOM_WER)
+                         ok=main_baseline_wer >= HEADROOM_WER, metric=metric)
 
 
 def sufficiency(train_clips: int) -> SufficiencyCheck:
@@ -76,7 +77,7 @@ def warnings(checklist: Checklist) -> list[str]:
     notes = []
     room = checklist.headroom
     if room and not room.ok:
-        notes.append(f"headroom: main baseline WER {room.main_baseline_wer:.4f} is below {room.threshold:.0%}; "
+        notes.append(f"headroom: main baseline {room.metric.upper()} {room.main_baseline_wer:.4f} is below {room.threshold:.0%}; "
                      "little room to show a gain (the plan's clean-set saturation) — add a harder or domain manifest")
     data = checklist.sufficiency
     if data and not data.ok:

@@ -50,6 +50,7 @@ from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, CANDIDATE_ADAPTER_DIR
                                 TrainingSummary, TUNED_DIR, find_resume_checkpoint, is_main_process, now_iso,
                                 remove_path, swap_in_folder, write_config_dict, write_record)
 from moonlora.data.splits import split_train_val
+from moonlora.eval.metrics import metric_for
 from moonlora.eval.stats import compare_results
 from moonlora.train.loop import IntervalEval, TrainResult, TrainState, TrainStream, adapter_loaded, train
 from moonlora.train.output_dir import check_resumable, validate_run_dir
@@ -95,7 +96,8 @@ def check_leakage(config: ExperimentConfig, train: list[Utterance], replay: list
 
 
 def load_run_data(config: ExperimentConfig) -> RunData:
-    dataset = load_manifest(config.dataset_path)
+    language = config.scoring.language
+    dataset = load_manifest(config.dataset_path, language)
     kept, filtering = filter_by_duration(dataset.utterances, config.max_seconds)
     if len(kept) < 2:
         raise InputError(f"{config.dataset_path}: {len(kept)} clip(s) left after --max-seconds {config.max_seconds}; "
@@ -103,12 +105,12 @@ def load_run_data(config: ExperimentConfig) -> RunData:
     split = split_train_val(kept, config.val_fraction, config.train.seed)
     val_split = checklist.check_val_split(len(split.val), config.min_val_clips, config.dataset_path)
     eval_sets = {"val": Manifest(path=Path(f"{config.dataset_path}#val"), utterances=split.val),
-                 "main": load_manifest(config.manifest_path)}
+                 "main": load_manifest(config.manifest_path, language)}
     for path in config.extra_manifests:
-        eval_sets[f"extra-{Path(path).stem}"] = load_manifest(path)
+        eval_sets[f"extra-{Path(path).stem}"] = load_manifest(path, language)
     if config.canary_manifest:
-        eval_sets["canary"] = load_manifest(config.canary_manifest)
-    replay = load_manifest(config.replay_manifest).utterances if config.replay_manifest else []
+        eval_sets["canary"] = load_manifest(config.canary_manifest, language)
+    replay = load_manifest(config.replay_manifest, language).utterances if config.replay_manifest else []
     checks = Checklist(val_split=val_split, leakage=check_leakage(config, split.train, replay, eval_sets))
     report = DataReport(
         dataset=DatasetInfo(path=config.dataset_path, clips=len(dataset.utterances), skipped=len(dataset.skipped),
@@ -208,7 +210,7 @@ def evaluate_sets(loaded: LoadedModel, sets: dict[str, Manifest], config: Experi
     results = {}
     for name, manifest in sets.items():
         results[name] = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress,
-                                          description=f"{label} {name}")
+                                          description=f"{label} {name}", scoring=config.scoring)
         if out_dir is not None and is_main_process():
             write_eval(results[name], out_dir / name)
     return results
@@ -251,7 +253,7 @@ def baseline_results(loaded: LoadedModel, data: RunData, config: ExperimentConfi
     results, missing, shared = {}, {}, []
     for name, manifest in data.eval_sets.items():
         expected = EvalContract.build(manifest.content_hash, config.audio, config.decode, loaded.weights_sha256, None,
-                                      model_type=loaded.model_type)
+                                      model_type=loaded.model_type, scoring=config.scoring)
         stored = read_eval(run_dir / BASELINE_DIR / name, manifest) if config.resume else None
         if stored is not None and stored.contract == expected:
             results[name] = stored
@@ -276,7 +278,9 @@ def baseline_results(loaded: LoadedModel, data: RunData, config: ExperimentConfi
 
 def make_evaluator(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalResult], config: ExperimentConfig,
                    progress: bool):
-    """The interval evaluation: val WER (the choice), canary guard, optional main WER (plots only)."""
+    """The interval evaluation: val WER (the choice), canary guard, optional main WER (plots only); the
+    primary metric throughout (CER where the run's scoring says so), under the record's `_wer` keys."""
+    label = metric_for(config.scoring).label
     names = ["val"] + (["canary"] if "canary" in data.eval_sets else [])
     names += ["main"] if config.log_manifest_interval_wer else []
 
@@ -287,18 +291,19 @@ def make_evaluator(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalR
             current = dataclasses.replace(loaded, model=model)
             results = evaluate_sets(current, {n: data.eval_sets[n] for n in names}, config, None, progress,
                                     f"step {step}")
-        val_wer, reason = results["val"].corpus.wer, None
+        val_wer, reason = results["val"].corpus.primary, None
         details = {"lora_delta_norm": lora_delta_norm(model)}
-        limit = None if config.wer_stop_threshold is None else baseline["val"].corpus.wer * config.wer_stop_threshold
-        if limit is not None and val_wer > limit and val_wer > baseline["val"].corpus.wer:
-            reason = f"val WER {val_wer:.4f} > baseline {baseline['val'].corpus.wer:.4f} x {config.wer_stop_threshold}"
+        base_val = baseline["val"].corpus.primary
+        limit = None if config.wer_stop_threshold is None else base_val * config.wer_stop_threshold
+        if limit is not None and val_wer > limit and val_wer > base_val:
+            reason = f"val {label} {val_wer:.4f} > baseline {base_val:.4f} x {config.wer_stop_threshold}"
         if "canary" in results:
-            details["canary_wer"] = results["canary"].corpus.wer
-            canary_limit = baseline["canary"].corpus.wer + config.canary_margin
-            if results["canary"].corpus.wer > canary_limit and reason is None:
-                reason = f"canary WER {results['canary'].corpus.wer:.4f} > baseline + {config.canary_margin} ({canary_limit:.4f})"
+            canary = details["canary_wer"] = results["canary"].corpus.primary
+            canary_limit = baseline["canary"].corpus.primary + config.canary_margin
+            if canary > canary_limit and reason is None:
+                reason = f"canary {label} {canary:.4f} > baseline + {config.canary_margin} ({canary_limit:.4f})"
         if "main" in results:
-            details["main_wer_not_used_for_choices"] = results["main"].corpus.wer
+            details["main_wer_not_used_for_choices"] = results["main"].corpus.primary
         return IntervalEval(val_wer, reason, details)
 
     return evaluate
@@ -319,10 +324,11 @@ def eval_summary(result: EvalResult) -> EvalSummary:
     return EvalSummary(wer=result.corpus.wer, cer=result.corpus.cer, raw_wer=result.corpus.raw_wer,
                        clips=len(result.clips), hours=result.audio_seconds / 3600, flags=result.flag_counts(),
                        wer_by_duration=result.wer_by_duration(), contract=result.contract.to_dict(),
-                       skipped_rows=len(result.skipped))
+                       skipped_rows=len(result.skipped), metric=result.corpus.metric)
 
 
-def training_summary(state: TrainState, model, train_clips: int, processes: int) -> TrainingSummary:
+def training_summary(state: TrainState, model, train_clips: int, processes: int, metric: str = "wer") -> TrainingSummary:
+    """`metric` names what best_val_wer and the intervals' `_wer` values hold (the run's primary metric)."""
     return TrainingSummary(
         steps=state.step, best_step=state.best_step, best_val_wer=state.best_wer, stop_reason=state.stop_reason,
         skipped_updates=state.skipped_updates, train_clips=train_clips, processes=processes, samples=state.samples,
@@ -330,6 +336,7 @@ def training_summary(state: TrainState, model, train_clips: int, processes: int)
         interval_eval_seconds=state.eval_seconds, checkpoint_seconds=state.checkpoint_seconds,
         samples_per_second=state.samples / state.train_seconds if state.train_seconds > 0 else None,
         lora_delta_norm=lora_delta_norm(model), losses=list(state.losses), intervals=list(state.intervals),
+        metric=metric,
     )
 
 
@@ -425,7 +432,7 @@ def score_candidates(loaded: LoadedModel, data: RunData, trained: TrainResult, b
 
 
 def candidates_note(candidates: dict[str, Candidate]) -> str:
-    parts = [f"{name} (step {c.step}{', selected' if c.selected else ''}) main WER {c.main.wer:.4f}, delta "
+    parts = [f"{name} (step {c.step}{', selected' if c.selected else ''}) main {c.main.label} {c.main.primary:.4f}, delta "
              f"{c.comparison.delta:+.4f} [{c.comparison.ci_low:+.4f}, {c.comparison.ci_high:+.4f}]"
              for name, c in candidates.items()]
     return "adapters: " + "; ".join(parts)
@@ -452,12 +459,12 @@ def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalRe
     sets = {}
     for name in [name for name in ("main", "canary") if name in data.eval_sets]:
         result = evaluate_manifest(exported, data.eval_sets[name], config.audio, decode, progress=progress,
-                                   description=f"export {name}")
+                                   description=f"export {name}", scoring=config.scoring)
         write_eval(result, run_dir / EXPORT_DIR / "scores" / name)
         require_comparable(tuned[name].contract, result.contract, allow=("runtime", "model_sha256", "adapter_sha256"))
         agree = sum(a.hypothesis == b.hypothesis for a, b in zip(tuned[name].clips, result.clips))
         sets[name] = ParitySet(
-            torch_wer=tuned[name].corpus.wer, export_wer=result.corpus.wer,
+            torch_wer=tuned[name].corpus.primary, export_wer=result.corpus.primary,
             export_minus_torch=compare_results(tuned[name], result, config.bootstrap_resamples, config.train.seed),
             export_minus_baseline=compare_results(baseline[name], result, config.bootstrap_resamples,
                                                   config.train.seed),
@@ -474,7 +481,7 @@ def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalRe
 def export_note(parity: ExportParity) -> str:
     main = parity.main
     delta, baseline = main.export_minus_torch, main.export_minus_baseline
-    return (f"export {parity.format} ({parity.runtime['precision']}): main WER torch {main.torch_wer:.4f} -> "
+    return (f"export {parity.format} ({parity.runtime['precision']}): main {delta.label} torch {main.torch_wer:.4f} -> "
             f"export {main.export_wer:.4f}, delta {delta.delta:+.4f} [{delta.ci_low:+.4f}, "
             f"{delta.ci_high:+.4f}], texts identical {main.text_agreement:.0%}; vs baseline "
             f"{baseline.delta:+.4f} [{baseline.ci_low:+.4f}, {baseline.ci_high:+.4f}]; parity "
@@ -526,7 +533,8 @@ def score_tuned(session: RunSession, tunable: LoadedModel, data: RunData, baseli
     """The tuned model (the selected adapter, loaded by the caller) on every set, both candidates on
     the main manifest, and with --export the shipped model; each result saved in the record."""
     record, run_dir = session.record, session.start.run_dir
-    training = training_summary(trained.state, tunable.model, len(data.train), processes)
+    training = training_summary(trained.state, tunable.model, len(data.train), processes,
+                                config.scoring.primary_metric)
     session.save(training=training, phase="tuned")
     tuned = evaluate_sets(tunable, data.eval_sets, config, run_dir / TUNED_DIR, progress, "tuned")
     record.tuned = {name: eval_summary(r) for name, r in tuned.items()}
@@ -576,7 +584,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         record.provenance = {**provenance(), "model_sha256": base.weights_sha256}
         session.save(phase="baseline")
         baseline = baseline_results(base, data, config, run_dir, progress, baseline_store)
-        session.note_checklist(headroom=checklist.headroom(baseline["main"].corpus.wer),
+        session.note_checklist(headroom=checklist.headroom(baseline["main"].corpus.primary, baseline["main"].corpus.metric),
                                sufficiency=checklist.sufficiency(len(data.train)))
         # attach_lora wraps the base model in place: from here on only `tunable` names it
         tunable = dataclasses.replace(base, model=attach_lora(base.model, config.lora, config.train.seed))
@@ -589,7 +597,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         processes = int(os.environ.get("WORLD_SIZE", "1"))
 
         def on_checkpoint(state: TrainState) -> None:
-            session.save(training=training_summary(state, tunable.model, len(data.train), processes))
+            session.save(training=training_summary(state, tunable.model, len(data.train), processes,
+                                                           config.scoring.primary_metric))
 
         trained = train(tunable, TrainStream(data.train, data.replay, config.train), config.train, config.audio,
                         make_evaluator(tunable, data, baseline, config, progress), run_dir, checkpoint=checkpoint,

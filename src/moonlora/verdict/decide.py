@@ -16,7 +16,9 @@ the numbers it used:
   the exported model's WER within the margin of the torch model's, CI high end of the paired delta,
   and its CI against the baseline excluding 0; "inconclusive", not a failure, when the CI straddles
   the margin), shown with its numbers.
-Runs measured under different eval contracts are refused, naming the differing fields. A run
+"WER" is the run's primary metric: CER where the run scored by CER (Chinese, Japanese, Korean, or
+`--metric cer`; each comparison names its `metric`, and every line prints it). Runs measured under
+different eval contracts (language and metric included) are refused, naming the differing fields. A run
 that has not finished (running, died, failed, interrupted) gets a "not assessed" line saying
 where it stands instead of an error. Run folders are read through `moonlora.runfolder`.
 """
@@ -93,13 +95,18 @@ def require_one_protocol(records: list[RunRecord]) -> None:
 def primary(record: RunRecord) -> Verdict:
     c = record.comparisons["main"]
     better = c.tuned_wer < c.baseline_wer and c.tuned_shown_better
-    detail = (f"{record.run_id}: main WER {c.baseline_wer:.4f} -> {c.tuned_wer:.4f}, "
+    detail = (f"{record.run_id}: main {c.label} {c.baseline_wer:.4f} -> {c.tuned_wer:.4f}, "
               f"delta {c.delta:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]")
     return Verdict("primary", PASS if better else FAIL, detail)
 
 
+def _label(record: RunRecord) -> str:
+    """The run's primary metric, as its main comparison names it (WER or CER)."""
+    return record.comparisons["main"].label if "main" in record.comparisons else "WER"
+
+
 def _wers(c: Comparison) -> str:
-    return (f"WER {c.baseline_wer:.4f} -> {c.tuned_wer:.4f}, delta {c.delta:+.4f} "
+    return (f"{c.label} {c.baseline_wer:.4f} -> {c.tuned_wer:.4f}, delta {c.delta:+.4f} "
             f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]")
 
 
@@ -124,7 +131,7 @@ def h3(record: RunRecord, thresholds: DecideConfig) -> Verdict:
     change = f"{(c.tuned_wer - c.baseline_wer) / c.baseline_wer:+.1%}" if c.baseline_wer > 0 else "from 0"
     holds = c.tuned_wer <= limit
     return Verdict("H3 (within band)", PASS if holds else FAIL,
-                   f"{record.run_id}: main WER {c.baseline_wer:.4f} -> {c.tuned_wer:.4f} ({change}; "
+                   f"{record.run_id}: main {c.label} {c.baseline_wer:.4f} -> {c.tuned_wer:.4f} ({change}; "
                    f"limit {limit:.4f} = baseline x (1 + {thresholds.h3_band}))")
 
 
@@ -136,11 +143,11 @@ def sanity(record: RunRecord, thresholds: DecideConfig) -> Verdict:
     problems = [] if decreased else ["training loss did not decrease"]
     for name, c in record.comparisons.items():
         if c.baseline_wer > 0 and c.tuned_wer > factor * c.baseline_wer:
-            problems.append(f"{name} WER more than {factor:g}x ({c.baseline_wer:.4f} -> {c.tuned_wer:.4f})")
+            problems.append(f"{name} {c.label} more than {factor:g}x ({c.baseline_wer:.4f} -> {c.tuned_wer:.4f})")
         elif c.baseline_wer == 0 and c.tuned_wer > thresholds.margin:
-            problems.append(f"{name} WER rose from 0.0 to {c.tuned_wer:.4f} (> margin {thresholds.margin})")
+            problems.append(f"{name} {c.label} rose from 0.0 to {c.tuned_wer:.4f} (> margin {thresholds.margin})")
     detail = "; ".join(problems) or (f"loss {sum(losses[:window]) / window:.4f} -> {sum(losses[-window:]) / window:.4f}, "
-                                     f"no WER regression > {factor:g}x or from 0.0 beyond {thresholds.margin}")
+                                     f"no {_label(record)} regression > {factor:g}x or from 0.0 beyond {thresholds.margin}")
     return Verdict("sanity", FAIL if problems else PASS, f"{record.run_id}: {detail}")
 
 
@@ -149,7 +156,7 @@ def export_parity(record: RunRecord) -> Verdict:
     parity = record.export_parity
     main = parity.main
     delta, baseline = main.export_minus_torch, main.export_minus_baseline
-    detail = (f"{record.run_id}: {parity.format} ({parity.runtime['precision']}) main WER "
+    detail = (f"{record.run_id}: {parity.format} ({parity.runtime['precision']}) main {delta.label} "
               f"{main.torch_wer:.4f} (torch) -> {main.export_wer:.4f} (export), delta {delta.delta:+.4f} "
               f"[{delta.ci_low:+.4f}, {delta.ci_high:+.4f}] (margin {parity.margin}); vs baseline "
               f"{baseline.delta:+.4f} [{baseline.ci_low:+.4f}, {baseline.ci_high:+.4f}]"

@@ -15,7 +15,8 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from moonlora.verdict.tables import (CANDIDATE_COLUMNS, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells, format_wer,
+from moonlora.verdict.tables import (CANDIDATE_COLUMNS, CER_NOTE, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells,
+                                    format_wer, headers, metric_label, run_metric,
                                     manifest_cells, matrix_cells, status_text)
 from moonlora.runfolder import (BASELINE_DIR, TRANSCRIPTS_FILE, TUNED_DIR, FoundRun, RunRecord, TrainingSummary,
                                 UnreadableRun, read_transcripts)
@@ -67,10 +68,11 @@ def esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def html_table(columns, rows: list[list], classes: dict[str, str] | None = None) -> str:
-    """A table; cells that are Html go in raw, others escaped; `classes` gives a column's td class."""
+def html_table(columns, rows: list[list], classes: dict[str, str] | None = None, metric: str = "WER") -> str:
+    """A table; cells that are Html go in raw, others escaped; `classes` gives a column's td class;
+    `metric` replaces "WER" in the column headers (a CER run's tables say CER)."""
     classes = classes or {}
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    head = "".join(f"<th>{esc(c)}</th>" for c in headers(tuple(columns), metric))
     body = []
     for row in rows:
         cells = "".join((f'<td class="{classes[c]}">' if c in classes else "<td>")
@@ -127,20 +129,21 @@ def loss_plot(training: TrainingSummary) -> Html | None:
 
 
 def interval_plot(record: RunRecord) -> Html | None:
-    """Interval val WER (and canary, and main "not used for choices") vs step, baselines dashed."""
+    """Interval val WER (and canary, and main "not used for choices") vs step, baselines dashed; CER for a CER run."""
     intervals = record.training.intervals if record.training else []
     if not intervals:
         return None
     figure, axes = new_figure()
-    series = (("val_wer", "val WER", "val"), ("canary_wer", "canary WER", "canary"),
-              ("main_wer_not_used_for_choices", "main WER (not used for choices)", "main"))
+    metric = run_metric(record)
+    series = (("val_wer", f"val {metric}", "val"), ("canary_wer", f"canary {metric}", "canary"),
+              ("main_wer_not_used_for_choices", f"main {metric} (not used for choices)", "main"))
     for key, label, color in series:
         points = [(r["step"], r[key]) for r in intervals if isinstance(r.get(key), (int, float))]
         if points:
             axes.plot(*zip(*points), marker="o", markersize=3.5, linewidth=1.5, color=COLORS[color], label=label,
                       linestyle="--" if color == "main" else "-")
-    for name, label in (("val", "baseline val WER"), ("canary", "baseline canary WER")):
-        baseline = record.baseline[name].wer if name in record.baseline else None
+    for name, label in (("val", f"baseline val {metric}"), ("canary", f"baseline canary {metric}")):
+        baseline = record.baseline[name].primary if name in record.baseline else None
         if isinstance(baseline, (int, float)) and (name == "val" or any("canary_wer" in r for r in intervals)):
             axes.axhline(baseline, color=COLORS[name], linestyle=(0, (5, 3)), linewidth=1, alpha=0.7, label=label)
     axes.axvline(record.training.best_step, color="#59636e", linestyle=":", linewidth=1, label="best step")
@@ -148,7 +151,7 @@ def interval_plot(record: RunRecord) -> Html | None:
     if last is not None and last.step != record.training.best_step:
         axes.axvline(last.step, color="#59636e", linestyle="-.", linewidth=1, label="last step")
     axes.set_xlabel("step")
-    axes.set_ylabel("WER")
+    axes.set_ylabel(metric)
     show_zero_lines(axes)
     axes.legend(fontsize=7.5, framealpha=0.9, edgecolor="#d1d9e0")
     return svg_of(figure)
@@ -174,15 +177,16 @@ def duration_plot(run: FoundRun, name: str = "main") -> Html | None:
         return None
     figure, axes = new_figure()
     width = 0.38
+    metric = run.record.config.scoring.primary_metric
     for offset, (side, buckets) in zip((-width / 2, width / 2), (("baseline", before), ("tuned", after))):
         by_label = {b["bucket"]: b for b in buckets}
         xs = [i + offset for i, label in enumerate(labels) if label in by_label]
-        heights = [by_label[label].get("wer") or 0.0 for label in labels if label in by_label]
+        heights = [by_label[label].get(metric) or 0.0 for label in labels if label in by_label]
         bars = axes.bar(xs, heights, width, color=COLORS[side], label=side)
         axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
     clips = {b["bucket"]: b.get("clips") for b in before + after}
     axes.set_xticks(range(len(labels)), [f"{label}\n(n={clips.get(label, '?')})" for label in labels])
-    axes.set_ylabel(f"WER ({name})")
+    axes.set_ylabel(f"{metric.upper()} ({name})")
     axes.margins(y=0.12)
     axes.grid(False, axis="x")
     axes.legend(frameon=False, fontsize=8)
@@ -212,29 +216,42 @@ def transcripts_by_id(path: Path) -> dict[str, dict]:
     return {str(row["utt_id"]): row for row in read_transcripts(path) if "utt_id" in row}
 
 
-def clip_errors(row: dict) -> int:
-    return sum(int(row.get(key) or 0) for key in ("substitutions", "deletions", "insertions"))
+# A transcripts row's counts of each metric: (error count fields, reference unit field).
+ROW_COUNTS = {"wer": (("substitutions", "deletions", "insertions"), "ref_words"),
+              "cer": (("char_errors",), "ref_chars")}
 
 
-def clip_wer(row: dict) -> float:
-    wer = row.get("wer")
-    if isinstance(wer, (int, float)) and math.isfinite(wer):
-        return float(wer)
-    return clip_errors(row) / max(int(row.get("ref_words") or 0), 1)
+def clip_errors(row: dict, metric: str = "wer") -> int:
+    return sum(int(row.get(key) or 0) for key in ROW_COUNTS[metric][0])
 
 
-def changed_clips(run_path: Path, name: str = "main", top: int = TOP_CLIPS) -> tuple[list[tuple[dict, dict]], int, int]:
+def clip_rate(row: dict, metric: str = "wer") -> float:
+    """The clip's rate of the run's primary metric (its `wer` or `cer`, else from its counts)."""
+    rate = row.get(metric)
+    if isinstance(rate, (int, float)) and math.isfinite(rate):
+        return float(rate)
+    return clip_errors(row, metric) / max(int(row.get(ROW_COUNTS[metric][1]) or 0), 1)
+
+
+def changed_clips(run_path: Path, name: str = "main", top: int = TOP_CLIPS,
+                  metric: str = "wer") -> tuple[list[tuple[dict, dict]], int, int]:
     """Top clips by |tuned - baseline WER| (changed ones only), plus counts (improved, worsened)."""
     before = transcripts_by_id(run_path / BASELINE_DIR / name / TRANSCRIPTS_FILE)
     after = transcripts_by_id(run_path / TUNED_DIR / name / TRANSCRIPTS_FILE)
-    pairs = [(before[u], after[u]) for u in before if u in after and clip_wer(after[u]) != clip_wer(before[u])]
-    improved = sum(clip_wer(a) < clip_wer(b) for b, a in pairs)
-    pairs.sort(key=lambda p: (-abs(clip_wer(p[1]) - clip_wer(p[0])), str(p[0]["utt_id"])))
+
+    def rate(row: dict) -> float:
+        return clip_rate(row, metric)
+
+    pairs = [(before[u], after[u]) for u in before if u in after and rate(after[u]) != rate(before[u])]
+    improved = sum(rate(a) < rate(b) for b, a in pairs)
+    pairs.sort(key=lambda p: (-abs(rate(p[1]) - rate(p[0])), str(p[0]["utt_id"])))
     return pairs[:top], improved, len(pairs) - improved
 
 
-def words(row: dict, key: str) -> list[str]:
-    return str(row.get(f"{key}_norm") if row.get(f"{key}_norm") is not None else row.get(key, "")).split()
+def words(row: dict, key: str, characters: bool = False) -> list[str]:
+    """The normalized text's words, or its characters (a CER run over text without spaces: zh/ja/ko)."""
+    text = str(row.get(f"{key}_norm") if row.get(f"{key}_norm") is not None else row.get(key, ""))
+    return list(text) if characters else text.split()
 
 
 def highlight(ref: list[str], hyp: list[str]) -> Html:
@@ -261,28 +278,32 @@ def change_cell(before: float, after: float) -> Html:
 
 def changed_clips_block(run: FoundRun) -> str:
     """The changed-clips table for the main manifest (or why it is missing)."""
+    metric = run.record.config.scoring.primary_metric
+    label = metric.upper()
     try:
-        pairs, improved, worsened = changed_clips(run.path)
+        pairs, improved, worsened = changed_clips(run.path, metric=metric)
     except FileNotFoundError:
         return '<p class="facts">No main-manifest transcripts for both baseline and tuned.</p>'
-    intro = (f'<p class="facts">{improved} clip(s) improved, {worsened} got worse; top {len(pairs)} by |WER change|. '
+    intro = (f'<p class="facts">{improved} clip(s) improved, {worsened} got worse; top {len(pairs)} by |{label} change|. '
              "Normalized text as scored: <mark class=\"err\">wrong or inserted</mark> words, "
              "<del>missed</del> reference words; hover for the raw text.</p>")
     if not pairs:
-        return intro + '<p class="facts">No clip changed WER.</p>'
+        return intro + f'<p class="facts">No clip changed {label}.</p>'
     columns = ("#", "Clip", "Reference", "Baseline hyp", "Tuned hyp", "Errors", "WER before → after")
     rows = []
     for index, (before, after) in enumerate(pairs, 1):
-        ref = words(before, "ref")
+        characters = metric == "cer" and " " not in str(before.get("ref_norm") or "")
+        ref = words(before, "ref", characters)
+        joiner = "" if characters else " "
         rows.append([str(index), Html(f"<code>{esc(before['utt_id'])}</code><br>{esc(before.get('duration', '?'))} s"),
-                     text_cell(before, Html(esc(" ".join(ref))), "ref"),
-                     text_cell(before, highlight(ref, words(before, "hyp")), "hyp"),
-                     text_cell(after, highlight(ref, words(after, "hyp")), "hyp"),
-                     f"{clip_errors(before)} → {clip_errors(after)}",
-                     change_cell(clip_wer(before), clip_wer(after))])
+                     text_cell(before, Html(esc(joiner.join(ref))), "ref"),
+                     text_cell(before, highlight(ref, words(before, "hyp", characters)), "hyp"),
+                     text_cell(after, highlight(ref, words(after, "hyp", characters)), "hyp"),
+                     f"{clip_errors(before, metric)} → {clip_errors(after, metric)}",
+                     change_cell(clip_rate(before, metric), clip_rate(after, metric))])
     classes = {"#": "num", "Clip": "clip", "Reference": "text", "Baseline hyp": "text", "Tuned hyp": "text",
                "Errors": "num", "WER before → after": "num"}
-    return intro + html_table(columns, rows, classes)
+    return intro + html_table(columns, rows, classes, label)
 
 
 # --- page ----------------------------------------------------------------------------------------------------------
@@ -295,8 +316,9 @@ def breakable(text: str) -> Html:
 
 def matrix_block(runs: list[FoundRun]) -> str:
     rows = []
+    label = metric_label([run.record for run in runs])
     for run in runs:
-        cells = matrix_cells(run)
+        cells = matrix_cells(run, "/" in label)
         cells.update({c: breakable(cells[c]) for c in ("Dataset", "Manifest", "LoRA Targets")})
         cells["Command"] = Html(f"<code>{esc(cells['Command'])}</code>")
         cells["Run ID"] = Html(f'<a href="#{esc(anchor(run))}">{esc(run.run_id)}</a>')
@@ -305,7 +327,7 @@ def matrix_block(runs: list[FoundRun]) -> str:
     classes["Run ID"] = "clip"
     numeric = ("Date", "Steps", "LR", "Baseline WER", "Tuned WER", "95% CI (tuned - baseline)")
     classes.update({c: "num" for c in numeric})
-    return html_table(MATRIX_COLUMNS, rows, classes)
+    return html_table(MATRIX_COLUMNS, rows, classes, label)
 
 
 def anchor(run: FoundRun) -> str:
@@ -317,7 +339,7 @@ def facts_line(run: FoundRun) -> str:
     facts = [f"started {record.started_at}"]
     if training is not None:
         facts.append(f"{training.steps} steps, best step {training.best_step} "
-                     f"(val WER {format_wer(training.best_val_wer)})")
+                     f"(val {run_metric(record)} {format_wer(training.best_val_wer)})")
         facts.append(f"LoRA delta norm {training.lora_delta_norm:.3f}")
         if training.samples_per_second is not None:
             facts.append(f"{training.samples_per_second:.2f} samples/s over {training.train_seconds:.0f} s of steps")
@@ -351,12 +373,12 @@ def run_section(run: FoundRun) -> str:
     rows = manifest_cells(record)
     if rows:
         table = html_table(MANIFEST_COLUMNS, [[r[c] for c in MANIFEST_COLUMNS] for r in rows],
-                           {c: "num" for c in MANIFEST_COLUMNS[1:6]})
+                           {c: "num" for c in MANIFEST_COLUMNS[1:6]}, run_metric(record))
         parts.append("<h3>Manifests</h3>" + table)
     candidates = candidate_cells(record)
     if candidates:
         table = html_table(CANDIDATE_COLUMNS, [[r[c] for c in CANDIDATE_COLUMNS] for r in candidates],
-                           {c: "num" for c in CANDIDATE_COLUMNS[1:5]})
+                           {c: "num" for c in CANDIDATE_COLUMNS[1:5]}, run_metric(record))
         parts.append("<h3>Best and last adapter (main manifest)</h3>" + table)
     parts.append(plots_block(run))
     parts.append("<h3>Clips that changed most (main manifest)</h3>" + changed_clips_block(run))
@@ -370,10 +392,11 @@ def skipped_block(skipped: list[UnreadableRun]) -> str:
 
 def render_html(runs: list[FoundRun], skipped: list[UnreadableRun], runs_dir: Path) -> str:
     """The whole page; a run's missing pieces are said on the page."""
+    label = metric_label([run.record for run in runs])
     body = ["<h1>moonlora training report</h1>",
-            f'<p class="lead">{len(runs)} run(s) from <code>{esc(runs_dir)}</code>. WER is corpus WER on the main '
-            "held-out manifest; the CI is the paired-bootstrap 95% interval of tuned - baseline (negative = tuned "
-            "better).</p>"]
+            f'<p class="lead">{len(runs)} run(s) from <code>{esc(runs_dir)}</code>. {label} is corpus {label} on the '
+            "main held-out manifest; the CI is the paired-bootstrap 95% interval of tuned - baseline (negative = tuned "
+            "better)." + (esc(CER_NOTE) if "CER" in label else "") + "</p>"]
     if skipped:
         body.append(skipped_block(skipped))
     body.append(f'<section class="matrix"><h2>Test Matrix</h2>{matrix_block(runs)}</section>')

@@ -15,8 +15,8 @@ from rich.table import Table
 
 from moonlora.outputs import check_output_file, write_signed_text
 from moonlora import markdown
-from moonlora.verdict.tables import (CANDIDATE_COLUMNS, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells, delta_cell,
-                                    manifest_cells, matrix_cells, status_text)
+from moonlora.verdict.tables import (CANDIDATE_COLUMNS, CER_NOTE, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells, delta_cell,
+                                    headers, manifest_cells, matrix_cells, metric_label, run_metric, status_text)
 from moonlora.runfolder import FoundRun, RunRecord, UnreadableRun, discover_runs
 from moonlora.errors import MissingInput
 
@@ -26,11 +26,12 @@ HTML_NAME = "report.html"
 
 def experiment_table(record: RunRecord) -> Table:
     table = Table(title=f"moonlora experiment {record.run_id}: {record.status}")
-    for column in ("manifest", "clips", "baseline WER", "tuned WER", "delta [95% CI]"):
+    label = run_metric(record)
+    for column in ("manifest", "clips", f"baseline {label}", f"tuned {label}", "delta [95% CI]"):
         table.add_column(column, justify="left" if column in ("manifest", "delta [95% CI]") else "right", no_wrap=True)
     for name, before in record.baseline.items():
         after, comparison = record.tuned.get(name), record.comparisons.get(name)
-        table.add_row(name, str(before.clips), f"{before.wer:.4f}", "-" if after is None else f"{after.wer:.4f}",
+        table.add_row(name, str(before.clips), f"{before.primary:.4f}", "-" if after is None else f"{after.primary:.4f}",
                       "-" if comparison is None else delta_cell(comparison))
     return table
 
@@ -42,7 +43,7 @@ def print_experiment(record: RunRecord, console: Console | None = None) -> None:
     if training is not None:
         best = "-" if training.best_val_wer is None else f"{training.best_val_wer:.4f}"
         speed = "-" if training.samples_per_second is None else f"{training.samples_per_second:.2f}"
-        console.print(f"steps {training.steps}, best step {training.best_step} (val WER {best}), "
+        console.print(f"steps {training.steps}, best step {training.best_step} (val {run_metric(record)} {best}), "
                       f"LoRA delta norm {training.lora_delta_norm:.3f}, {training.skipped_updates} skipped updates, "
                       f"{speed} samples/s over {training.train_seconds:.1f} s of training steps", highlight=False)
     if record.reason:
@@ -60,8 +61,8 @@ class ReportResult:
     html_path: Path
 
 
-def matrix_markdown_row(run: FoundRun) -> list[str]:
-    cells = matrix_cells(run)
+def matrix_markdown_row(run: FoundRun, mixed: bool = False) -> list[str]:
+    cells = matrix_cells(run, mixed)
     return [markdown.code(cells[c]) if c == "Command" else markdown.text(cells[c]) for c in MATRIX_COLUMNS]
 
 
@@ -73,9 +74,11 @@ def markdown_report(runs: list[FoundRun], skipped: list[UnreadableRun], runs_dir
              + (f", {len(skipped)} folder(s) skipped." if skipped else "."), ""]
     if recreate:
         lines += [f"The runs come from: {markdown.code(recreate)}", ""]
-    lines += ["WER is corpus WER on the main held-out manifest; the CI is the paired-bootstrap 95% interval "
-              "of tuned - baseline (negative = tuned better).", "", "## Test Matrix", ""]
-    lines += markdown.table(MATRIX_COLUMNS, [matrix_markdown_row(run) for run in runs])
+    label = metric_label([run.record for run in runs])
+    lines += [f"{label} is corpus {label} on the main held-out manifest; the CI is the paired-bootstrap 95% interval "
+              "of tuned - baseline (negative = tuned better)." + (CER_NOTE if "CER" in label else ""),
+              "", "## Test Matrix", ""]
+    lines += markdown.table(headers(MATRIX_COLUMNS, label), [matrix_markdown_row(run, "/" in label) for run in runs])
     if skipped:
         lines += ["", "## Skipped folders", ""]
         lines += [f"- `{s.path}`: {markdown.text(s.reason)}" for s in skipped]
@@ -83,12 +86,15 @@ def markdown_report(runs: list[FoundRun], skipped: list[UnreadableRun], runs_dir
     for run in runs:
         lines += ["", f"### {markdown.text(run.run_id)}", ""]
         rows = manifest_cells(run.record)
-        lines += markdown.table(MANIFEST_COLUMNS, [[markdown.text(r[c]) for c in MANIFEST_COLUMNS] for r in rows]) if rows \
+        own = run_metric(run.record)
+        lines += markdown.table(headers(MANIFEST_COLUMNS, own), [[markdown.text(r[c]) for c in MANIFEST_COLUMNS]
+                                                                 for r in rows]) if rows \
             else [f"No scored manifests ({markdown.text(status_text(run))})."]
         candidates = candidate_cells(run.record)
         if candidates:
             lines += ["", "Best and last adapter on the main manifest:", ""]
-            lines += markdown.table(CANDIDATE_COLUMNS, [[markdown.text(r[c]) for c in CANDIDATE_COLUMNS] for r in candidates])
+            lines += markdown.table(headers(CANDIDATE_COLUMNS, own),
+                                    [[markdown.text(r[c]) for c in CANDIDATE_COLUMNS] for r in candidates])
         if run.record.notes:
             lines += [""] + [f"- {markdown.text(note)}" for note in run.record.notes]
     return "\n".join(lines) + "\n"

@@ -3,6 +3,9 @@
 Shared by the Markdown/console report (`moonlora.verdict.report`) and the HTML page
 (`moonlora.verdict.html`), which each add their own markup. Runs are `runfolder.FoundRun`s:
 the typed record, read through the run folder module.
+
+"WER" in a column or note is the run's primary metric: `headers` and `run_metric` put "CER" there for
+runs scored by CER (Chinese, Japanese, Korean, `--metric cer`); the cells' keys stay the WER names.
 """
 
 from __future__ import annotations
@@ -16,6 +19,24 @@ MATRIX_COLUMNS = ("Run ID", "Date", "Command", "Dataset", "Steps", "LR", "LoRA T
 CANDIDATE_COLUMNS = ("Adapter", "Step", "Val WER", "Main WER", "95% CI (main - baseline)", "Folder")
 MANIFEST_COLUMNS = ("Manifest", "Clips", "Baseline WER", "Tuned WER", "95% CI (tuned - baseline)",
                     "P(tuned better)", "Flags (baseline -> tuned)")
+
+
+def run_metric(record: RunRecord) -> str:
+    """The run's primary metric as tables print it: WER or CER (from its config's scoring)."""
+    return record.config.scoring.primary_metric.upper()
+
+
+def metric_label(records: list[RunRecord]) -> str:
+    """One label for a table over several runs: WER, CER, or "WER/CER" when they differ."""
+    return "/".join(dict.fromkeys(run_metric(record) for record in records)) or "WER"
+
+
+def headers(columns: tuple[str, ...], label: str) -> tuple[str, ...]:
+    """The column names as printed: "WER" replaced by the metric's label."""
+    return tuple(column.replace("WER", label) for column in columns)
+
+CER_NOTE = (" CER (character error rate) is the primary metric of Chinese, Japanese and Korean runs and of runs "
+            "made with --metric cer: character edits over the normalized texts, spaces removed for zh/ja/ko/yue.")
 
 
 def delta_cell(comparison: Comparison) -> str:
@@ -43,8 +64,9 @@ def format_wer(value) -> str:
 
 
 def wer_of(record: RunRecord, side: str, name: str = "main") -> float | None:
+    """The primary metric's rate of one scored manifest (WER, or CER for a CER run)."""
     summary = getattr(record, side).get(name)
-    return summary.wer if summary is not None else None
+    return summary.primary if summary is not None else None
 
 
 def steps_cell(record: RunRecord) -> str:
@@ -70,10 +92,12 @@ def run_notes(run: FoundRun) -> str:
     notes = [status_text(run)]
     if record.training is not None:
         best = record.training.best_val_wer
-        notes.append(f"best step {record.training.best_step}" + (f" (val WER {best:.4f})" if best is not None else ""))
+        notes.append(f"best step {record.training.best_step}"
+                     + (f" (val {run_metric(record)} {best:.4f})" if best is not None else ""))
     last = record.candidates.get("last")
     if last is not None and not last.selected:
-        notes.append(f"last adapter (step {last.step}) main WER {last.main.wer:.4f} {ci_cell(last.comparison)}")
+        notes.append(f"last adapter (step {last.step}) main {last.main.label} {last.main.primary:.4f} "
+                     f"{ci_cell(last.comparison)}")
     for name in manifest_names(record):
         if name not in ("val", "main") and name in record.comparisons:
             notes.append(f"{name} {ci_cell(record.comparisons[name])}")
@@ -81,17 +105,20 @@ def run_notes(run: FoundRun) -> str:
     return "; ".join(notes)
 
 
-def matrix_cells(run: FoundRun) -> dict[str, str]:
-    """One Test Matrix row as plain text (no Markdown/HTML markup)."""
+def matrix_cells(run: FoundRun, mixed: bool = False) -> dict[str, str]:
+    """One Test Matrix row as plain text (no Markdown/HTML markup); `mixed`: the matrix holds runs of
+    different metrics, so each rate names its own."""
     record, config = run.record, run.record.config
     main = record.comparisons.get("main")
+    suffix = f" {run_metric(record)}" if mixed else ""
     return {
         "Run ID": run.run_id, "Date": record.started_at[:10], "Command": record.command or "-",
         "Dataset": config.dataset_path, "Steps": steps_cell(record),
         "LR": format_lr(config.train.learning_rate),
         "LoRA Targets": ",".join(config.lora.target_modules),
         "Manifest": config.manifest_path,
-        "Baseline WER": format_wer(wer_of(record, "baseline")), "Tuned WER": format_wer(wer_of(record, "tuned")),
+        "Baseline WER": format_wer(wer_of(record, "baseline")) + suffix,
+        "Tuned WER": format_wer(wer_of(record, "tuned")) + suffix,
         "Notes": run_notes(run), "95% CI (tuned - baseline)": ci_cell(main) if main else "-",
     }
 
@@ -112,8 +139,8 @@ def manifest_cells(record: RunRecord) -> list[dict[str, str]]:
         comparison = record.comparisons.get(name)
         clips = before.clips if before else (after.clips if after else "-")
         rows.append({"Manifest": name, "Clips": str(clips),
-                     "Baseline WER": format_wer(before.wer if before else None),
-                     "Tuned WER": format_wer(after.wer if after else None),
+                     "Baseline WER": format_wer(before.primary if before else None),
+                     "Tuned WER": format_wer(after.primary if after else None),
                      "95% CI (tuned - baseline)": ci_cell(comparison) if comparison else "-",
                      "P(tuned better)": f"{comparison.p_tuned_better:.3f}" if comparison else "-",
                      "Flags (baseline -> tuned)": flag_changes(before.flags if before else None,
@@ -126,6 +153,6 @@ def candidate_cells(record: RunRecord) -> list[dict[str, str]]:
     rows = []
     for name, candidate in record.candidates.items():
         rows.append({"Adapter": name + (" (selected)" if candidate.selected else ""), "Step": str(candidate.step),
-                     "Val WER": format_wer(candidate.val_wer), "Main WER": format_wer(candidate.main.wer),
+                     "Val WER": format_wer(candidate.val_wer), "Main WER": format_wer(candidate.main.primary),
                      "95% CI (main - baseline)": ci_cell(candidate.comparison), "Folder": candidate.adapter_dir})
     return rows

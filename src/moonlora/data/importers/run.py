@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from moonlora.configs import SAMPLE_RATE
+from moonlora.configs import SAMPLE_RATE, ScoringConfig
 from moonlora.data.audio import AudioError
 from moonlora.data.importers import layouts
 from moonlora.data.importers.items import (TEXT_MODES, Item, MissingAudio, Skip, apply_text_mode, choose_text_mode,
@@ -58,6 +58,7 @@ class ImportConfig:
     seed: int = 0  # seed of the --limit sample
     text_mode: str = "auto"  # auto: lowercase a corpus that is almost all upper case; none; lower
     overwrite: bool = False
+    language: str | None = None  # ISO code of the transcripts, recorded in the report (diagnose shows it)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -70,6 +71,8 @@ class ImportConfig:
             raise ConfigError(f"--limit {self.limit}: must be at least 1")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ConfigError(f"--max-seconds {self.max_seconds}: must be a positive number of seconds")
+        if self.language is not None:
+            ScoringConfig(language=self.language)  # the one check of a language code
 
     @property
     def columns(self) -> Columns:
@@ -79,6 +82,8 @@ class ImportConfig:
         """What decides the output (the overwrite switch does not)."""
         values = asdict(self)
         values.pop("overwrite")
+        if values["language"] is None:
+            values.pop("language")  # imports from before --language record the same settings
         values["splits"] = list(self.splits) if self.splits else None
         return values
 
@@ -124,6 +129,7 @@ class ImportResult:
 
     def to_dict(self, config: ImportConfig) -> dict:
         return {"source": config.source, "format": self.format, "text_mode": self.text_mode, "mode": config.mode,
+                "language": config.language,
                 "sample_rate": SAMPLE_RATE, "clips": self.clips, "hours": round(self.seconds / 3600, 4),
                 "splits": {name: split.to_dict() for name, split in self.splits.items()},
                 "reused_clips": self.reused, "skipped_by_kind": self.skipped_by_kind(),
