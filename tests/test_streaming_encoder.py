@@ -39,8 +39,9 @@ def test_the_embedder_then_the_windowed_layers_is_the_models_own_masked_forward(
     for clip in speech:
         inputs = clip_inputs(encoder, extractor, clip)
         with torch.no_grad():
-            whole = STREAMING_PATH.clip_states(encoder, inputs)
-            split = STREAMING_PATH.states_from_stem(encoder, *STREAMING_PATH.stem(encoder, inputs))
+            output = encoder(inputs["input_values"], attention_mask=inputs["attention_mask"])
+            whole = output.last_hidden_state[0, output.attention_mask[0].bool()]  # the model's own masked forward
+            split = STREAMING_PATH.clip_states(encoder, inputs)  # moonlora's: embedder, then the windowed layers
         assert whole.shape == split.shape and torch.allclose(whole, split, atol=1e-5)
         frames = len(clip) // 80  # whole 5 ms frames; two stride-2 convs leave about a quarter
         assert frames // 4 <= whole.shape[0] <= frames // 4 + 2

@@ -58,22 +58,26 @@ def stem(encoder, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.
 
 def layers(encoder, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     """The transformer layers with each layer's sliding window, then the final norm: mirrors the second
-    half of `MoonshineStreamingEncoder.forward` (tests check stem + layers against it)."""
+    half of `MoonshineStreamingEncoder.forward` (tests check stem + layers against it). Layers that share a
+    window share its mask (the tiny architecture has two distinct windows for six layers): building the
+    masks is a large share of encoding one clip on the CPU."""
+    masks = {}
     for index, layer in enumerate(encoder.layers):
-        window_mask = create_bidirectional_mask(
-            config=encoder.config, inputs_embeds=hidden, attention_mask=frame_mask,
-            and_mask_function=sliding_window_mask_function(encoder.config.sliding_windows[index]),
-        )
-        hidden = layer(hidden, attention_mask=window_mask)
+        window = tuple(encoder.config.sliding_windows[index])
+        if window not in masks:
+            masks[window] = create_bidirectional_mask(
+                config=encoder.config, inputs_embeds=hidden, attention_mask=frame_mask,
+                and_mask_function=sliding_window_mask_function(window),
+            )
+        hidden = layer(hidden, attention_mask=masks[window])
     return encoder.final_norm(hidden)
 
 
 def clip_states(encoder, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(valid frames, hidden) encoder states of one clip; masked trailing frames are dropped (the decoder
+    """(valid frames, hidden) encoder states of one clip: the embedder, then the windowed layers (the model's
+    own masked forward, tests/test_streaming_encoder.py); masked trailing frames are dropped (the decoder
     would mask them; the valid frames are a prefix, so positions do not move)."""
-    output = encoder(inputs["input_values"], attention_mask=inputs["attention_mask"])
-    valid = output.attention_mask[0].bool()
-    return output.last_hidden_state[0, valid]
+    return states_from_stem(encoder, *stem(encoder, inputs))
 
 
 def states_from_stem(encoder, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
