@@ -30,7 +30,7 @@ import torch
 
 from moonlora.data.audio import load_audio
 from moonlora.configs import LoraSettings
-from moonlora.model.encoder import encoder_layers, masked_encoder_layers, pad_states
+from moonlora.model.encoder import MOONSHINE_PATH, encoder_layers, masked_encoder_layers, pad_states
 from moonlora.model.lora import attach_lora
 from moonlora.data.manifest import load_manifest
 from moonlora.model.loading import load_model
@@ -106,8 +106,9 @@ def encoder_probe(work: Path) -> None:
     parameter = next(model.parameters())
 
     def loss(batch, mode: str) -> torch.Tensor:
-        inputs = clip_inputs(loaded.feature_extractor, [load_audio(u.audio_filepath) for u in batch], parameter)
-        stems = [cache.stem(encoder, str(u.audio_filepath), x) for u, x in zip(batch, inputs)]
+        inputs = clip_inputs(MOONSHINE_PATH, encoder, loaded.feature_extractor,
+                             [load_audio(u.audio_filepath) for u in batch], parameter)
+        stems = [cache.stem(encoder, MOONSHINE_PATH, str(u.audio_filepath), x)[0] for u, x in zip(batch, inputs)]
         if mode == "per-clip":
             states, mask = pad_states([encoder_layers(encoder, stem)[0] for stem in stems])
         elif mode == "padded":

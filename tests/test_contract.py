@@ -86,3 +86,13 @@ def test_contract_from_before_model_types_reads_as_moonshine():
     legacy = EvalContract.from_dict(data)
     assert legacy.model_type == "moonshine" and legacy.load_check is None
     require_comparable(legacy, contract(load_check=LOAD_CHECK))
+
+
+def test_the_family_front_end_is_recorded_not_compared_and_old_contracts_still_read():
+    streaming = contract(model_type="moonshine_streaming")
+    assert "80-sample frames" in streaming.frontend and "sliding-window" in streaming.frontend
+    assert "GroupNorm" in contract().frontend
+    old = {key: value for key, value in contract().to_dict().items() if key != "frontend"}
+    read = EvalContract.from_dict(old)
+    assert read.frontend is None and read.fingerprint == contract().fingerprint
+    require_comparable(read, contract())

@@ -17,7 +17,7 @@ from conftest import tiny_config, tone_set
 from moonlora.cli import main
 from moonlora.configs import DecodeConfig, ExperimentConfig, LoraSettings, TrainConfig
 from moonlora.errors import IncompleteModelError, LoraTargetError, ModelFamilyError
-from moonlora.model.families import FAMILIES, MOONSHINE, family_for
+from moonlora.model.families import FAMILIES, MOONSHINE, MOONSHINE_STREAMING, family_for
 from moonlora.model.loading import load_model, load_weights, model_skeleton
 from moonlora.model.verify import captured_load_report
 from moonlora.model.lora import check_targets
@@ -66,9 +66,13 @@ def save_tiny(folder, hf_tokenizer, **config_changes):
 # --- the registry ----------------------------------------------------------------------------------------------
 
 
-def test_the_registry_knows_moonshine_and_refuses_any_other_type_in_one_line():
+def test_the_registry_knows_both_moonshine_families_and_refuses_any_other_type_in_one_line():
+    from transformers import MoonshineStreamingForConditionalGeneration
+
     assert family_for("moonshine") is MOONSHINE and MOONSHINE.transformers_model() is MoonshineForConditionalGeneration
-    for unknown in ("moonshine_streaming", "whisper", None):
+    assert family_for("moonshine_streaming") is MOONSHINE_STREAMING
+    assert MOONSHINE_STREAMING.transformers_model() is MoonshineStreamingForConditionalGeneration
+    for unknown in ("moonshine_stream", "whisper", None):
         with pytest.raises(ModelFamilyError) as error:
             family_for(unknown, source="/some/folder")
         message = one_line(error)
@@ -78,7 +82,7 @@ def test_the_registry_knows_moonshine_and_refuses_any_other_type_in_one_line():
 def test_every_family_has_every_preset_and_loads_16k_audio():
     for family in FAMILIES.values():
         assert set(family.target_presets) == set(LoraSettings.presets)
-        assert family.sampling_rate == 16000 and family.export_routes
+        assert family.sampling_rate == 16000 and family.frontend
         assert family.transformers_config()().model_type == family.model_type
 
 
@@ -132,12 +136,26 @@ def test_a_hub_style_tokenizer_with_the_reserved_tokens_fits(model_copy):
 # --- refused models --------------------------------------------------------------------------------------------
 
 
-def test_a_streaming_folder_is_refused_naming_the_folder_and_type(tiny_streaming_dir):
-    for refuse in (lambda: model_skeleton(str(tiny_streaming_dir)),
-                   lambda: load_model(str(tiny_streaming_dir), device="cpu")):
-        with pytest.raises(ModelFamilyError) as error:
-            refuse()
-        assert one_line(error).startswith(f"{tiny_streaming_dir}: model type 'moonshine_streaming' is not a model family")
+def test_a_streaming_folder_loads_as_its_family_with_the_moonshine_tokenizer(tiny_streaming_dir):
+    loaded = load_model(str(tiny_streaming_dir), device="cpu")
+    assert loaded.model_type == "moonshine_streaming" and loaded.family is MOONSHINE_STREAMING
+    assert type(loaded.model).__name__ == "MoonshineStreamingForConditionalGeneration"
+    # the bundled Moonshine tokenizer's 32000 pieces fit the streaming config's 32768-row embedding
+    assert loaded.load_check["vocabulary"] == 32000 and loaded.load_check["embedding_rows"] == 32768
+    skeleton = model_skeleton(str(tiny_streaming_dir))
+    assert [name for name, _ in skeleton.named_modules()] == [name for name, _ in loaded.model.named_modules()]
+
+
+def test_a_streaming_folder_short_of_a_weight_is_refused_naming_the_folder_and_type(tiny_streaming_dir, tmp_path):
+    copy = shutil.copytree(tiny_streaming_dir, tmp_path / "streaming")
+    tensors = load_file(copy / "model.safetensors")
+    del tensors["model.encoder.embedder.linear.weight"]
+    save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(IncompleteModelError) as error:
+        load_model(str(copy), device="cpu")
+    message = one_line(error)
+    assert message.startswith(f"{copy}: the moonshine_streaming model did not load completely: 1 weight(s) missing")
+    assert "model.encoder.embedder.linear.weight" in message
 
 
 def test_a_skeleton_has_the_module_names_and_no_weights(tiny_model_dir, tmp_path):
@@ -164,17 +182,19 @@ def assert_refused_in_one_line(code, err, seconds, *fragments):
         assert fragment in err
 
 
-def test_cli_refuses_a_streaming_folder_in_transcribe_and_experiment(tiny_streaming_dir, tone_manifest, data,
-                                                                     tmp_path, capsys):
+def test_cli_refuses_an_unknown_model_type_in_transcribe_and_experiment(tiny_streaming_dir, tone_manifest, data,
+                                                                        tmp_path, capsys):
+    folder = shutil.copytree(tiny_streaming_dir, tmp_path / "other-type")
+    edit_json(folder / "config.json", model_type="whisper")
     out = tmp_path / "transcribed"
-    code, err, seconds = run_cli(["transcribe", "--manifest", str(tone_manifest), "--model", str(tiny_streaming_dir),
+    code, err, seconds = run_cli(["transcribe", "--manifest", str(tone_manifest), "--model", str(folder),
                                   "--output-dir", str(out), "--device", "cpu"], capsys)
-    assert_refused_in_one_line(code, err, seconds, str(tiny_streaming_dir), "moonshine_streaming")
+    assert_refused_in_one_line(code, err, seconds, str(folder), "'whisper' is not a model family")
     run_dir = tmp_path / "run"
     code, err, seconds = run_cli(["experiment", "--output-dir", str(run_dir), "--dataset-path", str(data["train"]),
-                                  "--manifest-path", str(data["main"]), "--model", str(tiny_streaming_dir),
+                                  "--manifest-path", str(data["main"]), "--model", str(folder),
                                   "--min-val-clips", "1", "--device", "cpu"], capsys)
-    assert_refused_in_one_line(code, err, seconds, str(tiny_streaming_dir), "moonshine_streaming")
+    assert_refused_in_one_line(code, err, seconds, str(folder), "'whisper' is not a model family")
     assert not out.exists() and not run_dir.exists()
 
 

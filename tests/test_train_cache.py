@@ -10,6 +10,7 @@ from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import DEFAULT_TARGETS, LoraSettings, TrainConfig
 from moonlora.model.lora import attach_lora
 from moonlora.data.manifest import load_manifest
+from moonlora.model.encoder import MOONSHINE_PATH
 from moonlora.train.loop import EncoderCache, IntervalEval, TrainStream, encoder_is_frozen, train
 
 
@@ -53,7 +54,7 @@ def test_cached_states_are_the_eval_mode_encoder_output_and_modes_are_restored(t
         expected = encoder.eval()(inputs).last_hidden_state[0]
     encoder.train()
     cache = EncoderCache(max_bytes=2**20)
-    states = cache.states(encoder, "clip", inputs)
+    states = cache.states(encoder, MOONSHINE_PATH, "clip", {"input_values": inputs})
     assert torch.equal(states, expected) and not states.requires_grad
     assert all(module.training for module in encoder.modules())
     assert cache.used_bytes == states.numel() * 4 and "clip" in cache.saved
@@ -65,7 +66,8 @@ def test_the_cache_keeps_nothing_beyond_its_byte_bound(tiny_loaded, tone_manifes
     cache = EncoderCache(max_bytes=0)
     waveform = load_audio(load_manifest(tone_manifest).utterances[0].audio_filepath)
     inputs = fe(waveform, sampling_rate=fe.sampling_rate, return_tensors="pt")["input_values"]
-    first, second = cache.states(encoder, "a", inputs), cache.states(encoder, "a", inputs)
+    inputs = {"input_values": inputs}
+    first, second = cache.states(encoder, MOONSHINE_PATH, "a", inputs), cache.states(encoder, MOONSHINE_PATH, "a", inputs)
     assert cache.saved == {} and cache.used_bytes == 0 and torch.equal(first, second)
 
 

@@ -150,7 +150,7 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS  # module names, or one preset (the family's target_presets) as given
 
-    presets = ("all", "decoder")  # class attribute, not a field: expanded in lora.expand_targets
+    presets = ("all", "decoder", "encoder")  # class attribute, not a field: expanded in lora.expand_targets
 
     def __post_init__(self) -> None:
         if self.r < 1:

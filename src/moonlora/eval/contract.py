@@ -14,7 +14,9 @@ knowingly: `require_comparable(a, b, allow=("runtime", "model_sha256"))`.
 contracts from before it was recorded, when Moonshine was the only family). `load_check` is what the
 loader verified (`moonlora.model.loading.LoadCheck`: every weight loaded, tokenizer and sampling
 rate fit; None where moonlora did not check, e.g. onnxruntime graphs). It is recorded, not compared
-or fingerprinted: a model that fails the check is never scored.
+or fingerprinted: a model that fails the check is never scored. `frontend` is the audio front end and
+encoder pipeline of that family as moonlora runs it (`ModelFamily.frontend`: e.g. Moonshine Streaming's
+80-sample frames and sliding-window attention); recorded, not compared, since `model_type` decides it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from moonlora.data.audio import AudioConfig
 from moonlora.configs import DecodeConfig
 from moonlora.data.text import normalizer_id
 from moonlora.errors import MoonloraError
+from moonlora.model.families import FAMILIES
 
 
 class ContractMismatch(MoonloraError, ValueError):
@@ -34,6 +37,12 @@ class ContractMismatch(MoonloraError, ValueError):
 
 
 LEGACY_MODEL_TYPE = "moonshine"  # the only model family before contracts recorded one
+
+
+def family_frontend(model_type: str) -> str | None:
+    """The recorded front end of a model family (None for a type moonlora has no family for)."""
+    family = FAMILIES.get(model_type)
+    return None if family is None else family.frontend
 
 
 def torch_runtime(dtype: str = "float32") -> dict:
@@ -51,6 +60,7 @@ class EvalContract:
     runtime: dict  # {"name": "torch" | "onnxruntime", "precision": ...}
     model_type: str = LEGACY_MODEL_TYPE  # the loaded model's family (config.json's model_type)
     load_check: dict | None = field(default=None, compare=False)  # what the loader verified; not compared
+    frontend: str | None = field(default=None, compare=False)  # the family's audio pipeline; not compared
 
     @classmethod
     def build(cls, manifest_sha256: str, audio: AudioConfig, decode: DecodeConfig,
@@ -61,7 +71,8 @@ class EvalContract:
         return cls(manifest_sha256=manifest_sha256, audio=audio.to_dict(), normalizer=normalizer_id(),
                    decode=decode.result_dict(), model_sha256=model_sha256, adapter_sha256=adapter_sha256,
                    runtime=dict(runtime) if runtime is not None else torch_runtime(decode.dtype),
-                   model_type=model_type, load_check=None if load_check is None else dict(load_check))
+                   model_type=model_type, load_check=None if load_check is None else dict(load_check),
+                   frontend=family_frontend(model_type))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "fingerprint": self.fingerprint}
@@ -72,7 +83,7 @@ class EvalContract:
         if "runtime" not in data and isinstance(data.get("decode"), dict) and "dtype" in data["decode"]:
             # Contracts from before the runtime field was recorded were all measured by torch.
             data = {**data, "runtime": {"name": "torch", "precision": data["decode"]["dtype"]}}
-        data = {"model_type": LEGACY_MODEL_TYPE, "load_check": None, **data}
+        data = {"model_type": LEGACY_MODEL_TYPE, "load_check": None, "frontend": None, **data}
         missing = names - data.keys()
         if missing:
             raise ContractMismatch(f"eval contract lacks field(s): {', '.join(sorted(missing))}")

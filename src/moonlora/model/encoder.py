@@ -1,5 +1,12 @@
 """The exact encoder paths, shared by decoding and training: a clip's states never depend on its batch.
 
+Each model family has an `EncoderPath` (`ModelFamily.encoder_path()`): how one clip becomes model
+inputs, its encoder states alone, its stem (the part no LoRA preset adapts, cached while frozen) and
+the encoder-output type its model takes back. `encode_exact` and training use only that interface;
+Moonshine's path is below, Moonshine Streaming's is `moonlora.model.streaming_encoder`.
+
+Moonshine (v1):
+
 Moonshine's conv stem normalizes with a GroupNorm over the whole input length, padding
 included, so encoding a padded batch changes every clip's features (and its transcript):
 the padding, not just the audio, decides the output. Two exact ways around it:
@@ -14,10 +21,45 @@ Training can also split the encoder into its stem and its transformer layers (`e
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderModelOutput
+
+
+@dataclass(frozen=True)
+class EncoderPath:
+    """How one model family's encoder runs a clip exactly (the same states in any batch).
+
+    clip_inputs(encoder, feature_extractor, waveform) -> the model's inputs for one clip (batch of 1, CPU);
+    clip_states(encoder, inputs) -> (frames, hidden) states of that clip, only its valid frames;
+    stem(encoder, inputs) -> (stem output, frame mask or None): the front part no LoRA preset adapts;
+    states_from_stem(encoder, stem output, frame mask) -> clip_states from a cached stem;
+    stem_modules(encoder) -> the modules whose weights must be frozen for a stem cache to be exact;
+    output_class(last_hidden_state=, attention_mask=) -> what the model takes as `encoder_outputs`;
+    encode_batched_exact(model, feature_extractor, waveforms, dtype) -> a one-pass padded batch with the
+    per-clip states, or None where the family has none (`ModelFamily.exact_padded_batches`).
+    """
+
+    name: str
+    clip_inputs: Callable
+    clip_states: Callable
+    stem: Callable
+    states_from_stem: Callable
+    stem_modules: Callable
+    output_class: type
+    encode_batched_exact: Callable | None
+
+
+def encoder_path_of(model) -> EncoderPath:
+    """The EncoderPath of a transformers model (or a PeftModel around one), by its config's model_type."""
+    from moonlora.model.families import family_for
+
+    return family_for(getattr(model.config, "model_type", None)).encoder_path()
 
 
 def encoder_stem(encoder, input_values: torch.Tensor) -> torch.Tensor:
@@ -47,8 +89,7 @@ def encoder_layers(encoder, stem: torch.Tensor, attention_mask: torch.Tensor | N
 def stem_is_frozen(model) -> bool:
     """True when no stem weight trains (LoRA targets only the transformer layers)."""
     encoder = model.get_encoder()
-    return not any(p.requires_grad for m in (encoder.conv1, encoder.groupnorm, encoder.conv2, encoder.conv3)
-                   for p in m.parameters())
+    return not any(p.requires_grad for m in encoder_path_of(model).stem_modules(encoder) for p in m.parameters())
 
 
 def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +101,7 @@ def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def encode_exact(model, feature_extractor, waveforms: list[np.ndarray], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode each clip on its own, then pad the encoder states and mask the padding.
+    """Encode each clip on its own (its family's `EncoderPath`), then pad the encoder states and mask the padding.
 
     Moonshine's conv stem GroupNorm normalizes over the whole (padded) input, so encoding a
     padded batch changes every clip's features: on benchmarks/eval_speed.py's 101 clips, padded
@@ -68,13 +109,40 @@ def encode_exact(model, feature_extractor, waveforms: list[np.ndarray], dtype: t
     clip's transcript the same in any batch, so batch size stays a speed setting outside the
     eval contract. The decoder (the expensive, autoregressive part) still runs batched.
     """
+    path = encoder_path_of(model)
     device = next(model.parameters()).device
     encoder = model.get_encoder()  # on a PeftModel this is the adapted encoder
-    states = []
-    for waveform in waveforms:
-        inputs = feature_extractor(waveform, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
-        states.append(encoder(inputs["input_values"].to(device=device, dtype=dtype)).last_hidden_state[0])
+    states = [path.clip_states(encoder, to_model(path.clip_inputs(encoder, feature_extractor, waveform), device, dtype))
+              for waveform in waveforms]
     return pad_states(states)
+
+
+def to_model(inputs: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Clip inputs on the model's device; floating tensors (the samples) in its dtype, masks as they are."""
+    return {name: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+            for name, value in inputs.items()}
+
+
+def moonshine_clip_inputs(encoder, feature_extractor, waveform: np.ndarray) -> dict[str, torch.Tensor]:
+    """Moonshine reads one unpadded clip's raw samples: no mask needed."""
+    values = feature_extractor(waveform, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+    return {"input_values": values["input_values"]}
+
+
+def moonshine_clip_states(encoder, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return encoder(inputs["input_values"]).last_hidden_state[0]
+
+
+def moonshine_stem(encoder, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
+    return encoder_stem(encoder, inputs["input_values"]), None
+
+
+def moonshine_states_from_stem(encoder, stem: torch.Tensor, frame_mask: None) -> torch.Tensor:
+    return encoder_layers(encoder, stem)[0]
+
+
+def moonshine_stem_modules(encoder) -> list[torch.nn.Module]:
+    return [encoder.conv1, encoder.groupnorm, encoder.conv2, encoder.conv3]
 
 
 def conv_output_lengths(conv: torch.nn.Conv1d, lengths: torch.Tensor) -> torch.Tensor:
@@ -151,3 +219,15 @@ def encode_batched_exact(model, feature_extractor, waveforms: list[np.ndarray], 
     frame_mask = time_mask(frames, stem.shape[1]).long()
     states = masked_encoder_layers(encoder, stem, frame_mask)
     return states * frame_mask[:, :, None].to(states.dtype), frame_mask
+
+
+MOONSHINE_PATH = EncoderPath(
+    name="moonshine",
+    clip_inputs=moonshine_clip_inputs,
+    clip_states=moonshine_clip_states,
+    stem=moonshine_stem,
+    states_from_stem=moonshine_states_from_stem,
+    stem_modules=moonshine_stem_modules,
+    output_class=MoonshineEncoderModelOutput,
+    encode_batched_exact=encode_batched_exact,
+)

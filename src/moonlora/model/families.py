@@ -5,15 +5,17 @@ first and loads the checkpoint with its family's class, so a checkpoint of anoth
 refused in one line instead of being poured into the wrong class (issue 25). Torch-free: the
 transformers classes are named here and imported only when a model loads.
 
-How to add a model family (e.g. Moonshine Streaming, model type `moonshine_streaming`):
+Two families today: Moonshine (v1: tiny, base; model type `moonshine`) and Moonshine Streaming
+(tiny, small, medium; `moonshine_streaming`). How to add a model family:
 1. Add a `ModelFamily` to `FAMILIES` under its transformers `model_type`: its transformers model
    and config classes, where it loads from (hub ids; `bundled` only if moonlora converts one).
-2. Give it LoRA `target_presets` for every name in `LoraSettings.presets` ("all", "decoder"),
-   written with the family's own module names (PEFT matches a string preset with re.fullmatch
-   against each module's full name, a list by module-name suffix).
-3. Say what its encoder can do: `exact_padded_batches` only if a padded batch can give each clip
-   the states it gets alone (Moonshine: `moonlora.model.encoder.encode_batched_exact`); otherwise
-   a batch policy must encode clip by clip.
+2. Give it LoRA `target_presets` for every name in `LoraSettings.presets` ("all", "decoder",
+   "encoder"), written with the family's own module names (PEFT matches a string preset with
+   re.fullmatch against each module's full name, a list by module-name suffix).
+3. Write its `EncoderPath` (`moonlora.model.encoder`): how one clip becomes inputs and exact encoder
+   states, its stem, its encoder-output type; name it in `encoding`. Say what its encoder can do:
+   `exact_padded_batches` only if a padded batch can give each clip the states it gets alone
+   (Moonshine: `moonlora.model.encoder.encode_batched_exact`); otherwise clips are encoded alone.
 4. Name its `export_routes` (empty while it has none: `--format ort` must then be refused before any
    work) and its vocabulary rule (`reserved_vocab_slots`: embedding rows allowed beyond the
    tokenizer's pieces).
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from moonlora.configs import DEFAULT_TARGETS, SAMPLE_RATE
-from moonlora.errors import ModelFamilyError
+from moonlora.errors import ConfigError, ModelFamilyError
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,14 @@ class ModelFamily:
     exact_padded_batches: bool  # the encoder has an exact batched path (padding never changes a clip's states)
     export_routes: tuple[str, ...]  # `moonlora export --format ort` routes, tried in order (see ship.export)
     reserved_vocab_slots: int  # embedding rows allowed beyond the tokenizer's vocabulary
+    encoding: str  # "module:NAME" of its EncoderPath (imported lazily: it needs torch)
+    frontend: str  # the audio front end and encoder pipeline moonlora runs, as the eval contract records it
     sampling_rate: int = SAMPLE_RATE  # what its feature extractor must be set to (Hz)
+
+    def encoder_path(self):
+        """The family's `moonlora.model.encoder.EncoderPath` (imports torch and transformers)."""
+        module, _, name = self.encoding.partition(":")
+        return getattr(importlib.import_module(module), name)
 
     def transformers_model(self):
         """The transformers model class (imports transformers)."""
@@ -73,6 +82,7 @@ MOONSHINE = ModelFamily(
     target_presets=MappingProxyType({
         "all": tuple(DEFAULT_TARGETS),
         "decoder": r"(.*\.)?decoder\.layers\.\d+\.(self_attn|encoder_attn|mlp)\.(" + "|".join(DEFAULT_TARGETS) + ")",
+        "encoder": r"(.*\.)?encoder\.layers\.\d+\.(self_attn|mlp)\.(" + "|".join(DEFAULT_TARGETS) + ")",
     }),
     exact_padded_batches=True,
     # "bundled-graphs": the merged weights written into the bundled base-en .ort graphs (base shape only);
@@ -81,9 +91,40 @@ MOONSHINE = ModelFamily(
     # The bundled tokenizer has 32000 pieces, the hub's adds 768 reserved "<<ST_n>>" tokens; the
     # embedding has 32768 rows either way.
     reserved_vocab_slots=768,
+    encoding="moonlora.model.encoder:MOONSHINE_PATH",
+    frontend=("raw 16 kHz samples; conv stem with its GroupNorm over each clip alone; full encoder attention; "
+              "each clip's encoder states exact in any batch"),
 )
 
-FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (MOONSHINE,)}
+# Moonshine Streaming (tiny 34M, small 123M, medium; English, and e.g. a German tiny). "decoder" is
+# the official fine-tuner's default (moonshine_voice.lora: self-attention q/k/v of the decoder) and
+# "encoder" its encoder sites; "all" is every attention and MLP projection, as for Moonshine. No
+# checkpoint ships offline: tests build random-init models with the real architecture.
+MOONSHINE_STREAMING = ModelFamily(
+    model_type="moonshine_streaming",
+    name="Moonshine Streaming",
+    model_class="MoonshineStreamingForConditionalGeneration",
+    config_class="MoonshineStreamingConfig",
+    hub_ids=("UsefulSensors/moonshine-streaming-tiny", "UsefulSensors/moonshine-streaming-small",
+             "UsefulSensors/moonshine-streaming-medium", "moonshine-ai/moonshine-streaming-medium",
+             "moonshine-ai/moonshine-streaming-tiny-de"),
+    bundled=(),
+    target_presets=MappingProxyType({
+        "all": tuple(DEFAULT_TARGETS),
+        "decoder": r"(.*\.)?decoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj)",
+        "encoder": r"(.*\.)?encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj)",
+    }),
+    # A padded batch through the model's own masked forward gains frames a clip alone does not have
+    # (moonlora.model.streaming_encoder; measured in tests/test_streaming_encoder.py): clip by clip.
+    exact_padded_batches=False,
+    export_routes=(),  # the runtime's five streaming graphs are issue 21; `--format ort` is refused
+    reserved_vocab_slots=768,  # the same Moonshine tokenizer and 32768-row embedding
+    encoding="moonlora.model.streaming_encoder:STREAMING_PATH",
+    frontend=("raw 16 kHz samples in 80-sample frames (frame CMVN, asinh, causal convs inside the model); "
+              "sliding-window encoder attention (the model's masked forward); each clip encoded alone"),
+)
+
+FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (MOONSHINE, MOONSHINE_STREAMING)}
 
 
 def family_for(model_type: object, source: str | None = None) -> ModelFamily:
@@ -98,3 +139,15 @@ def family_for(model_type: object, source: str | None = None) -> ModelFamily:
         f"{where}model type {model_type!r} is not a model family moonlora can load (known: {known}); "
         "pass a checkpoint of a known family"
     )
+
+
+def check_family_settings(family: ModelFamily, export_format: str | None = None, encoder: str | None = None,
+                          flag: str = "--format") -> None:
+    """Refuse, before any work, settings this family cannot honour: an ORT export where it has no export
+    route, a batched encoder where it has no exact padded-batch path. One ConfigError line."""
+    if export_format in ("ort", "both") and not family.export_routes:
+        raise ConfigError(f"{flag} {export_format}: moonlora has no ONNX Runtime export for {family.name} yet "
+                          "(the runtime's streaming graphs are planned); export --format hf, or score the torch model")
+    if encoder == "batched" and not family.exact_padded_batches:
+        raise ConfigError(f"--encoder batched: {family.name} has no exact padded-batch encoder (a padded batch "
+                          "changes a clip's states); use --encoder per-clip or auto")

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
-from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderModelOutput
 
 from moonlora.configs import DecodeConfig
 from moonlora.errors import ConfigError
 from moonlora.model.decoder import batch_order
 from moonlora.model.device import DTYPES
-from moonlora.model.encoder import encode_batched_exact, encode_exact
+from moonlora.model.encoder import encode_exact
 from moonlora.model.families import MOONSHINE, family_for
 
 
@@ -72,7 +71,9 @@ class TorchDecoder:
         self.sampling_rate = feature_extractor.sampling_rate
         # the batch policy is the family's: a padded batch is only allowed where it is exact
         model_type = getattr(getattr(model, "config", None), "model_type", MOONSHINE.model_type)
-        self.exact_padded_batches = family_for(model_type).exact_padded_batches
+        family = family_for(model_type)
+        self.exact_padded_batches = family.exact_padded_batches
+        self.encoder_path = family.encoder_path()
 
     def check(self, config: DecodeConfig) -> None:
         """Every DecodeConfig is decodable here, except a batched encoder the family cannot make exact."""
@@ -86,7 +87,7 @@ class TorchDecoder:
     def encode(self, waveforms: list[np.ndarray], config: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """(states, frame mask) of the padded batch; per-clip or batched exact (`encoder_mode`)."""
         batched = encoder_mode(config, self.model, self.exact_padded_batches) == "batched"
-        encode = encode_batched_exact if batched else encode_exact
+        encode = self.encoder_path.encode_batched_exact if batched else encode_exact
         with torch.inference_mode():
             return encode(self.model, self.feature_extractor, waveforms, DTYPES[config.dtype])
 
@@ -99,7 +100,7 @@ class TorchDecoder:
         cap = PerClipTokenCap(caps, eos_id, prompt_length=1, num_beams=config.num_beams)
         with torch.inference_mode():
             sequences = self.model.generate(
-                encoder_outputs=MoonshineEncoderModelOutput(last_hidden_state=states, attention_mask=mask),
+                encoder_outputs=self.encoder_path.output_class(last_hidden_state=states, attention_mask=mask),
                 attention_mask=mask,  # only tells generate the batch is padded; the encoder is not rerun
                 max_new_tokens=max(caps),
                 num_beams=config.num_beams,

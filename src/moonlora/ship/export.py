@@ -30,6 +30,7 @@ from pathlib import Path
 from moonlora.adapters import ADAPTER_CONFIG, AdapterError, ResolvedAdapter, resolve_adapter
 from moonlora.configs import DEFAULT_MODEL, ExportConfig
 from moonlora.errors import ModelSourceError, MoonloraError
+from moonlora.model.families import check_family_settings, family_for
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.provenance import provenance
 from moonlora.runfolder import RunRecord, RunRecordError, read_record, run_state
@@ -155,9 +156,13 @@ def export(source: str | Path, out_dir: str | Path, export_format: str = ExportC
         raise ExportError(f"--format {export_format}: pick one of {', '.join(FORMATS)}")
     resolved = resolve_source(source, model)
     out_dir = check_output(out_dir, export_format, overwrite)
-    from moonlora.model.loading import adapter_sha256, load_model, weights_sha256  # torch loads only here
+    from moonlora.model.loading import adapter_sha256, load_model, model_skeleton, weights_sha256  # torch loads here
 
+    skeleton = model_skeleton(resolved.model)  # the family from config.json alone, before any weights load
+    if skeleton is not None:
+        check_family_settings(family_for(skeleton.config.model_type), export_format)
     loaded = load_model(resolved.model, device="cpu", adapter=resolved.adapter_dir)
+    check_family_settings(loaded.family, export_format)
     adapter_hash = adapter_sha256(loaded.model)
     merged = loaded.model.merge_and_unload().eval()
     merged_hash = weights_sha256(merged)
@@ -188,14 +193,16 @@ def write_hf(merged, loaded, folder: Path) -> None:
 
 
 def ort_route(merged) -> str:
-    """"a" (patch the bundled graphs) for Moonshine base, "b" (ONNX export) for any other shape."""
+    """"a" (patch the bundled graphs) for Moonshine base, "b" (ONNX export) for any other shape; only routes
+    the model's family names (`ModelFamily.export_routes`) are taken."""
     from moonlora.ship.ort_export import check_route_a
 
+    routes = family_for(merged.config.model_type).export_routes
     try:
         check_route_a(merged.config)
     except ValueError:
-        return "b"
-    return "a"
+        return "b" if "onnx-export" in routes else ""
+    return "a" if "bundled-graphs" in routes else "b"
 
 
 def write_ort(merged, folder: Path, rounding: str, route: str) -> dict:

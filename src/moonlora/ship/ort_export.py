@@ -346,6 +346,11 @@ def check_export_model(spec: str, export: str = "ort") -> None:
         config = AutoConfig.from_pretrained(spec, local_files_only=True)
     except (OSError, ValueError):
         return
+    from moonlora.model.families import FAMILIES, check_family_settings
+
+    family = FAMILIES.get(config.model_type)
+    if family is not None:  # a family without an export route is refused whole; the loader names other types
+        check_family_settings(family, export, flag="--export")
     try:
         check_route_a(config)
     except InputError as error:

@@ -36,6 +36,7 @@ from moonlora.configs import ExperimentConfig
 from moonlora.eval.contract import EvalContract, require_comparable
 from moonlora.eval.evaluate import EvalResult, evaluate_manifest, read_eval, write_eval
 from moonlora.model.device import check_device
+from moonlora.model.families import check_family_settings, family_for
 from moonlora.model.lora import attach_lora, check_targets, lora_delta_norm, lora_is_identity, trainable_summary
 from moonlora.data.manifest import Manifest, Utterance, load_manifest
 from moonlora.model.loading import LoadedModel, load_model, model_skeleton, require_torch
@@ -154,6 +155,8 @@ def check_model_settings(config: ExperimentConfig) -> None:
     """The model's family and the LoRA targets, checked on its config alone, before the folder exists."""
     skeleton = model_skeleton(config.model)
     if skeleton is not None:
+        check_family_settings(family_for(skeleton.config.model_type), config.export, config.decode.encoder,
+                              flag="--export")
         check_targets(skeleton, config.lora.target_modules)
 
 

@@ -25,11 +25,10 @@ import torch.utils.checkpoint
 from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import get_linear_schedule_with_warmup
-from transformers.models.moonshine.modeling_moonshine import MoonshineEncoderModelOutput
 
 from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import TrainConfig
-from moonlora.model.encoder import encode_exact, encoder_layers, encoder_stem, pad_states, stem_is_frozen
+from moonlora.model.encoder import encode_exact, encoder_path_of, pad_states, stem_is_frozen, to_model
 from moonlora.data.manifest import Utterance
 from moonlora.outputs import OutputError, write_bytes_atomic
 from moonlora.progress import progress_bar
@@ -78,22 +77,24 @@ def label_ids(tokenizer, texts: list[str], eos_id: int) -> torch.Tensor:
 
 
 class StemCache:
-    """Conv-stem outputs of training clips, computed once per run.
+    """Stem outputs of training clips, computed once per run.
 
-    The stem (conv1, GroupNorm, conv2, conv3) holds no LoRA target, so its output for a clip
-    never changes while training; recomputing it every epoch is about a quarter of the
-    encoder's forward work. Used only while the stem is frozen, and up to `max_bytes`.
+    The stem (Moonshine: conv1, GroupNorm, conv2, conv3; Moonshine Streaming: the frame embedder and
+    its causal convs) holds no LoRA target, so its output for a clip never changes while training;
+    recomputing it every epoch is about a quarter of the encoder's forward work. Used only while the
+    stem is frozen, and up to `max_bytes`.
     """
 
     def __init__(self, max_bytes: int = 2 * 2**30):
         self.max_bytes, self.used_bytes, self.stems = max_bytes, 0, {}
 
-    def stem(self, encoder, key: str, input_values: torch.Tensor) -> torch.Tensor:
+    def stem(self, encoder, path, key: str, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(stem output, frame mask or None) of one clip, through its family's EncoderPath."""
         if key in self.stems:
             return self.stems[key]
         with torch.no_grad():
-            stem = encoder_stem(encoder, input_values)
-        size = stem.numel() * stem.element_size()
+            stem = path.stem(encoder, inputs)
+        size = sum(t.numel() * t.element_size() for t in stem if t is not None)
         if self.used_bytes + size <= self.max_bytes:
             self.stems[key], self.used_bytes = stem, self.used_bytes + size
         return stem
@@ -176,23 +177,23 @@ class EncoderCache:
     def __init__(self, max_bytes: int):
         self.max_bytes, self.used_bytes, self.saved = max_bytes, 0, {}
 
-    def states(self, encoder, key: str, input_values: torch.Tensor) -> torch.Tensor:
-        """(frames, hidden) encoder states of one clip."""
+    def states(self, encoder, path, key: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(frames, hidden) encoder states of one clip, through its family's EncoderPath."""
         if key in self.saved:
             return self.saved[key]
         with torch.no_grad(), eval_mode(encoder):
-            states = encoder(input_values).last_hidden_state[0]
+            states = path.clip_states(encoder, inputs)
         size = states.numel() * states.element_size()
         if self.used_bytes + size <= self.max_bytes:
             self.saved[key], self.used_bytes = states, self.used_bytes + size
         return states
 
 
-def clip_inputs(feature_extractor, waveforms: list[np.ndarray], parameter: torch.Tensor) -> list[torch.Tensor]:
-    """Each clip's (1, samples) model input, on the model's device and dtype."""
-    rate = feature_extractor.sampling_rate
-    return [feature_extractor(w, sampling_rate=rate, return_tensors="pt")["input_values"]
-            .to(device=parameter.device, dtype=parameter.dtype) for w in waveforms]
+def clip_inputs(path, encoder, feature_extractor, waveforms: list[np.ndarray],
+                parameter: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Each clip's model inputs (batch of 1, its family's EncoderPath), on the model's device and dtype."""
+    return [to_model(path.clip_inputs(encoder, feature_extractor, w), parameter.device, parameter.dtype)
+            for w in waveforms]
 
 
 def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray], texts: list[str],
@@ -204,19 +205,20 @@ def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray],
     cache; otherwise, with `cache` and a frozen conv stem, the stem outputs do.
     """
     parameter = next(p for p in model.parameters())
+    path, encoder = encoder_path_of(model), model.get_encoder()
     if encoder_cache is not None and keys is not None and encoder_is_frozen(model):
-        encoder = model.get_encoder()
-        states, mask = pad_states([encoder_cache.states(encoder, key, x)
-                                   for key, x in zip(keys, clip_inputs(feature_extractor, waveforms, parameter))])
+        inputs = clip_inputs(path, encoder, feature_extractor, waveforms, parameter)
+        # pad_states copies: the streaming decoder adds its position embedding to the states in place
+        states, mask = pad_states([encoder_cache.states(encoder, path, key, x) for key, x in zip(keys, inputs)])
     elif cache is not None and keys is not None and stem_is_frozen(model):
-        encoder = model.get_encoder()
-        states, mask = pad_states([encoder_layers(encoder, cache.stem(encoder, key, x))[0]
-                                   for key, x in zip(keys, clip_inputs(feature_extractor, waveforms, parameter))])
+        inputs = clip_inputs(path, encoder, feature_extractor, waveforms, parameter)
+        states, mask = pad_states([path.states_from_stem(encoder, *cache.stem(encoder, path, key, x))
+                                   for key, x in zip(keys, inputs)])
     else:
         states, mask = encode_exact(model, feature_extractor, waveforms, parameter.dtype)
     eos_id = model.config.eos_token_id
     labels = label_ids(tokenizer, texts, eos_id).to(parameter.device)
-    encoded = MoonshineEncoderModelOutput(last_hidden_state=states, attention_mask=mask)
+    encoded = path.output_class(last_hidden_state=states, attention_mask=mask)
     return model(encoder_outputs=encoded, attention_mask=mask, labels=labels).loss
 
 

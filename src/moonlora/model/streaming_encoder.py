@@ -1,0 +1,97 @@
+"""Moonshine Streaming's encoder, one clip at a time: the exact path shared by decoding and training.
+
+The streaming model reads raw 16 kHz samples in 5 ms frames (80 samples): frame CMVN, asinh
+compression, a linear frame embedding and two causal stride-2 convolutions (the "embedder", our
+stem), then transformer layers whose attention is limited to a per-layer sliding window, then a
+final norm. Three facts of the transformers implementation decide how moonlora runs it:
+- The sliding windows exist only when the encoder is handed an attention mask: without one every
+  layer attends to the whole clip, which is not the model that was trained (the official
+  fine-tuner passes a mask) nor the one the runtime streams. So every clip gets a sample mask,
+  even alone.
+- A padded batch is not exact: the convolutions mark an output frame valid when any sample of its
+  window is real, so in a batch a clip gains one or two frames (made partly of padding) that it
+  does not have alone, and attention sees them. tests/test_streaming_encoder.py measures the
+  difference; `ModelFamily.exact_padded_batches` is False for this family and each clip is
+  encoded alone. The decoder still runs batched.
+- The decoder adds its position embedding to the encoder states in place
+  (`encoder_hidden_states += ...`): states handed to the model are always a fresh padded copy
+  (`pad_states`), never a cached tensor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.moonshine_streaming.modeling_moonshine_streaming import (
+    MoonshineStreamingEncoderModelOutput, sliding_window_mask_function)
+
+from moonlora.model.encoder import EncoderPath
+
+
+def frame_samples(encoder) -> int:
+    """Samples per encoder input frame (80: 5 ms at 16 kHz)."""
+    return encoder.embedder.frame_len
+
+
+def clip_inputs(encoder, feature_extractor, waveform: np.ndarray) -> dict[str, torch.Tensor]:
+    """One clip as the model reads it: the feature extractor's raw samples, zero-padded to whole frames,
+    and a mask over the real samples ((1, samples) each). A trailing partial frame is masked off by the
+    model itself (it counts whole frames), in any batch, so it never decides a transcript."""
+    values = feature_extractor(waveform, sampling_rate=feature_extractor.sampling_rate,
+                               return_tensors="pt")["input_values"][0]
+    frame = frame_samples(encoder)
+    if values.shape[0] < frame:
+        raise ValueError(f"a clip of {values.shape[0]} samples is shorter than one encoder frame ({frame} samples)")
+    width = -(-values.shape[0] // frame) * frame
+    padded = torch.zeros(1, width, dtype=values.dtype)
+    padded[0, : values.shape[0]] = values
+    mask = torch.zeros(1, width, dtype=torch.long)
+    mask[0, : values.shape[0]] = 1
+    return {"input_values": padded, "attention_mask": mask}
+
+
+def stem(encoder, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedder on one clip: (1, frames, hidden) and its (1, frames) bool frame mask."""
+    return encoder.embedder(inputs["input_values"], padding_mask=inputs["attention_mask"])
+
+
+def layers(encoder, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """The transformer layers with each layer's sliding window, then the final norm: mirrors the second
+    half of `MoonshineStreamingEncoder.forward` (tests check stem + layers against it)."""
+    for index, layer in enumerate(encoder.layers):
+        window_mask = create_bidirectional_mask(
+            config=encoder.config, inputs_embeds=hidden, attention_mask=frame_mask,
+            and_mask_function=sliding_window_mask_function(encoder.config.sliding_windows[index]),
+        )
+        hidden = layer(hidden, attention_mask=window_mask)
+    return encoder.final_norm(hidden)
+
+
+def clip_states(encoder, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(valid frames, hidden) encoder states of one clip; masked trailing frames are dropped (the decoder
+    would mask them; the valid frames are a prefix, so positions do not move)."""
+    output = encoder(inputs["input_values"], attention_mask=inputs["attention_mask"])
+    valid = output.attention_mask[0].bool()
+    return output.last_hidden_state[0, valid]
+
+
+def states_from_stem(encoder, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """`clip_states` from a cached stem output."""
+    return layers(encoder, hidden, frame_mask)[0, frame_mask[0].bool()]
+
+
+def stem_modules(encoder) -> list[torch.nn.Module]:
+    return [encoder.embedder]
+
+
+STREAMING_PATH = EncoderPath(
+    name="moonshine_streaming",
+    clip_inputs=clip_inputs,
+    clip_states=clip_states,
+    stem=stem,
+    states_from_stem=states_from_stem,
+    stem_modules=stem_modules,
+    output_class=MoonshineStreamingEncoderModelOutput,
+    encode_batched_exact=None,
+)
