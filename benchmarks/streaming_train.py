@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import current_rss_mib, interleaved, median_spread, peak_rss_mib, print_load, release_memory, reset_peak_rss  # noqa: E402
+from machine import current_rss_mib, interleaved, machine_load, median_spread, peak_rss_mib, print_load, release_memory, reset_peak_rss  # noqa: E402
 
 CHILD_MARK = "STREAMING-TRAIN-CHILD-RESULT "
 RANK, BATCH = 8, 8
@@ -343,10 +343,16 @@ def in_fresh_process(args, kind: str, sites: str, steps: int, manifest: str) -> 
         command += ["--decoder-preset", args.decoder_preset]
         if args.eval_single:
             command += ["--eval-single"]
+        started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         for line in done.stdout.splitlines():
             if line.startswith(CHILD_MARK):
-                return json.loads(line[len(CHILD_MARK):])
+                result = json.loads(line[len(CHILD_MARK):])
+                print(f"  {kind} {sites}: done in {time.perf_counter() - started:.0f} s (process wall)"
+                      + (f", {result['samples_per_second']:.2f} samples/s, peak RSS {result['peak_rss_mib']:.0f} MiB, "
+                         f"load before {machine_load()['load1']:.2f}" if "samples_per_second" in result else ""),
+                      flush=True)
+                return result
         raise RuntimeError(f"{kind} {sites}: the child run failed (exit {done.returncode}):\n"
                            f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
 
