@@ -350,7 +350,7 @@ def in_fresh_process(args, kind: str, sites: str, steps: int, manifest: str) -> 
                 result = json.loads(line[len(CHILD_MARK):])
                 print(f"  {kind} {sites}: done in {time.perf_counter() - started:.0f} s (process wall)"
                       + (f", {result['samples_per_second']:.2f} samples/s, peak RSS {result['peak_rss_mib']:.0f} MiB, "
-                         f"load before {machine_load()['load1']:.2f}" if "samples_per_second" in result else ""),
+                         f"load now {machine_load()['load1']:.2f}" if "samples_per_second" in result else ""),
                       flush=True)
                 return result
         raise RuntimeError(f"{kind} {sites}: the child run failed (exit {done.returncode}):\n"
@@ -384,6 +384,7 @@ def summarize(runs: dict[str, list[dict]], clips: int) -> dict:
             "start_rss_mib": [r["start_rss_mib"] for r in rows],
             "trainable_parameters": rows[0]["trainable_parameters"], "adapted": rows[0]["adapted"],
             "load1": [r["load1"] for r in rows], "busy": any(r["busy"] for r in rows),
+            "step_ends": [r["step_ends"] for r in rows],  # seconds from the first step's start, per run
             "extra": {k: [r[k] for r in rows] for k in ("fit_adapter_call_seconds", "eval_seconds", "checkpoint_seconds",
                                                         "targets") if k in rows[0]},
         }
