@@ -151,3 +151,28 @@ def test_a_streaming_folder_short_of_a_graph_or_config_is_one_line(float_folder,
     (broken / "streaming_config.json").write_text("{}")
     with pytest.raises(ModelSourceError, match="lacks depth"):
         load_model(str(broken))  # the layout is detected without the ort: prefix too
+
+
+def test_a_streaming_experiment_with_export_records_parity_and_decide_reports_it(tiny_streaming_dir, tmp_path,
+                                                                                capsys):
+    from conftest import tone_set
+
+    data = {"train": tone_set(tmp_path / "d", "train", 12), "main": tone_set(tmp_path / "d", "main", 4, seed0=50)}
+    run = tmp_path / "run"
+    assert main(["--quiet", "experiment", "--output-dir", str(run), "--dataset-path", str(data["train"]),
+                 "--manifest-path", str(data["main"]), "--model", str(tiny_streaming_dir), "--device", "cpu",
+                 "--max-steps", "2", "--eval-interval", "1", "--batch-size", "2", "--grad-accum", "1",
+                 "--lora-r", "2", "--target-modules", "decoder", "--min-val-clips", "1",
+                 "--export", "ort"]) == 0, capsys.readouterr().err
+    record = json.loads((run / "experiment_metrics.json").read_text())
+    parity = record["export_parity"]
+    assert parity["runtime"] == {"name": "onnxruntime", "precision": "int8"}
+    assert sorted(p.name for p in (run / "export" / "ort").iterdir() if p.suffix == ".ort") == sorted(
+        f"{graph}.ort" for graph in GRAPHS)
+    main_set = parity["sets"]["main"]
+    assert main_set["contract"]["model_type"] == "moonshine_streaming"
+    assert 0.0 <= main_set["text_agreement"] <= 1.0 and parity["outcome"]
+    assert "export_minus_torch" in main_set and "export_minus_baseline" in main_set
+    capsys.readouterr()
+    main(["decide", str(run)])
+    assert "export parity" in capsys.readouterr().out
