@@ -217,6 +217,9 @@ def ort_route(merged) -> str:
 
     routes = family_for(merged.config.model_type).export_routes
     if "streaming-graphs" in routes:
+        from moonlora.ship.streaming_export import check_streaming_model
+
+        check_streaming_model(merged)  # before the output folder is claimed
         return "streaming"
     try:
         check_route_a(merged.config)
