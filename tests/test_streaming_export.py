@@ -176,3 +176,17 @@ def test_a_streaming_experiment_with_export_records_parity_and_decide_reports_it
     capsys.readouterr()
     main(["decide", str(run)])
     assert "export parity" in capsys.readouterr().out
+
+
+def test_what_the_graphs_cannot_express_is_one_line(base_model, tmp_path):
+    import copy
+
+    from moonlora.errors import InputError
+
+    with pytest.raises(InputError, match="--precision int4: pick one of int8, float32"):
+        export_streaming(base_model.model, tmp_path / "x", precision="int4")
+    grouped = copy.deepcopy(base_model.model)
+    grouped.config.num_key_value_heads = 1
+    with pytest.raises(InputError, match="num_key_value_heads 1 != num_attention_heads 2"):
+        export_streaming(grouped, tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
