@@ -179,8 +179,9 @@ def export(source: str | Path, out_dir: str | Path, export_format: str = ExportC
     if route == "a" and precision != "int8":
         raise ExportError(f"--precision {precision}: the re-weighted bundled base-en graphs are int8 only; "
                           "drop --precision")
-    claim_output_dir(out_dir, "--out", EXPORT_KIND, ENTRIES[export_format], overwrite, require_empty=True,
-                     known=KNOWN_ENTRIES)
+    claimed = (STREAMING_ORT_ENTRIES if route == "streaming" else MOONSHINE_ORT_ENTRIES) if export_format == "ort" \
+        else ENTRIES[export_format]  # what this export writes (check_output allowed either family's names)
+    claim_output_dir(out_dir, "--out", EXPORT_KIND, claimed, overwrite, require_empty=True, known=KNOWN_ENTRIES)
     folders = {"hf": out_dir, "ort": out_dir} if export_format != "both" else {"hf": out_dir / "hf", "ort": out_dir / "ort"}
     manifests = {}
     if export_format in ("hf", "both"):
