@@ -10,7 +10,9 @@ merged torch model are compared too.
 
     uv run python benchmarks/export_speed.py --run RUN_DIR --manifest TEST.jsonl [--clips 30] [--repeats 3]
 
-RUN_DIR is a finished `moonlora experiment` run on bundled:base-en. Writes benchmarks/export_speed.json.
+RUN_DIR is a finished `moonlora experiment` run on bundled:base-en, or on a Moonshine Streaming model: then
+the paths are (1) torch, (2) the exported int8 streaming folder, (3) the same exported float32 (there is no
+bundled streaming folder). Writes benchmarks/export_speed.json (export_speed_streaming.json for streaming).
 """
 
 from __future__ import annotations
@@ -56,8 +58,14 @@ def main() -> None:
     audio_seconds = sum(u.file_duration for u in manifest.utterances)
     work = Path(tempfile.mkdtemp(prefix="export-speed-"))
     exported = export(args.run, work / "ship", export_format="both")
-    paths = {"torch merged fp32": load_model(str(exported.folders["hf"]), device="cpu"),
-             "bundled .ort (onnxruntime)": load_model("ort:bundled:base-en"),
+    torch_model = load_model(str(exported.folders["hf"]), device="cpu")
+    streaming = "streaming-graphs" in torch_model.family.export_routes
+    if streaming:  # the runtime's five graphs, int8 (what ships) against float32
+        reference = export(args.run, work / "float", export_format="ort", precision="float32").folders["ort"]
+        reference_name = "exported float32 .ort (onnxruntime)"
+    else:
+        reference, reference_name = "bundled:base-en", "bundled .ort (onnxruntime)"
+    paths = {"torch merged fp32": torch_model, reference_name: load_model(f"ort:{reference}"),
              "exported .ort (onnxruntime)": load_model(f"ort:{exported.folders['ort']}")}
     samples = {name: {"cpu": [], "wall": []} for name in paths}
     texts = {}
@@ -78,17 +86,21 @@ def main() -> None:
     report = {
         "clips": len(manifest.utterances), "audio_seconds": audio_seconds, "repeats": args.repeats,
         "paths": rows, "exported_vs_torch_identical_texts": identical,
-        "exported_over_bundled_cpu": rows["exported .ort (onnxruntime)"]["median_cpu_seconds_per_audio_second"]
-        / rows["bundled .ort (onnxruntime)"]["median_cpu_seconds_per_audio_second"],
+        "family": torch_model.model_type,
+        ("exported_over_float_cpu" if streaming else "exported_over_bundled_cpu"):
+        rows["exported .ort (onnxruntime)"]["median_cpu_seconds_per_audio_second"]
+        / rows[reference_name]["median_cpu_seconds_per_audio_second"],
         "ort_over_torch_cpu": rows["exported .ort (onnxruntime)"]["median_cpu_seconds_per_audio_second"]
         / rows["torch merged fp32"]["median_cpu_seconds_per_audio_second"],
         "load_average_at_start": [round(v, 2) for v in load], "cores": cores, "loaded": load[0] > cores,
         "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
     }
-    print(f"exported/bundled CPU {report['exported_over_bundled_cpu']:.3f}; exported ORT/torch CPU "
+    ratio = report["exported_over_float_cpu" if streaming else "exported_over_bundled_cpu"]
+    print(f"exported/{'float32' if streaming else 'bundled'} CPU {ratio:.3f}; exported ORT/torch CPU "
           f"{report['ort_over_torch_cpu']:.2f}; identical texts exported vs torch {identical}/{len(manifest.utterances)}")
-    OUT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {OUT}")
+    out = OUT.with_name("export_speed_streaming.json") if streaming else OUT
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

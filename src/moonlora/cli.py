@@ -307,7 +307,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output(args.out, args.format, args.overwrite)  # refused before torch loads (export checks again)
     quiet_model_logs(args)
     result = export(args.source, args.out, export_format=args.format, model=args.model, overwrite=args.overwrite,
-                    rounding=args.rounding)
+                    rounding=args.rounding, precision=args.precision)
     for name, manifest in result.manifests.items():
         print(f"{name} ({manifest['precision']}): {result.folders[name]} — base {manifest['base_model']} + adapter "
               f"{(manifest['adapter_sha256'] or '-')[:12]} -> merged weights {manifest['merged_weights_sha256'][:12]}")
@@ -524,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "--model DIR load; --format ort writes encoder_model.ort, decoder_model_merged.ort and "
                          "tokenizer.bin with the bundled base-en graphs' names, inputs/outputs and int8 scheme "
                          "(Moonshine base: the bundled graphs re-weighted; other shapes: moonlora's ONNX export), "
-                         "for the moonshine-voice runtime. Each folder gets manifest.json: source run and its eval "
+                         "for the moonshine-voice runtime; a Moonshine Streaming run gets the runtime's five "
+                         "streaming graphs (frontend, encoder, adapter, cross_kv, decoder_kv .ort), "
+                         "streaming_config.json and tokenizer.bin. Each folder gets manifest.json: source run and its eval "
                          "contracts, base, adapter and merged-weights hashes, precision and quantization, tool "
                          "versions.", cmd_export)
     export.add_argument("source", metavar="RUN_OR_ADAPTER",
@@ -539,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--rounding", default=export_defaults.rounding, choices=["stochastic", "nearest"],
                         help="int8 rounding of the merged weights (ort): stochastic keeps small LoRA changes "
                              "unbiased; nearest drops every change under half a step")
+    export.add_argument("--precision", default=export_defaults.precision, choices=list(ExportConfig.precisions),
+                        help="of the ort graphs: int8 (what ships) or float32 (Moonshine Streaming, and moonlora's "
+                             "ONNX route; the re-weighted bundled base-en graphs are int8 only)")
     export.add_argument("--model", default=export_defaults.model,
                         help="base model of an adapter folder (a run folder names its own); none: bundled:base-en")
     add_overwrite_arg(export, "--out")

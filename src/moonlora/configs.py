@@ -520,9 +520,11 @@ class ExportConfig:
 
     format: str = "hf"  # hf (merged transformers checkpoint) | ort (int8 .ort graphs) | both
     rounding: str = "stochastic"  # int8 rounding of the merged weights (ort) | nearest
+    precision: str = "int8"  # of the ort graphs | float32 (Moonshine Streaming and moonlora's ONNX route only)
     model: str | None = None  # base model of a plain adapter folder (None: DEFAULT_MODEL); a run names its own
 
     formats = ("hf", "ort", "both")  # a class attribute, not a field
+    precisions = ("int8", "float32")  # a class attribute, not a field
 
 
 @dataclass(frozen=True)

@@ -117,10 +117,12 @@ MOONSHINE_STREAMING = ModelFamily(
     # A padded batch through the model's own masked forward gains frames a clip alone does not have
     # (moonlora.model.streaming_encoder; measured in tests/test_streaming_encoder.py): clip by clip.
     exact_padded_batches=False,
-    export_routes=(),  # the runtime's five streaming graphs are issue 21; `--format ort` is refused
+    # "streaming-graphs": moonlora's export to the runtime's five streaming graphs (moonlora.ship.streaming_export).
+    export_routes=("streaming-graphs",),
     reserved_vocab_slots=768,  # the same Moonshine tokenizer and 32768-row embedding
     encoding="moonlora.model.streaming_encoder:STREAMING_PATH",
-    frontend=("raw 16 kHz samples in 80-sample frames (frame CMVN, asinh, causal convs inside the model); "
+    frontend=("raw 16 kHz samples in 80-sample frames, a trailing partial frame dropped (frame CMVN, asinh, "
+              "causal convs inside the model); "
               "sliding-window encoder attention (the model's masked forward); each clip encoded alone"),
 )
 
@@ -146,8 +148,8 @@ def check_family_settings(family: ModelFamily, export_format: str | None = None,
     """Refuse, before any work, settings this family cannot honour: an ORT export where it has no export
     route, a batched encoder where it has no exact padded-batch path. One ConfigError line."""
     if export_format in ("ort", "both") and not family.export_routes:
-        raise ConfigError(f"{flag} {export_format}: moonlora has no ONNX Runtime export for {family.name} yet "
-                          "(the runtime's streaming graphs are planned); export --format hf, or score the torch model")
+        raise ConfigError(f"{flag} {export_format}: moonlora has no ONNX Runtime export for {family.name} "
+                          "(the family names no export route); export --format hf, or score the torch model")
     if encoder == "batched" and not family.exact_padded_batches:
         raise ConfigError(f"--encoder batched: {family.name} has no exact padded-batch encoder (a padded batch "
                           "changes a clip's states); use --encoder per-clip or auto")

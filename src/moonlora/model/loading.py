@@ -6,7 +6,9 @@
   `UsefulSensors/moonshine-tiny`, through `from_pretrained` of its model family's class.
 - `ort:DIR` (or a folder holding `encoder_model.ort` / `decoder_model_merged.ort`, without the
   prefix), and `ort:bundled:base-en` for the wheel's own folder: the ONNX Runtime graphs a user
-  deploys, scored through onnxruntime (`moonlora.model.ort`). No adapter: merge and export first.
+  deploys, scored through onnxruntime (`moonlora.model.ort`); a folder in the runtime's Moonshine
+  Streaming layout (`frontend.ort` ... `decoder_kv.ort`, `streaming_config.json`) is detected and run
+  through its five graphs (`moonlora.model.ort_streaming`). No adapter: merge and export first.
 
 Each LoadedModel hands out the `Decoder` that runs it (`LoadedModel.decoder()`), so the decode
 path never asks which runtime it holds.
@@ -47,6 +49,7 @@ from moonlora.data.audio import SAMPLE_RATE
 from moonlora.configs import DEFAULT_MODEL
 from moonlora.model.device import DTYPES, resolve_device
 from moonlora.model.ort import RUNTIME_NAME, OrtDecoder, is_ort_folder, load_ort_model
+from moonlora.model.ort_streaming import MODEL_TYPE as STREAMING_TYPE, is_streaming_folder, load_streaming_model
 from moonlora.model.torch_decoder import TorchDecoder
 from moonlora.errors import ModelSourceError
 from moonlora.model.families import MOONSHINE, ModelFamily, family_for
@@ -79,7 +82,7 @@ class LoadedModel:
     precision: str = "float32"  # torch: the dtype it was loaded in; onnxruntime: read from the graphs
     # Builds the Decoder that runs `model`, from (model, feature_extractor, tokenizer).
     decoder_factory: Callable[..., Decoder] = TorchDecoder
-    model_type: str = MOONSHINE.model_type  # its family's key (the onnxruntime graphs are Moonshine's)
+    model_type: str = MOONSHINE.model_type  # its family's key (an ORT folder's: from its layout)
     load_check: dict | None = None  # LoadCheck.to_dict() of a torch load; None where moonlora did not check
 
     @property
@@ -398,7 +401,7 @@ def ort_folder(spec: str) -> Path | None:
             raise ModelSourceError(f"--model {spec}: name the folder, e.g. ort:path/to/model or ort:bundled:base-en")
         return Path(rest).expanduser()
     folder = Path(spec).expanduser()
-    return folder if folder.is_dir() and is_ort_folder(folder) else None
+    return folder if folder.is_dir() and (is_ort_folder(folder) or is_streaming_folder(folder)) else None
 
 
 def require_torch(loaded: LoadedModel, what: str = "training") -> None:
@@ -422,11 +425,12 @@ def load_ort(spec: str, folder: Path, device: str = "auto", dtype: str = "float3
         raise ModelSourceError(f"--dtype {dtype}: an onnxruntime model runs at its graphs' own precision; drop --dtype")
     if device not in ("auto", "cpu"):
         raise ModelSourceError(f"--device {device}: the onnxruntime backend runs on the CPU; drop --device")
-    model, tokenizer = load_ort_model(folder, spec)
+    streaming = folder.is_dir() and is_streaming_folder(folder)  # the runtime's five streaming graphs
+    model, tokenizer = load_streaming_model(folder, spec) if streaming else load_ort_model(folder, spec)
     return LoadedModel(
         model=model, feature_extractor=bundled_feature_extractor(), tokenizer=tokenizer, source=spec,
         weights_sha256=model.artifact_sha256, runtime=RUNTIME_NAME, precision=model.precision,
-        decoder_factory=OrtDecoder,
+        decoder_factory=OrtDecoder, model_type=STREAMING_TYPE if streaming else MOONSHINE.model_type,
     )
 
 

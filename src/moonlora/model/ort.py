@@ -8,7 +8,9 @@ A model folder in the layout of the moonshine-cpp wheel's `base-en` folder:
 - `tokenizer.bin` — the vocabulary; detokenised with the same tokenizer moonlora builds for the
   bundled model (`moonlora.model.tokenizer.build_hf_tokenizer`).
 
-`OrtDecoder` is the onnxruntime `Decoder` (`moonlora.model.decoder`): greedy (start token 1, end 2)
+`OrtDecoder` is the onnxruntime `Decoder` (`moonlora.model.decoder`) of this layout and of the runtime's
+Moonshine Streaming layout (`moonlora.model.ort_streaming.StreamingOrtModel` has the same `encode` and
+`greedy`): greedy (start token 1, end 2)
 with the same per-clip token cap as the torch path (`DecodeConfig.token_cap`, enforced like
 `torch_decoder.PerClipTokenCap`: end-of-sequence is forced once a clip has generated cap - 1
 tokens), so `evaluate_manifest` scores an ORT folder with the same manifest, audio pipeline,

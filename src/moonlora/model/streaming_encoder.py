@@ -35,20 +35,18 @@ def frame_samples(encoder) -> int:
 
 
 def clip_inputs(encoder, feature_extractor, waveform: np.ndarray) -> dict[str, torch.Tensor]:
-    """One clip as the model reads it: the feature extractor's raw samples, zero-padded to whole frames,
-    and a mask over the real samples ((1, samples) each). A trailing partial frame is masked off by the
-    model itself (it counts whole frames), in any batch, so it never decides a transcript."""
+    """One clip as the model reads it: the feature extractor's raw samples cut to whole frames, and a mask
+    over them ((1, samples) each). A trailing partial frame is dropped, as the runtime's frontend graph
+    drops it (its samples wait for a next chunk that never comes): given to the model zero-padded and
+    masked, it would still add a frame to the causal convolutions' output for about half the clips
+    (`moonlora.ship.streaming_export` then could not equal this path)."""
     values = feature_extractor(waveform, sampling_rate=feature_extractor.sampling_rate,
                                return_tensors="pt")["input_values"][0]
     frame = frame_samples(encoder)
     if values.shape[0] < frame:
         raise ValueError(f"a clip of {values.shape[0]} samples is shorter than one encoder frame ({frame} samples)")
-    width = -(-values.shape[0] // frame) * frame
-    padded = torch.zeros(1, width, dtype=values.dtype)
-    padded[0, : values.shape[0]] = values
-    mask = torch.zeros(1, width, dtype=torch.long)
-    mask[0, : values.shape[0]] = 1
-    return {"input_values": padded, "attention_mask": mask}
+    width = values.shape[0] // frame * frame
+    return {"input_values": values[None, :width].clone(), "attention_mask": torch.ones(1, width, dtype=torch.long)}
 
 
 def stem(encoder, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,9 @@ thing an export can change is the weights. Any other architecture (moonshine-tin
 takes route (b), `moonlora.ship.onnx_export`: moonlora's own torch.onnx export of the encoder and of a
 merged decoder with the bundled graphs' inputs/outputs, onnxruntime dynamic int8 quantization and
 ORT-format conversion (optimum-onnx is not an option: it requires transformers < 4.58).
+A Moonshine Streaming run takes its family's one route, "streaming-graphs" (`moonlora.ship.streaming_export`):
+the runtime's five streaming graphs, `streaming_config.json` and `tokenizer.bin`, int8 or float32
+(`--precision`); the graphs an adapter does not touch are byte-identical to an identity export's.
 
 `both` writes `hf/` and `ort/` side by side. Every export carries `manifest.json`: the source run
 and its eval contracts, the base model, adapter and merged-weights hashes, the precision and
@@ -39,7 +42,10 @@ EXPORT_KIND = "export"
 MANIFEST_NAME = "manifest.json"
 HF_ENTRIES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "preprocessor_config.json", MANIFEST_NAME)
-ORT_ENTRIES = ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin", MANIFEST_NAME)
+MOONSHINE_ORT_ENTRIES = ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin", MANIFEST_NAME)
+STREAMING_ORT_ENTRIES = ("frontend.ort", "encoder.ort", "adapter.ort", "cross_kv.ort", "decoder_kv.ort",
+                         "streaming_config.json", "tokenizer.bin", MANIFEST_NAME)
+ORT_ENTRIES = tuple(dict.fromkeys((*MOONSHINE_ORT_ENTRIES, *STREAMING_ORT_ENTRIES)))  # either family's layout
 FORMATS = ExportConfig.formats
 ENTRIES = {"hf": HF_ENTRIES, "ort": ORT_ENTRIES, "both": ("hf", "ort")}
 KNOWN_ENTRIES = tuple(dict.fromkeys(name for names in ENTRIES.values() for name in names))  # any format's
@@ -126,7 +132,7 @@ def export_manifest(source: ExportSource, base_sha: str, adapter_sha: str | None
         "base_model_sha256": base_sha,
         "adapter_sha256": adapter_sha,
         "merged_weights_sha256": merged_sha,
-        "precision": "int8" if quantization else "float32",
+        "precision": (quantization or {}).get("precision", "int8" if quantization else "float32"),
         "quantization": quantization,
         "run_eval_contracts": {name: s.contract for name, s in scores.items()} if source.record else None,
         "run_tuned_wer": {name: s.wer for name, s in scores.items()} if source.record else None,
@@ -150,10 +156,12 @@ def check_output(out_dir: str | Path, export_format: str, overwrite: bool) -> Pa
 
 def export(source: str | Path, out_dir: str | Path, export_format: str = ExportConfig.format,
            model: str | None = ExportConfig.model, overwrite: bool = False,
-           rounding: str = ExportConfig.rounding) -> ExportResult:
+           rounding: str = ExportConfig.rounding, precision: str = ExportConfig.precision) -> ExportResult:
     """Merge the adapter into its base model and write the `hf` and/or `ort` folder with manifest.json."""
     if export_format not in FORMATS:
         raise ExportError(f"--format {export_format}: pick one of {', '.join(FORMATS)}")
+    if precision not in ExportConfig.precisions:
+        raise ExportError(f"--precision {precision}: pick one of {', '.join(ExportConfig.precisions)}")
     resolved = resolve_source(source, model)
     out_dir = check_output(out_dir, export_format, overwrite)
     from moonlora.model.loading import adapter_sha256, load_model, model_skeleton, weights_sha256  # torch loads here
@@ -164,18 +172,23 @@ def export(source: str | Path, out_dir: str | Path, export_format: str = ExportC
     loaded = load_model(resolved.model, device="cpu", adapter=resolved.adapter_dir)
     check_family_settings(loaded.family, export_format)
     adapter_hash = adapter_sha256(loaded.model)
+    adapted = adapted_modules(loaded.model)
     merged = loaded.model.merge_and_unload().eval()
     merged_hash = weights_sha256(merged)
     route = ort_route(merged) if export_format in ("ort", "both") else None
-    claim_output_dir(out_dir, "--out", EXPORT_KIND, ENTRIES[export_format], overwrite, require_empty=True,
-                     known=KNOWN_ENTRIES)
+    if route == "a" and precision != "int8":
+        raise ExportError(f"--precision {precision}: the re-weighted bundled base-en graphs are int8 only; "
+                          "drop --precision")
+    claimed = (STREAMING_ORT_ENTRIES if route == "streaming" else MOONSHINE_ORT_ENTRIES) if export_format == "ort" \
+        else ENTRIES[export_format]  # what this export writes (check_output allowed either family's names)
+    claim_output_dir(out_dir, "--out", EXPORT_KIND, claimed, overwrite, require_empty=True, known=KNOWN_ENTRIES)
     folders = {"hf": out_dir, "ort": out_dir} if export_format != "both" else {"hf": out_dir / "hf", "ort": out_dir / "ort"}
     manifests = {}
     if export_format in ("hf", "both"):
         write_hf(merged, loaded, folders["hf"])
         manifests["hf"] = export_manifest(resolved, loaded.weights_sha256, adapter_hash, merged_hash, "hf")
     if export_format in ("ort", "both"):
-        quantization = write_ort(merged, folders["ort"], rounding, route)
+        quantization = write_ort(merged, folders["ort"], rounding, route, precision, adapted)
         manifests["ort"] = export_manifest(resolved, loaded.weights_sha256, adapter_hash, merged_hash, "ort",
                                            quantization)
     for name, manifest in manifests.items():
@@ -192,12 +205,23 @@ def write_hf(merged, loaded, folder: Path) -> None:
         raise ModelSourceError(f"--out {folder}: cannot write the merged model ({error.strerror or error})") from None
 
 
+def adapted_modules(model) -> list[str]:
+    """Names of the modules a PEFT model's LoRA adapts (what its merge changes)."""
+    return sorted(name for name, module in model.named_modules() if hasattr(module, "lora_A") and module.lora_A)
+
+
 def ort_route(merged) -> str:
-    """"a" (patch the bundled graphs) for Moonshine base, "b" (ONNX export) for any other shape; only routes
-    the model's family names (`ModelFamily.export_routes`) are taken."""
+    """"a" (patch the bundled graphs) for Moonshine base, "b" (ONNX export) for any other Moonshine shape,
+    "streaming" for Moonshine Streaming; only routes the model's family names (`ModelFamily.export_routes`)
+    are taken."""
     from moonlora.ship.ort_export import check_route_a
 
     routes = family_for(merged.config.model_type).export_routes
+    if "streaming-graphs" in routes:
+        from moonlora.ship.streaming_export import check_streaming_model
+
+        check_streaming_model(merged)  # before the output folder is claimed
+        return "streaming"
     try:
         check_route_a(merged.config)
     except ValueError:
@@ -205,7 +229,16 @@ def ort_route(merged) -> str:
     return "a" if "bundled-graphs" in routes else "b"
 
 
-def write_ort(merged, folder: Path, rounding: str, route: str) -> dict:
+def write_ort(merged, folder: Path, rounding: str, route: str, precision: str = ExportConfig.precision,
+              adapted: list[str] | None = None) -> dict:
+    if route == "streaming":
+        from moonlora.ship.streaming_export import export_streaming, graphs_of
+
+        stats = export_streaming(merged, folder, precision=precision)
+        return {**{key: value for key, value in stats.items() if key != "folder"},
+                "rounding": None if precision == "float32" else "nearest",
+                "adapted_graphs": graphs_of(adapted) if adapted is not None else None,
+                "route": "streaming: the runtime's five streaming graphs (moonlora.ship.streaming_export)"}
     if route == "a":
         from moonlora.ship.ort_export import write_merged_ort
 
@@ -213,6 +246,6 @@ def write_ort(merged, folder: Path, rounding: str, route: str) -> dict:
         return {**stats, "route": "a: bundled graphs patched in place (moonlora.ship.ort_export)"}
     from moonlora.ship.onnx_export import export_onnx
 
-    stats = export_onnx(merged, folder, quantize=True)
+    stats = export_onnx(merged, folder, quantize=precision == "int8")
     return {**{key: value for key, value in stats.items() if not isinstance(value, Path)},
             "route": "b: torch.onnx export + onnxruntime dynamic int8 + ORT format (moonlora.ship.onnx_export)"}

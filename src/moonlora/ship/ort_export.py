@@ -351,6 +351,8 @@ def check_export_model(spec: str, export: str = "ort") -> None:
     family = FAMILIES.get(config.model_type)
     if family is not None:  # a family without an export route is refused whole; the loader names other types
         check_family_settings(family, export, flag="--export")
+        if "streaming-graphs" in family.export_routes:
+            return  # its own exporter (moonlora.ship.streaming_export) takes any shape of the family
     try:
         check_route_a(config)
     except InputError as error:

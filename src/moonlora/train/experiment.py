@@ -18,6 +18,7 @@ holds the final status on any exit. Folder rules:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shlex
@@ -441,6 +442,22 @@ def candidates_note(candidates: dict[str, Candidate]) -> str:
 # --- export parity -------------------------------------------------------------------------------------------
 
 
+def write_shipped(loaded: LoadedModel, folder: Path) -> dict:
+    """The deployable int8 ORT folder of the model's adapter, by its family's route: the bundled base-en
+    graphs re-weighted (Moonshine), or the runtime's five streaming graphs (Moonshine Streaming); returns
+    the route's quantization stats."""
+    if "streaming-graphs" not in loaded.family.export_routes:
+        from moonlora.ship.ort_export import write_merged_ort
+
+        return write_merged_ort(loaded.model, folder)
+    from moonlora.ship.export import adapted_modules, write_ort
+
+    model = loaded.model
+    adapted = adapted_modules(model) if hasattr(model, "peft_config") else []
+    merged = copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
+    return write_ort(merged.eval(), folder, rounding="nearest", route="streaming", precision="int8", adapted=adapted)
+
+
 def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalResult], tuned: dict[str, EvalResult],
                   config: ExperimentConfig, run_dir: Path, progress: bool) -> ExportParity:
     """Export the model's adapter as the deployable int8 `.ort` folder, score it on the main manifest
@@ -450,10 +467,8 @@ def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalRe
     the CI of WER(export) - WER(torch) and of WER(export) - WER(baseline). The outcome is decided
     here, once (`comparison.parity_outcome`), and `decide` reports it.
     """
-    from moonlora.ship.ort_export import write_merged_ort
-
     folder = run_dir / EXPORT_DIR / config.export
-    quantization = write_merged_ort(loaded.model, folder)
+    quantization = write_shipped(loaded, folder)
     exported = load_model(f"ort:{folder}")
     decode = dataclasses.replace(config.decode, device="cpu")
     sets = {}
@@ -473,8 +488,8 @@ def export_parity(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalRe
     return ExportParity(
         format=config.export, folder=str(folder), runtime=exported.runtime_dict(), margin=config.export_margin,
         outcome=parity_outcome(main.export_minus_torch, main.export_minus_baseline, config.export_margin),
-        quantization={key: quantization[key] for key in ("rounding", "differing_tensors", "changed_tensors",
-                                                         "new_scale", "max_error_in_steps")},
+        quantization={key: quantization.get(key) for key in ("rounding", "differing_tensors", "changed_tensors",
+                                                             "new_scale", "max_error_in_steps")},
         sets=sets)
 
 
