@@ -188,14 +188,6 @@ def test_export_hf_reloads_in_plain_transformers_with_the_adapter_models_logits(
     assert load_model(str(out), device="cpu").model_type == STREAMING  # and moonlora's --model DIR
 
 
-def test_export_ort_of_a_streaming_run_is_refused_in_one_line_before_any_work(reference_run, tmp_path, capsys):
-    for export_format in ("ort", "both"):
-        out = tmp_path / export_format
-        err = one_line_refusal(capsys, ["export", str(reference_run), "--out", str(out), "--format", export_format])
-        assert "ort" in err and ("Streaming" in err or STREAMING in err), err
-        assert not out.exists()
-
-
 def read_hyps(folder) -> list[str]:
     return [json.loads(line)["hyp"] for line in (folder / "transcripts.jsonl").read_text().splitlines()]
 
