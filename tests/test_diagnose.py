@@ -158,6 +158,18 @@ def test_planted_leakage_is_found(tmp_path):
     assert "### Leakage" in md and f"`{train}:3` = `{test}:2`" in md
 
 
+def test_transcript_leakage_compares_under_the_manifests_language(tmp_path):
+    """The CJK normalizer drops spaces: "你 好 世界" and "你好世界" are one transcript in Chinese, two in English."""
+    for i in range(2):
+        write_tone(tmp_path / f"z{i}.wav", 1.2, seed=30 + i)
+    train = write_rows(tmp_path / "train.jsonl", [{"audio_filepath": "z0.wav", "text": "你 好 世界"}])
+    test = write_rows(tmp_path / "test.jsonl", [{"audio_filepath": "z1.wav", "text": "你好世界。"}])
+    kinds = {language: [leak.kind for leak in diagnose(DiagnoseConfig((str(train), str(test)), max_seconds=8,
+                                                                      language=language)).leaks]
+             for language in ("zh", "en")}
+    assert kinds == {"zh": ["transcript"], "en": []}
+
+
 def test_same_manifest_twice_is_not_leakage(profile_manifest):
     report = diagnose(DiagnoseConfig((str(profile_manifest), str(profile_manifest)), max_seconds=8))
     assert report.leaks == []

@@ -367,7 +367,10 @@ def diagnose(config: DiagnoseConfig) -> DiagnosisReport:
         if manifest is not None and manifest.path.resolve() not in seen:
             seen.add(manifest.path.resolve())
             loaded[path] = manifest
-    return DiagnosisReport(config, reports, find_leaks(loaded))
+    languages = {report.language for report in reports if report.loaded}
+    # Transcripts compare under the manifests' one language; English when they name none or several.
+    language = languages.pop() if len(languages) == 1 and None not in languages else DEFAULT_LANGUAGE
+    return DiagnosisReport(config, reports, find_leaks(loaded, language))
 
 
 def write_json(report: DiagnosisReport, path: str | Path) -> Path:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from moonlora.data.manifest import Manifest
-from moonlora.data.text import normalize
+from moonlora.data.text import DEFAULT_LANGUAGE, normalize
 
 MAX_LEAK_EXAMPLES = 3
 
@@ -32,18 +32,22 @@ def _first_lines(manifest: Manifest, key) -> dict[str, int]:
     return lines
 
 
-LEAK_KEYS = {
-    "audio": lambda u: u.audio_sha256,
-    "transcript": lambda u: normalize(u.text),
-    "speaker": lambda u: u.speaker,
-}
+def leak_keys(language: str) -> dict:
+    """What makes two rows the same item: audio bytes, the transcript as the run scores it, the speaker."""
+    return {
+        "audio": lambda u: u.audio_sha256,
+        "transcript": lambda u: normalize(u.text, language),
+        "speaker": lambda u: u.speaker,
+    }
 
 
-def find_leaks(manifests: dict[str, Manifest]) -> list[Leak]:
-    """Audio, transcripts and speakers that appear in more than one manifest."""
+def find_leaks(manifests: dict[str, Manifest], language: str = DEFAULT_LANGUAGE) -> list[Leak]:
+    """Audio, transcripts and speakers that appear in more than one manifest (transcripts compared after
+    the `language`'s normalizer, the one the run scores with)."""
     leaks = []
-    index = {kind: {name: _first_lines(m, key) for name, m in manifests.items()} for kind, key in LEAK_KEYS.items()}
-    for kind in LEAK_KEYS:
+    keys = leak_keys(language)
+    index = {kind: {name: _first_lines(m, key) for name, m in manifests.items()} for kind, key in keys.items()}
+    for kind in keys:
         for a, b in combinations(manifests, 2):
             first, second = index[kind][a], index[kind][b]
             shared = sorted(set(first) & set(second), key=lambda item: first[item])

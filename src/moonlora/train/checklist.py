@@ -34,12 +34,12 @@ def check_val_split(val_clips: int, min_val_clips: int, dataset_path: str) -> Va
     return ValSplitCheck(clips=val_clips, minimum=min_val_clips)
 
 
-def training_leaks(training: dict[str, Manifest], evaluated: dict[str, Manifest]) -> list[Leak]:
+def training_leaks(training: dict[str, Manifest], evaluated: dict[str, Manifest], language: str) -> list[Leak]:
     """Audio, transcripts and speakers shared between a training-side and an evaluated manifest."""
     leaks = []
     for train_name, train_manifest in training.items():
         for eval_name, eval_manifest in evaluated.items():
-            leaks += find_leaks({train_name: train_manifest, eval_name: eval_manifest})
+            leaks += find_leaks({train_name: train_manifest, eval_name: eval_manifest}, language)
     return leaks
 
 

@@ -89,7 +89,7 @@ def check_leakage(config: ExperimentConfig, train: list[Utterance], replay: list
     if replay:
         training["replay"] = Manifest(path=Path(config.replay_manifest), utterances=replay)
     evaluated = {name: m for name, m in eval_sets.items() if name != "val"}
-    leaks = checklist.training_leaks(training, evaluated)
+    leaks = checklist.training_leaks(training, evaluated, config.scoring.language)
     if leaks and not config.allow_leakage:
         paths = {name: str(m.path) for name, m in {**training, **evaluated}.items()}
         raise checklist.LeakageError(checklist.leakage_message(leaks, paths))
