@@ -46,17 +46,19 @@ def wav_bytes(wave: np.ndarray, rate: int = 16000) -> bytes:
 
 def webm_opus_bytes(wave: np.ndarray, rate: int = 48000) -> bytes:
     """What Chromium's MediaRecorder sends: Opus in WebM (encoded here with PyAV's own FFmpeg)."""
+    from fractions import Fraction
+
     import av
 
+    frame_size = 960  # 20 ms at 48 kHz, one Opus frame
+    wave = np.concatenate([wave, np.zeros(-len(wave) % frame_size, dtype=np.float32)])
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="webm") as container:
-        stream = container.add_stream("libopus", rate=rate)
-        stream.layout = "mono"
-        frame_size = 960
+        stream = container.add_stream("libopus", rate=rate, layout="mono")
         for start in range(0, len(wave), frame_size):
-            chunk = wave[start:start + frame_size]
-            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="flt", layout="mono")
-            frame.sample_rate = rate
+            frame = av.AudioFrame.from_ndarray(wave[start:start + frame_size].reshape(1, -1), format="flt",
+                                               layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
@@ -241,3 +243,67 @@ def test_a_folder_moonlora_did_not_write_is_never_recorded_into(root):
                            headers=token_headers(studio))
     assert response.status_code == 400 and "mine" in response.json()["error"]
     assert sorted(p.name for p in (root / "mine").iterdir()) == ["notes.txt"]
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+def start_command(root: Path, *flags: str):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "moonlora", "studio", "--root", str(root), "--port", "0",
+                                *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [process.stdout.readline() for _ in range(3 if flags else 2)]
+    assert "http://" in lines[0], lines
+    return process, lines[0][lines[0].index("http://"):].split()[0], lines
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_the_command_serves_on_loopback_and_stops_cleanly_on_ctrl_c(root):
+    import signal
+
+    process, url, _ = start_command(root)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        status, body = get(url + "api/runs")
+        assert status == 200 and json.loads(body)["runs"] == []
+        assert "<script src=\"/static/app.js\">" in get(url)[1] and get(url + "static/app.js")[0] == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+
+
+def test_another_host_prints_the_access_token_that_every_request_needs(root):
+    process, url, lines = start_command(root, "--host", "127.0.0.2")  # loopback, but not the default address
+    try:
+        token = url.split("access=")[1]
+        assert token in lines[1] and "access token" in lines[1]
+        bare = url.split("?")[0]
+        assert get(bare + "api/runs")[0] == 403
+        assert get(bare + "api/runs", {"X-Moonlora-Access": token})[0] == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_studio_loads_no_model_stack_until_it_transcribes():
+    import subprocess
+    import sys
+
+    code = ("import json, sys, moonlora.studio.server\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules]\n"
+            "print(json.dumps(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

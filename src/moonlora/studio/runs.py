@@ -159,7 +159,7 @@ class PlotCache:
     """The report's three plots of a run as inline SVG, kept while the record is unchanged (matplotlib is slow)."""
 
     def __init__(self):
-        self.lock, self.known = threading.Lock(), {}
+        self.lock, self.drawing, self.known = threading.Lock(), threading.Lock(), {}
 
     def get(self, run: FoundRun) -> str:
         key = (str(run.path), _mtime(run.path / METRICS_FILE))
@@ -168,7 +168,8 @@ class PlotCache:
                 return self.known[key]
         from moonlora.verdict.html import plots_block
 
-        block = plots_block(run)
+        with self.drawing:  # matplotlib's rc_context changes global settings: one figure at a time
+            block = plots_block(run)
         with self.lock:
             self.known[key] = block
         return block

@@ -360,4 +360,8 @@ def serve(config: StudioConfig) -> None:
         import webbrowser
 
         webbrowser.open(url)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then raised the captured Ctrl-C again
+        pass
+    print("moonlora studio: stopped", flush=True)

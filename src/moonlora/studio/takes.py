@@ -48,7 +48,7 @@ def decode_take(data: bytes) -> tuple[np.ndarray, int]:
         with av.open(io.BytesIO(data), mode="r") as container:
             streams = [s for s in container.streams if s.type == "audio"]
             if not streams:
-                raise UploadRefused("the upload holds no audio stream; send a recording (WebM, Ogg, WAV, FLAC)")
+                raise UploadRefused("the upload is not audio (no audio stream in it); send a recording (WebM, Ogg, WAV, FLAC)")
             stream = streams[0]
             resampler = av.AudioResampler(format="fltp")  # planar float at the stream's own rate and layout
             planes, rate = [], None
