@@ -73,7 +73,7 @@ def root(tmp_path) -> Path:
     (folder / "prompts.txt").write_text("# a comment\nclimb flight level two nine zero\n\nturn left heading one two "
                                         "zero\ncontact tower\n", encoding="utf-8")
     (folder / "inside.txt").write_text("inside", encoding="utf-8")
-    (tmp_path / "secret.txt").write_text("secret", encoding="utf-8")
+    (tmp_path / "secret.txt").write_text("TOP-SECRET-BYTES", encoding="utf-8")
     return folder
 
 
@@ -99,7 +99,7 @@ def test_files_route_serves_only_under_the_root(root):
                  "/files/out-link"):
         response = client.get(path)
         assert response.status_code in (403, 404), path
-        assert "secret" not in response.text
+        assert "TOP-SECRET-BYTES" not in response.text
     assert client.get("/files/out-link").status_code == 403
     assert client.get("/files/%2e%2e/secret.txt").status_code == 403
     assert client.get("/api/listen", params={"folder": "../"}).status_code == 403
