@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from moonlora.configs import EXPERIMENT_FLAGS, FLAG_ALIASES, ExperimentConfig, flag_type, parse_targets
@@ -55,8 +55,8 @@ class Job:
     process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data.pop("process")
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "process"}
+        data["argv"] = list(self.argv)
         data["state"] = self.state
         data["command"] = shlex.join(["moonlora", *self.argv])
         return data
