@@ -148,8 +148,9 @@ def test_record_three_prompts_then_undo_one(page, live, fed_clip):
     for kept in (1, 2, 3):
         record_for(page, "#rec-toggle", "#rec-live", seconds)
         page.wait_for_function(f"document.querySelector('#rec-count').textContent === '{kept}'", timeout=30_000)
+        if kept == 2:
+            screenshot(page, "record")
     assert page.text_content("#rec-prompt") == "All prompts recorded."
-    screenshot(page, "record")
     folder = root / "recordings" / "ann"
     rows = manifest_rows(folder)
     assert [(row["text"], row["speaker"]) for row in rows] == [(prompt, "ann") for prompt in PROMPTS]
