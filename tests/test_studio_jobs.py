@@ -94,3 +94,18 @@ def test_stop_is_a_clean_interrupt_and_resume_continues_the_run(root, tiny_model
     finally:
         studio.jobs.interrupt_all()
     assert read_record(run).status == "interrupted"
+
+
+def test_a_sweep_form_becomes_the_sweep_command_checked_first(root, tiny_model_dir):
+    (root / "grid.toml").write_text(f'[experiment]\ndataset-path = "data/train.jsonl"\nmanifest-path = "data/main.jsonl"\n'
+                                    f'model = "{tiny_model_dir}"\n\n[grid]\nseed = [1, 2]\n')
+    _, studio = client_for(root)
+    argv, out = studio.jobs.sweep_argv({"grid": "grid.toml", "output_dir": "sweeps/s", "max_steps": "2"})
+    assert argv == ["sweep", str((root / "grid.toml").resolve()), "--output-dir", str((root / "sweeps/s").resolve()),
+                    "--max-steps", "2"] and out == (root / "sweeps/s").resolve()
+    (root / "bad.toml").write_text("[grid]\nbogus = [1, 2]\n")
+    from moonlora.sweep import SweepError
+
+    with pytest.raises(SweepError, match="bogus"):
+        studio.jobs.sweep_argv({"grid": "bad.toml", "output_dir": "sweeps/t"})
+    assert not (root / "sweeps").exists()
