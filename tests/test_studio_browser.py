@@ -44,14 +44,26 @@ def missing_browser() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def chromium_or_skip():
-    reason = missing_browser()
-    if reason and os.environ.get("CI"):
+def without_browser(reason: str | None, ci: bool) -> None:
+    """Skip with the reason, but fail in CI: there the browser must be installed (.ci/run does it)."""
+    if reason and ci:
         pytest.fail(f"browser tests cannot run in CI: {reason}")
     if reason:
         pytest.skip(f"browser tests skipped: {reason}")
+
+
+@pytest.fixture(scope="module")
+def chromium_or_skip():
+    without_browser(missing_browser(), bool(os.environ.get("CI")))
     return chromium_path()
+
+
+def test_a_missing_browser_skips_locally_and_fails_in_ci():
+    with pytest.raises(pytest.skip.Exception, match="no Chromium"):
+        without_browser("no Chromium on this machine", ci=False)
+    with pytest.raises(pytest.fail.Exception, match="cannot run in CI: no Chromium"):
+        without_browser("no Chromium on this machine", ci=True)
+    assert without_browser(None, ci=True) is None
 
 
 @pytest.fixture(scope="module")
