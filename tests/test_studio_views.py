@@ -146,3 +146,22 @@ def test_a_thousand_clip_folder_pages_sorts_and_filters(tmp_path):
 def test_word_diff_marks_wrong_inserted_and_missed_words():
     assert word_diff("a b c d".split(), "a x c d e".split()) == [
         ["eq", "a"], ["del", "b"], ["sub", "x"], ["eq", "c d"], ["ins", "e"]]
+
+
+def test_sweeps_under_the_root_show_their_runs_and_group_verdicts(tmp_path):
+    from moonlora.outputs import write_json
+    from moonlora.sweep import SWEEP_FILE, SweepRun, SweepState
+
+    folder = tmp_path / "sweeps" / "lr"
+    folder.mkdir(parents=True)
+    state = SweepState(config={"output_dir": str(folder), "grid_file": None, "base": {}, "axes": {}}, command="",
+                       runs=[SweepRun("seed-1", {"seed": 1}, "runs/seed-1", "success"),
+                             SweepRun("seed-2", {"seed": 2}, "runs/seed-2", "interrupted")],
+                       groups=[{"group": "lr-1e-3", "runs": ["seed-1", "seed-2"], "passed": False, "verdicts": []}])
+    write_json(folder / SWEEP_FILE, state.to_dict(), command="sweep")
+    (tmp_path / "sweeps" / "broken").mkdir()
+    (tmp_path / "sweeps" / "broken" / SWEEP_FILE).write_text("{}")
+    sweeps = {s["path"]: s for s in client_for(tmp_path).get("/api/runs").json()["sweeps"]}
+    assert sweeps["sweeps/lr"]["statuses"] == {"success": 1, "interrupted": 1}
+    assert sweeps["sweeps/lr"]["groups"] == [{"group": "lr-1e-3", "passed": False, "verdicts": []}]
+    assert "sweep" in sweeps["sweeps/broken"]["error"]

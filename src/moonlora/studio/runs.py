@@ -152,7 +152,30 @@ def list_runs(root: Path) -> dict:
         runs.append(run_row(root, run_dir, record))
     runs.sort(key=lambda r: (r["started_at"], r["path"]), reverse=True)
     scored = [relative_to_root(root, folder) for folder in find_scored(root)]
-    return {"runs": runs, "unreadable": unreadable, "scored": scored}
+    return {"runs": runs, "unreadable": unreadable, "scored": scored, "sweeps": list_sweeps(root)}
+
+
+def list_sweeps(root: Path) -> list[dict]:
+    """Every sweep under the root (its sweep.json, read by `sweep.read_sweep`): runs by status and the verdict of
+    each group of runs that differ only by seed."""
+    from moonlora.sweep import SweepError, read_sweep
+
+    sweeps = []
+    for folder in walk_folders(root):
+        if not (folder / SWEEP_FILE).is_file():
+            continue
+        try:
+            state = read_sweep(folder)
+        except SweepError as error:
+            sweeps.append({"path": relative_to_root(root, folder), "error": one_line(error)})
+            continue
+        statuses: dict[str, int] = {}
+        for run in state.runs:
+            statuses[run.status] = statuses.get(run.status, 0) + 1
+        sweeps.append({"path": relative_to_root(root, folder), "runs": len(state.runs), "statuses": statuses,
+                       "groups": [{"group": g.get("group"), "passed": g.get("passed"),
+                                   "verdicts": g.get("verdicts", [])} for g in state.groups]})
+    return sweeps
 
 
 class PlotCache:

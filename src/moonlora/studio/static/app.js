@@ -95,6 +95,11 @@ async function loadRuns() {
       el("td", { class: "num" }, r.baseline), el("td", { class: "num" }, r.tuned),
       el("td", { class: "verdict" }, r.verdict || "-"), el("td", {}, r.started_at))));
     if (!data.runs.length) body.append(el("tr", {}, el("td", { colspan: 8 }, "No run folders under the root yet: start one from Train.")));
+    $("#sweeps-box").hidden = !data.sweeps.length;
+    $("#sweeps tbody").replaceChildren(...data.sweeps.map((w) => el("tr", { class: "sweep" },
+      el("td", {}, el("code", {}, w.path)),
+      el("td", {}, w.error ? w.error : `${w.runs}: ` + Object.entries(w.statuses).map(([k, v]) => `${v} ${k}`).join(", ")),
+      el("td", {}, ...(w.groups || []).map((g) => el("div", {}, `${g.group}: `, badge(g.passed ? "pass" : "fail")))))));
     $("#runs-unreadable").replaceChildren(...data.unreadable.map((u) => el("p", { class: "alert" }, `${u.path}: ${u.reason}`)));
     if (state.run && data.runs.some((r) => r.path === state.run)) {
       try { await openRun(state.run, false); } catch (error) { flash(error.message); }
