@@ -165,3 +165,39 @@ def test_sweeps_under_the_root_show_their_runs_and_group_verdicts(tmp_path):
     assert sweeps["sweeps/lr"]["statuses"] == {"success": 1, "interrupted": 1}
     assert sweeps["sweeps/lr"]["groups"] == [{"group": "lr-1e-3", "passed": False, "verdicts": []}]
     assert "sweep" in sweeps["sweeps/broken"]["error"]
+
+
+def test_try_and_correct_transcribe_one_take_through_the_decode_path(studio_root, tiny_model_dir):
+    import io
+
+    import soundfile as sf
+
+    from moonlora.eval.decode import decode_batch
+    from moonlora.model.loading import load_model
+    from moonlora.configs import DecodeConfig as Decode
+
+    app, studio = build_app(StudioConfig(root=str(studio_root), model=str(tiny_model_dir), device="cpu"))
+    client = TestClient(app, base_url=BASE_URL)
+    headers = {"X-Moonlora-Token": studio.tokens.session, "Content-Type": "audio/wav"}
+    wav = (studio_root / "data" / "main1.wav").read_bytes()
+    tried = client.post("/api/try", params={"adapter": "runs/run-a"}, content=wav, headers=headers)
+    assert tried.status_code == 200, tried.text
+    result = tried.json()
+    waveform = sf.read(io.BytesIO(wav), dtype="float32")[0]  # 16 kHz mono already
+    base = load_model(str(tiny_model_dir), device="cpu")
+    expected = decode_batch(base.decoder(), [waveform], Decode(batch_size=1, device="cpu"))[0].text
+    assert result["base"]["text"] == expected and result["adapted"]["model"] == "runs/run-a"
+    assert result["adapted"]["decode_seconds"] > 0
+    heard = client.post("/api/transcribe", params={"model": "runs/run-a"}, content=wav, headers=headers).json()
+    assert heard["text"] == result["adapted"]["text"]
+    start = client.post("/api/record/start", json={"folder": "fixes", "domain": "atc", "count": 2},
+                        headers={"X-Moonlora-Token": studio.tokens.session})
+    assert start.status_code == 200 and len(start.json()["prompts"]) == 2
+    def save(text: str) -> dict:
+        return client.post("/api/correct/save", json={"folder": "fixes", "take_id": heard["take_id"], "speaker": "bo",
+                                                      "text": text, "hyp": heard["text"], "model": "runs/run-a"},
+                           headers={"X-Moonlora-Token": studio.tokens.session}).json()["kept"]
+
+    fixed, right = save("main clip number one"), save(heard["text"])
+    assert (fixed["source"], fixed["model"], fixed["correction"], fixed["id"]) == ("correct", "runs/run-a", True, "bo-c0000")
+    assert (right["correction"], right["id"], right["model_hyp"]) == (False, "bo-c0001", heard["text"])
