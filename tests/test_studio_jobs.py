@@ -86,8 +86,10 @@ def test_stop_is_a_clean_interrupt_and_resume_continues_the_run(root, tiny_model
         assert record.status == "interrupted" and "--resume" in record.reason
         listed = client.get("/api/runs").json()["runs"]
         assert [(r["path"], r["state"]) for r in listed] == [("runs/long", "interrupted")]
-        resumed = post(client, studio, "/api/train/resume", {"job": job["id"]}).json()
+        resumed = post(client, studio, "/api/run/resume", {"path": "runs/long"}).json()  # the Runs view's button
         assert resumed["state"] == "running" and resumed["command"].endswith("--resume")
+        again = post(client, studio, "/api/train/resume", {"job": job["id"]})  # the job's own resume: one at a time
+        assert again.status_code == 400 and "already running" in again.json()["error"]
         wait_for(lambda: (r := record_of(run)) is not None and len(r.legs) == 2 and r.phase == "training"
                  and r.status == "running", 240, "the resumed leg to train")
         assert "in use" not in (studio.jobs.log_tail("runs/long") or "")

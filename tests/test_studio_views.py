@@ -201,3 +201,15 @@ def test_try_and_correct_transcribe_one_take_through_the_decode_path(studio_root
     fixed, right = save("main clip number one"), save(heard["text"])
     assert (fixed["source"], fixed["model"], fixed["correction"], fixed["id"]) == ("correct", "runs/run-a", True, "bo-c0000")
     assert (right["correction"], right["id"], right["model_hyp"]) == (False, "bo-c0001", heard["text"])
+
+
+def test_resuming_a_run_whose_settings_no_flag_gives_is_refused_naming_them(studio_root):
+    edited_copy(studio_root, "run-py", status="interrupted", phase="training")
+    try:
+        app, studio = build_app(StudioConfig(root=str(studio_root)))
+        response = TestClient(app, base_url=BASE_URL).post(
+            "/api/run/resume", json={"path": "runs/run-py"}, headers={"X-Moonlora-Token": studio.tokens.session})
+        assert response.status_code == 400 and "bootstrap_resamples (100 -> 10000)" in response.json()["error"]
+        assert studio.jobs.listing() == []
+    finally:
+        shutil.rmtree(studio_root / "runs" / "run-py")

@@ -179,6 +179,44 @@ class Jobs:
                                            output_dir=str(out)))
         return ["sweep", *([grid] if grid else []), "--output-dir", str(out), *as_argv(overrides)], out
 
+    def run_resume_argv(self, relative: str) -> tuple[list[str], Path]:
+        """`moonlora experiment <the run's own settings as flags> --resume` for a run folder (died, interrupted):
+        its experiment_config.json read back into flags, checked by the run folder's resume check, which refuses
+        (naming the fields) a run whose settings no flag can give (a run made from Python, say)."""
+        from moonlora.adapters import run_config
+        from moonlora.train.output_dir import validate_run_dir
+
+        run_dir = under_root(self.root, relative)
+        saved = run_config(run_dir).to_dict()
+        settings = {}
+        for flag, paths in EXPERIMENT_FLAGS.items():
+            if flag in ("resume", "overwrite"):
+                continue
+            value = saved
+            for part in (paths[0] if isinstance(paths, tuple) else paths).split("."):
+                value = value[part]
+            settings[flag] = value
+        settings["output_dir"], settings["resume"] = str(run_dir), True
+        validate_run_dir(ExperimentConfig.from_flags(settings))
+        return ["experiment", *as_argv(settings)], run_dir
+
+    def resume_run(self, relative: str) -> dict:
+        """Resume a run folder that no job of this studio holds: a new job running its resume command."""
+        argv, run_dir = self.run_resume_argv(relative)
+        with self.lock:
+            self._poll()
+            output = relative_to_root(self.root, run_dir)
+            if any(j.returncode is None and j.output == output for j in self.jobs.values()):
+                raise JobError(f"{output}: a job is already running there")
+            self._claim()
+            job = Job(id=f"job-{int(time.time() * 1000)}", kind="experiment", output=output, argv=argv, log="",
+                      started_at=now_iso())
+            job.log = f"{STATE_DIR}/jobs/{job.id}.log"
+            self._spawn(job)
+            self.jobs[job.id] = job
+            self._save()
+            return job.to_dict()
+
     # --- processes ---
     def start(self, kind: str, form: dict) -> dict:
         if kind not in ("experiment", "sweep"):
@@ -226,6 +264,9 @@ class Jobs:
             self._poll()
             if job.returncode is None and job.process is not None:
                 raise JobError(f"{job_id}: still running; stop it first")
+            if any(j.returncode is None and j.process is not None and j.output == job.output
+                   for j in self.jobs.values()):
+                raise JobError(f"{job.output}: a job is already running there")
             if "--resume" not in job.argv:
                 job.argv = [*job.argv, "--resume"]
             job.resumes += 1

@@ -275,6 +275,10 @@ def api_train_resume(studio: Studio, query: dict, body: dict) -> dict:
     return studio.jobs.resume(str(body.get("job") or ""))
 
 
+def api_run_resume(studio: Studio, query: dict, body: dict) -> dict:
+    return studio.jobs.resume_run(str(body.get("path") or ""))
+
+
 def api_jobs(studio: Studio, query: dict, body) -> dict:
     return {"jobs": studio.jobs.listing()}
 
@@ -305,6 +309,7 @@ def build_app(config: StudioConfig, tokens: Tokens | None = None):
         Route("/api/train/start", threaded(api_train_start), methods=post),
         Route("/api/train/stop", threaded(api_train_stop), methods=post),
         Route("/api/train/resume", threaded(api_train_resume), methods=post),
+        Route("/api/run/resume", threaded(api_run_resume), methods=post),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
 

@@ -135,6 +135,11 @@ async function openRun(path, scroll = true) {
   $("#run-log-box").hidden = !d.log;
   $("#run-log").textContent = d.log || "";
   $("#run-listen").onclick = () => { state.listenFolder = d.path; show("listen"); };
+  $("#run-resume").hidden = !["died", "interrupted"].includes(d.state);
+  $("#run-resume").onclick = async () => {
+    try { await api("/api/run/resume", { method: "POST", json: { path: d.path } }); flash("Resumed " + d.path, "ok"); loadRuns(); }
+    catch (error) { flash(error.message); }
+  };
   document.querySelectorAll("#runs-table tr.run").forEach((tr) => tr.classList.toggle("selected", tr.dataset.path === path));
   if (scroll) $("#run-detail").scrollIntoView({ block: "nearest" });
 }
