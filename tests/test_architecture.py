@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "moonlora"
 START, END = "<!-- package:start", "<!-- package:end -->"
-STAGES = ("data", "model", "eval", "train", "verdict", "ship")
+STAGES = ("data", "model", "eval", "train", "verdict", "ship", "studio")
 MAX_MODULES_PER_FOLDER = 15
 
 

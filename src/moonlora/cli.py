@@ -23,7 +23,8 @@ from moonlora import markdown
 from moonlora.data.audio import AudioConfig
 from moonlora.data.augment import BANDS, NOISE_COLORS, AugmentConfig
 from moonlora.configs import (DTYPE_NAMES, ENCODER_MODES, EXPERIMENT_FLAGS, FLAG_ALIASES, LORA_INITS, LORA_VARIANTS, METRIC_NAMES,
-                              DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, ScoringConfig, SynthConfig, TranscribeConfig,
+                              DecodeConfig, DemoConfig, ExperimentConfig, ExportConfig, ScoringConfig, StudioConfig, SynthConfig,
+                              TranscribeConfig,
                               default_of, flag_default, flag_type, parse_targets)
 from moonlora.eval.compare import DEFAULT_MARGIN, DEFAULT_TOP
 from moonlora.verdict.decide import DecideConfig
@@ -417,6 +418,36 @@ def add_import_command(commands) -> None:
 # --- the parser ---------------------------------------------------------------------------------------------------
 
 
+def cmd_studio(args: argparse.Namespace) -> int:
+    config = StudioConfig(root=args.root, port=args.port, host=args.host, model=args.model, device=args.device,
+                          max_upload_mb=args.max_upload_mb, open_browser=args.open)
+    from moonlora.studio.server import serve
+
+    serve(config)
+    return 0
+
+
+def add_studio_command(commands) -> None:
+    studio = add_command(
+        commands, "studio", "the local web app: runs, listening, recording, corrections, training",
+        "Serves a browser app on this machine (no network needed, nothing loaded from elsewhere): every run and "
+        "sweep under --root with live progress, verdicts and plots; clip-by-clip listening with word diffs and "
+        "two runs side by side; a prompted recorder writing 16 kHz WAV clips and manifest rows; corrections and "
+        "try-outs through the base model or a run's adapter; experiments and sweeps started, stopped (as Ctrl-C) "
+        "and resumed from a form. Only files under --root are served, read or written.", cmd_studio)
+    defaults = StudioConfig()
+    studio.add_argument("--root", default=defaults.root, help="the folder the studio serves, reads and writes in")
+    studio.add_argument("--port", type=int, default=defaults.port, help="TCP port; 0: any free port")
+    studio.add_argument("--host", default=defaults.host,
+                        help="address to listen on; any but 127.0.0.1/localhost/::1 serves other machines and "
+                             "prints an access token every request must carry")
+    add_model_args(studio, defaults.model)
+    studio.add_argument("--device", default=defaults.device, help=DEVICE_HELP)
+    studio.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb,
+                        help="largest recorded or dropped take accepted (MiB)")
+    studio.add_argument("--open", action="store_true", help="open the studio in this machine's browser")
+
+
 def build_parser() -> argparse.ArgumentParser:
     epilog = "exit codes:\n" + "\n".join(f"  {code:<4} {meaning.replace('`', '')}" for code, meaning in EXIT_CODES)
     parser = argparse.ArgumentParser(prog="moonlora", formatter_class=TopHelpFormatter, epilog=epilog,
@@ -598,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="speed factor, e.g. 0.9 or 1.1; none: unchanged")
     augment.add_argument("--seed", type=int, default=default_of(AugmentConfig, "seed"), help="seed of the noise")
     add_overwrite_arg(augment, "--out")
+    add_studio_command(commands)
     return parser
 
 

@@ -509,6 +509,43 @@ class DemoConfig:
         return Path("outputs") / f"demo-{_stamp()}"
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class StudioConfig:
+    """`moonlora studio`: where the local web app serves from and what it may read and write."""
+
+    root: str = "."  # every file the studio serves, reads or writes lies under this folder
+    port: int = 8765
+    host: str = "127.0.0.1"  # another host (a network interface) needs an access token on every request
+    model: str = DEFAULT_MODEL  # the base model of Correct, Try and the Train form
+    device: str = "auto"
+    max_upload_mb: float = 20.0  # one recorded or dropped take
+    open_browser: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be 0..65535 (0: any free port), got {self.port}")
+        if not (math.isfinite(self.max_upload_mb) and 0 < self.max_upload_mb <= 1024):
+            raise ConfigError(f"--max-upload-mb must be in (0, 1024], got {self.max_upload_mb}")
+        if not self.host.strip():
+            raise ConfigError("--host must name an address, e.g. 127.0.0.1")
+        try:
+            DecodeConfig(device=self.device)
+        except ConfigError as error:
+            raise ConfigError(f"--device: {error}") from None
+
+    @property
+    def remote(self) -> bool:
+        """Bound beyond this machine: every request must then carry the printed access token."""
+        return self.host not in LOOPBACK_HOSTS
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
 def _at_least(value: float, low: float) -> bool:
     """A finite number >= low (NaN and infinity are not)."""
     return math.isfinite(value) and value >= low
