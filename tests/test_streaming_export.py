@@ -132,6 +132,7 @@ def test_a_decoder_adapter_changes_decoder_kv_alone(tiny_streaming_dir, float_fo
 def test_int8_export_loads_as_int8_and_keeps_the_frontend_float(base_model, tmp_path, speech):
     summary = export_streaming(base_model.model, tmp_path / "int8", precision="int8")
     assert summary["float_graphs"] == ["frontend"]
+    assert (summary["per_channel"], summary["rounding"]) == (True, "nearest")  # the measured default
     exported = load_model(f"ort:{tmp_path / 'int8'}")
     assert exported.precision == "int8"
     assert all(isinstance(tokens, list) for tokens in decode(exported, speech[:2]))

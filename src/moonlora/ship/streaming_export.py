@@ -99,7 +99,7 @@ class Int8Scheme:
                 f"{self.rounding} rounding; float32: {', '.join(self.float_graphs)}")
 
 
-DEFAULT_SCHEME = Int8Scheme()  # the measured choice (docs/benchmarks.md)
+DEFAULT_SCHEME = Int8Scheme(per_channel=True)  # the measured choice (docs/benchmarks.md)
 
 # Which graph holds a weight, by its name in the merged model (first match wins).
 _WEIGHT_GRAPHS = (
