@@ -68,8 +68,9 @@ def main() -> None:
     paths = {"torch merged fp32": torch_model, reference_name: load_model(f"ort:{reference}"),
              "exported .ort (onnxruntime)": load_model(f"ort:{exported.folders['ort']}")}
     samples = {name: {"cpu": [], "wall": []} for name in paths}
-    texts = {}
+    texts, loads = {}, []
     for _ in range(args.repeats):
+        loads.append([round(v, 2) for v in os.getloadavg()])
         for name, loaded in paths.items():
             cpu, wall, texts[name] = timed(loaded, manifest)
             samples[name]["cpu"].append(cpu)
@@ -93,6 +94,8 @@ def main() -> None:
         "ort_over_torch_cpu": rows["exported .ort (onnxruntime)"]["median_cpu_seconds_per_audio_second"]
         / rows["torch merged fp32"]["median_cpu_seconds_per_audio_second"],
         "load_average_at_start": [round(v, 2) for v in load], "cores": cores, "loaded": load[0] > cores,
+        "load_average_per_repeat": loads, "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "busy_repeats": sum(entry[0] > cores for entry in loads),
         "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
     }
     ratio = report["exported_over_float_cpu" if streaming else "exported_over_bundled_cpu"]

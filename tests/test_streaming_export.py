@@ -132,9 +132,48 @@ def test_a_decoder_adapter_changes_decoder_kv_alone(tiny_streaming_dir, float_fo
 def test_int8_export_loads_as_int8_and_keeps_the_frontend_float(base_model, tmp_path, speech):
     summary = export_streaming(base_model.model, tmp_path / "int8", precision="int8")
     assert summary["float_graphs"] == ["frontend"]
+    assert (summary["per_channel"], summary["rounding"]) == (True, "nearest")  # the measured default
     exported = load_model(f"ort:{tmp_path / 'int8'}")
     assert exported.precision == "int8"
     assert all(isinstance(tokens, list) for tokens in decode(exported, speech[:2]))
+
+
+def test_an_int8_scheme_is_honoured_weight_by_weight(base_model, tmp_path):
+    """A non-default scheme (per-channel scales, stochastic rounding, adapter and cross_kv kept float): every
+    quantized MatMul weight of decoder_kv holds exactly `int8_levels` of its float weight under that scheme,
+    with one scale per output column, and the graphs kept float hold no int8."""
+    import zlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    from moonlora.model.ort import graph_precision
+    from moonlora.ship.streaming_export import Int8Scheme, int8_levels
+
+    scheme = Int8Scheme(per_channel=True, rounding="stochastic", float_graphs=("frontend", "adapter", "cross_kv"))
+    summary = export_streaming(base_model.model, tmp_path / "q", precision="int8", scheme=scheme, keep_onnx=True)
+    export_streaming(base_model.model, tmp_path / "f", precision="float32", keep_onnx=True)
+    assert summary["float_graphs"] == ["frontend", "adapter", "cross_kv"]
+    assert (summary["rounding"], summary["per_channel"]) == ("stochastic", True)
+    assert [graph_precision(tmp_path / "q" / f"{graph}.ort") for graph in GRAPHS] == [
+        "float32", "int8", "float32", "float32", "int8"]
+
+    def arrays(path):
+        return {entry.name: numpy_helper.to_array(entry) for entry in onnx.load(str(path)).graph.initializer}
+
+    quantized = arrays(tmp_path / "q" / "onnx" / "decoder_kv.onnx")
+    floats = arrays(tmp_path / "f" / "onnx" / "decoder_kv.onnx")
+    checked = rounded_apart = 0
+    for name, q in quantized.items():
+        if not (name.endswith("_quantized") and q.dtype == np.int8):
+            continue
+        source = name[: -len("_quantized")]
+        levels, _ = int8_levels(floats[source], True, np.random.default_rng(zlib.crc32(source.encode())))
+        assert np.array_equal(levels.astype(np.int8), q), name
+        assert quantized[f"{source}_scale"].size == q.shape[1], name
+        rounded_apart += not np.array_equal(int8_levels(floats[source], True)[0], levels)
+        checked += 1
+    assert checked == 9 and rounded_apart == 9  # q/k/v/o, cross q/o, fc1, fc2, proj_out; stochastic != nearest
 
 
 def test_a_streaming_folder_short_of_a_graph_or_config_is_one_line(float_folder, tmp_path):

@@ -570,8 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hf: merged transformers checkpoint; ort: int8 .ort graphs for the moonshine-voice "
                              "runtime; both: hf/ and ort/")
     export.add_argument("--rounding", default=export_defaults.rounding, choices=["stochastic", "nearest"],
-                        help="int8 rounding of the merged weights (ort): stochastic keeps small LoRA changes "
-                             "unbiased; nearest drops every change under half a step")
+                        help="int8 rounding of the merged weights (ort, Moonshine base): stochastic keeps small "
+                             "LoRA changes unbiased; nearest drops every change under half a step. Moonshine "
+                             "Streaming's graphs always round to nearest, per channel (measured best from a float "
+                             "base, docs/benchmarks.md)")
     export.add_argument("--precision", default=export_defaults.precision, choices=list(ExportConfig.precisions),
                         help="of the ort graphs: int8 (what ships) or float32 (Moonshine Streaming, and moonlora's "
                              "ONNX route; the re-weighted bundled base-en graphs are int8 only)")

@@ -9,6 +9,14 @@ greedy `decoder_kv` steps with the self-attention cache (start `bos_id`, end `eo
 under the same per-clip token cap as the torch path. It has the `encode`/`greedy` members
 `moonlora.model.ort.OrtDecoder` drives, so the same `Decoder` scores both ORT layouts.
 
+What the moonshine-voice runtime does differently (read from its source, core/transcriber.cpp,
+`Transcriber::transcribe_segment_with_streaming_model`, and pinned by tests/test_edge_runtime.py): it
+cuts the audio into voice-activity lines and hands each line's samples to the frontend in chunks of
+`RUNTIME_CHUNK` (1280 samples, 80 ms), whole chunks only; a completed line is not called again, so the
+last `len % 1280` samples of every line (under 80 ms) never reach the model (`runtime_samples`). Its
+token cap is still ceil(6.5 x the whole line's seconds), at most 256. This backend feeds the whole clip,
+as the torch path does, so `export_parity` compares the same audio; on a line the two differ by that tail.
+
 Recorded in the eval contract: runtime onnxruntime with the graphs' precision (int8 when any graph
 is), model type `moonshine_streaming`, and `model_sha256` = sha256 of the five graphs,
 `streaming_config.json` and `tokenizer.bin` concatenated in that order.
@@ -44,6 +52,13 @@ _IO = {  # what each graph must take and give (the runtime binds these names)
 }
 _CONFIG_KEYS = ("depth", "nheads", "head_dim", "bos_id", "eos_id", "frontend_state_shapes")
 _STATES = ("sample_buffer", "sample_len", "conv1_buffer", "conv2_buffer", "frame_count")
+RUNTIME_CHUNK = 1280  # samples moonshine-voice hands its streaming frontend per call (80 ms at 16 kHz)
+
+
+def runtime_samples(waveform: np.ndarray) -> np.ndarray:
+    """The samples of one line that moonshine-voice's streaming transcriber feeds the frontend: its whole
+    RUNTIME_CHUNK-sample chunks (`chunk_count = new_audio_length / chunk_size`); the rest never is."""
+    return waveform[: len(waveform) // RUNTIME_CHUNK * RUNTIME_CHUNK]
 
 
 def is_streaming_folder(folder: Path) -> bool:

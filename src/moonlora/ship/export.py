@@ -239,7 +239,6 @@ def write_ort(merged, folder: Path, rounding: str, route: str, precision: str = 
 
         stats = export_streaming(merged, folder, precision=precision)
         return {**{key: value for key, value in stats.items() if key != "folder"},
-                "rounding": None if precision == "float32" else "nearest",
                 "adapted_graphs": graphs_of(adapted) if adapted is not None else None,
                 "route": "streaming: the runtime's five streaming graphs (moonlora.ship.streaming_export)"}
     if route == "a":

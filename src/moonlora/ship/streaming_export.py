@@ -38,9 +38,15 @@ All five graphs use the TorchScript exporter (opset 18, with an `Asinh` symbolic
 its `.onnx` bytes are deterministic, onnxruntime's ORT-format converter's are not (a table's order varies
 from run to run), so conversions are memoized by the `.onnx` hash (`convert_memoized`, in moonlora's
 cache): an unchanged graph gets the very bytes of its earlier export.
-`int8` quantizes the weights of every graph but the frontend dynamically (onnxruntime, per tensor);
-the frontend stays float. Then every graph is converted to ORT format; the folder keeps the five
-`NAME.ort`, `streaming_config.json` and `tokenizer.bin` (the runtime refuses the `.onnx` files).
+`int8` quantizes the weights of every graph but those an `Int8Scheme` keeps float (onnxruntime's
+dynamic quantizer: symmetric int8 weights, one scale per tensor or per output column, activations
+quantized to uint8 at run time); `stochastic` rounding first moves each MatMul weight onto the int8
+grid the quantizer will use, rounding up with probability equal to the fraction (seeded by the
+weight's name, so an export is reproducible), and the quantizer's nearest rounding then keeps those
+levels. Which scheme is the default, and why, is measured in docs/benchmarks.md ("Moonshine Streaming
+int8: which scheme keeps the adaptation"). Then every graph is converted to ORT format; the folder
+keeps the five `NAME.ort`, `streaming_config.json` and `tokenizer.bin` (the runtime refuses the
+`.onnx` files).
 """
 
 from __future__ import annotations
@@ -50,14 +56,17 @@ import json
 import re
 import shutil
 import tempfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from moonlora.errors import InputError, ToolError
-from moonlora.ship.onnx_export import _attend, _heads, _rotate, _tool, convert_to_ort, quantize_int8
+from moonlora.ship.onnx_export import _attend, _heads, _rotate, _tool, convert_to_ort
 
 GRAPHS = ("frontend", "encoder", "adapter", "cross_kv", "decoder_kv")  # the runtime's names, in pipeline order
 CONFIG_FILE = "streaming_config.json"
@@ -65,9 +74,32 @@ TOKENIZER_FILE = "tokenizer.bin"
 MODEL_FILES = (*(f"{name}.ort" for name in GRAPHS), CONFIG_FILE, TOKENIZER_FILE)  # also the artifact hash's order
 OPSET = 18
 CONV_CARRY = 4  # frames carried before each causal convolution (kernel 5 - 1)
-FLOAT_GRAPHS = ("frontend",)  # kept float32 in an int8 export
 WINDOW_BOUNDS = "exclusive (transformers sliding_window_mask_function): (left, right) sees itself, left-1 behind, right-1 ahead"
 PRECISIONS = ("int8", "float32")
+ROUNDINGS = ("nearest", "stochastic")
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How an int8 export quantizes (onnxruntime quantize_dynamic, weights QInt8 symmetric)."""
+
+    per_channel: bool = False  # one scale per output column of each MatMul weight, else one per tensor
+    rounding: str = "nearest"  # or "stochastic": MatMul weights pre-rounded onto the int8 grid, unbiased
+    float_graphs: tuple[str, ...] = ("frontend",)  # graphs kept float32
+
+    def __post_init__(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise InputError(f"--rounding {self.rounding}: pick one of {', '.join(ROUNDINGS)}")
+        unknown = sorted(set(self.float_graphs) - set(GRAPHS))
+        if unknown:
+            raise InputError(f"float graphs {', '.join(unknown)}: pick from {', '.join(GRAPHS)}")
+
+    def describe(self) -> str:
+        return (f"onnxruntime quantize_dynamic QInt8, per {'channel' if self.per_channel else 'tensor'}, "
+                f"{self.rounding} rounding; float32: {', '.join(self.float_graphs)}")
+
+
+DEFAULT_SCHEME = Int8Scheme(per_channel=True)  # the measured choice (docs/benchmarks.md)
 
 # Which graph holds a weight, by its name in the merged model (first match wins).
 _WEIGHT_GRAPHS = (
@@ -399,29 +431,90 @@ def convert_memoized(onnx_dir: Path, out_dir: Path) -> None:
         shutil.copyfile(source, out_dir / f"{name}.ort")
 
 
-def export_streaming(model: nn.Module, out_dir: str | Path, precision: str = "int8",
-                     tokenizer_bin: str | Path | None = None, keep_onnx: bool = False) -> dict:
-    """The runtime's streaming folder for a merged Moonshine Streaming model: five NAME.ort graphs,
-    streaming_config.json and tokenizer.bin. Returns a summary (precision, opset, float graphs)."""
+def int8_levels(w: np.ndarray, per_channel: bool, rng: np.random.Generator | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, scale) of a MatMul weight w (in, out) on onnxruntime's dynamic int8 grid: symmetric, scale
+    max|w| / 127 per tensor or per output column, float32 (onnxruntime.quantization.quant_utils
+    compute_scale_zp); nearest rounding, or stochastic with `rng` (up with probability = the fraction; a
+    value on the grid stays, so the extremes keep the scale)."""
+    absmax = np.abs(w.astype(np.float64)).max(axis=0 if per_channel else None, keepdims=per_channel)
+    scale = (absmax / 127.0).astype(np.float32)
+    scale = np.where(scale < np.finfo(np.float32).tiny, np.float32(1.0), scale).astype(np.float32)
+    if rng is None:
+        levels = np.rint(w.astype(np.float32) / scale)  # float32 division, as onnxruntime's quantize_nparray
+    else:
+        exact = w.astype(np.float64) / scale.astype(np.float64)
+        exact = np.where(np.abs(exact - np.rint(exact)) < 1e-3, np.rint(exact), exact)
+        low = np.floor(exact)
+        levels = low + (rng.random(exact.shape) < (exact - low))
+    return np.clip(levels, -127, 127), scale
+
+
+def _pre_round(path: Path, per_channel: bool) -> None:
+    """Move every MatMul weight of an .onnx onto its int8 grid by stochastic rounding, in place."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    initializers = {entry.name: entry for entry in proto.graph.initializer}
+    done = set()
+    for node in proto.graph.node:
+        name = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if name not in initializers or name in done:
+            continue
+        w = numpy_helper.to_array(initializers[name])
+        if w.ndim != 2 or w.dtype != np.float32:
+            continue
+        levels, scale = int8_levels(w, per_channel, np.random.default_rng(zlib.crc32(name.encode())))
+        initializers[name].CopyFrom(numpy_helper.from_array((levels * scale).astype(np.float32), name))
+        done.add(name)
+    onnx.save(proto, str(path))
+
+
+def quantize_graph(source: Path, target: Path, scheme: Int8Scheme) -> Path:
+    """One float .onnx -> its dynamically int8-quantized .onnx under `scheme`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if scheme.rounding == "stochastic":
+        _pre_round(source, scheme.per_channel)
+    with _tool("onnxruntime.quantization.quantize_dynamic", f"quantizing {source.name} to int8"):
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=scheme.per_channel)
+    return target
+
+
+def export_float_graphs(model: nn.Module, folder: Path) -> dict:
+    """The five float32 NAME.onnx of a merged streaming model into `folder`; returns the dimensions."""
+    check_streaming_model(model)
+    model = model.eval().float().cpu()
+    dims = dimensions(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    for graph in GRAPHS:
+        export_graph(model, graph, dims, folder / f"{graph}.onnx")
+    return dims
+
+
+def ship_graphs(float_dir: Path, out_dir: Path, dims: dict, precision: str = "int8",
+                scheme: Int8Scheme = DEFAULT_SCHEME, tokenizer_bin: str | Path | None = None,
+                keep_onnx: bool = False) -> dict:
+    """The runtime's folder from five float .onnx graphs (export_float_graphs): quantized under `scheme`
+    (int8) or not, converted to ORT format, with streaming_config.json and tokenizer.bin."""
     from moonlora.model import bundled
 
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision}: pick one of {', '.join(PRECISIONS)}")
-    check_streaming_model(model)
-    model = model.eval().float().cpu()
-    dims = dimensions(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    floats = GRAPHS if precision == "float32" else scheme.float_graphs
     with tempfile.TemporaryDirectory(prefix="moonlora-streaming-") as work:
         work = Path(work)
         (work / "float").mkdir()
         (work / "final").mkdir()
         for graph in GRAPHS:
-            path = export_graph(model, graph, dims, work / "float" / f"{graph}.onnx")
-            if precision == "int8" and graph not in FLOAT_GRAPHS:
-                quantize_int8(path, work / "final" / path.name)
+            source = shutil.copy2(Path(float_dir) / f"{graph}.onnx", work / "float" / f"{graph}.onnx")
+            if graph in floats:
+                shutil.copy2(source, work / "final" / f"{graph}.onnx")
             else:
-                shutil.copy2(path, work / "final" / path.name)
+                quantize_graph(Path(source), work / "final" / f"{graph}.onnx", scheme)
         convert_memoized(work / "final", out_dir)
         if keep_onnx:
             shutil.copytree(work / "final", out_dir / "onnx", dirs_exist_ok=True)
@@ -434,6 +527,21 @@ def export_streaming(model: nn.Module, out_dir: str | Path, precision: str = "in
     if missing:
         raise ToolError(f"onnxruntime.tools.convert_onnx_models_to_ort: {', '.join(missing)} not written in {out_dir}")
     return {"folder": str(out_dir), "precision": precision, "opset": OPSET, "graphs": list(GRAPHS),
-            "float_graphs": list(GRAPHS if precision == "float32" else FLOAT_GRAPHS),
-            "quantizer": None if precision == "float32" else "onnxruntime quantize_dynamic QInt8, per tensor",
+            "float_graphs": [graph for graph in GRAPHS if graph in floats],
+            "quantizer": None if precision == "float32" else scheme.describe(),
+            "rounding": None if precision == "float32" else scheme.rounding,
+            "per_channel": None if precision == "float32" else scheme.per_channel,
             "window_bounds": WINDOW_BOUNDS}
+
+
+def export_streaming(model: nn.Module, out_dir: str | Path, precision: str = "int8",
+                     tokenizer_bin: str | Path | None = None, keep_onnx: bool = False,
+                     scheme: Int8Scheme = DEFAULT_SCHEME) -> dict:
+    """The runtime's streaming folder for a merged Moonshine Streaming model: five NAME.ort graphs,
+    streaming_config.json and tokenizer.bin. Returns a summary (precision, opset, float graphs, quantizer)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision}: pick one of {', '.join(PRECISIONS)}")
+    check_streaming_model(model)
+    with tempfile.TemporaryDirectory(prefix="moonlora-streaming-float-") as work:
+        dims = export_float_graphs(model, Path(work))
+        return ship_graphs(Path(work), Path(out_dir), dims, precision, scheme, tokenizer_bin, keep_onnx)
