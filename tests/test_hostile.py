@@ -572,6 +572,24 @@ def params():
         yield pytest.param(name, id=name, marks=[pytest.mark.xfail(strict=True, reason=why)] if why else [])
 
 
+# --- the studio ----------------------------------------------------------------------------------------------------
+
+
+@case("studio: --root that does not exist", "no such folder")
+def _(sandbox):
+    return ["studio", "--root", str(sandbox / "nowhere"), "--port", "0"]
+
+
+@case("studio: --root is a file", "no such folder")
+def _(sandbox):
+    return ["studio", "--root", str(sandbox / "users_file.txt"), "--port", "0"]
+
+
+@case("studio: --port out of range", "--port must be 0..65535")
+def _(sandbox):
+    return ["studio", "--root", str(sandbox), "--port", "70000"]
+
+
 @pytest.mark.parametrize("name", params())
 def test_hostile_case(name, sandbox, capsys, no_slow_work):
     setup, says, code, _ = CASES[name]
