@@ -51,6 +51,8 @@ def with_run_settings(config: TranscribeConfig, given: set[str]) -> TranscribeCo
             raise InputError(f"{flag} {given_value} conflicts with the run this adapter comes from ({source}: "
                              f"{run_value}); drop {flag} to score the adapter under the run's own settings")
     decode = replace(config.decode, **run.decode.result_dict())
+    if "--repetition-guard" in given:  # a decode guard the user turns on or off for this scoring (contract-recorded)
+        decode = replace(decode, repetition_guard=config.decode.repetition_guard)
     return replace(config, adapter=str(resolved.adapter_dir), model=run.model,
                    audio=replace(config.audio, rms_target_dbfs=run.audio.rms_target_dbfs), decode=decode,
                    scoring=run.scoring)
