@@ -137,7 +137,8 @@ def test_the_guard_is_an_experiment_and_transcribe_flag():
                                           ("output_dir", "dataset_path", "manifest_path", "repetition_guard",
                                            "nonspeech_manifest")})
     assert config.decode.repetition_guard == 12 and config.nonspeech_manifest == "n.jsonl"
-    assert build_parser().parse_args(["transcribe", "m.jsonl", "--repetition-guard", "6"]).repetition_guard == 6
+    args = build_parser().parse_args(["transcribe", "--manifest", "m.jsonl", "--repetition-guard", "6", "--nonspeech"])
+    assert args.repetition_guard == 6 and args.nonspeech
 
 
 # --- the non-speech canary ---------------------------------------------------------------------------------------

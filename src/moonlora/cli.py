@@ -180,7 +180,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     config = TranscribeConfig(
         manifest=args.manifest, model=args.model, adapter=args.adapter, output_dir=args.output_dir,
-        overwrite=args.overwrite, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
+        overwrite=args.overwrite, nonspeech=args.nonspeech, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
         decode=DecodeConfig(num_beams=args.num_beams, batch_size=args.batch_size, device=args.device,
                             dtype=args.dtype, encoder=args.encoder, repetition_guard=args.repetition_guard),
         scoring=ScoringConfig(language=args.language, metric=args.metric),
@@ -440,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes transcripts.jsonl (ref, hyp, duration, errors, flags per clip) and summary.json (WER, CER, hours, "
         "skipped rows with reasons, flag counts, WER by duration, RTFx, eval contract).", cmd_transcribe)
     transcribe.add_argument("--manifest", required=True, help="JSONL manifest (audio_filepath, text, ...)")
+    transcribe.add_argument("--nonspeech", action="store_true",
+                            help="the manifest holds clips without speech (no transcripts; moonlora synth --domain "
+                                 "nonspeech): scored by the words emitted per clip, not WER")
     add_model_args(transcribe, default_of(TranscribeConfig, "model"))
     transcribe.add_argument("--adapter", default=default_of(TranscribeConfig, "adapter"),
                             help="a PEFT LoRA adapter folder to apply; a run's adapter (RUN/adapter, RUN/adapter-best, "

@@ -477,6 +477,7 @@ class TranscribeConfig:
     adapter: str | None = None
     output_dir: str | None = None  # default: outputs/transcribe/<manifest>-<time>
     overwrite: bool = False
+    nonspeech: bool = False  # the manifest holds clips without speech: scored by the words emitted
     audio: AudioConfig = field(default_factory=AudioConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)

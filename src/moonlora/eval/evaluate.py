@@ -80,8 +80,8 @@ class EvalResult:
         return [c.utterance.utt_id for c in self.clips if c.flags.loops]
 
     def words_per_clip(self) -> float:
-        return sum(c.score.insertions if self.nonspeech else len(c.score.hyp_norm.split())
-                   for c in self.clips) / max(len(self.clips), 1)
+        """Normalized hypothesis words over all clips (on a non-speech set every one is an insertion)."""
+        return sum(len(c.score.hyp_norm.split()) for c in self.clips) / max(len(self.clips), 1)
 
     def text_share(self) -> float:
         """Share of clips whose hypothesis holds any word."""
