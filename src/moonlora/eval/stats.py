@@ -156,9 +156,6 @@ def compare_results(
     )
 
 
-NONSPEECH_METRICS = ("words_per_clip", "text_share")  # Comparison.metric of the two non-speech comparisons
-
-
 def compare_nonspeech(baseline: EvalResult, tuned: EvalResult, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
                       confidence: float = 0.95) -> dict[str, Comparison]:
     """Two paired bootstraps over the clips of a non-speech manifest, by the one `paired_bootstrap` with

@@ -97,6 +97,9 @@ def require_one_protocol(records: list[RunRecord]) -> None:
                 require_comparable(EvalContract.from_dict(first.baseline[name].contract),
                                    EvalContract.from_dict(other.baseline[name].contract),
                                    allow=("adapter_sha256",))
+        if first.nonspeech is not None and other.nonspeech is not None:
+            require_comparable(EvalContract.from_dict(first.nonspeech.baseline.contract),
+                               EvalContract.from_dict(other.nonspeech.baseline.contract), allow=("adapter_sha256",))
 
 
 def primary(record: RunRecord) -> Verdict:

@@ -169,14 +169,17 @@ def nonspeech_cells(record: RunRecord) -> list[dict[str, str]]:
                                              f"{comparison.ci_high:+.{digits}f}]")
         return dict(zip(NONSPEECH_COLUMNS, (name, base, tuned, ci)))
 
-    tuned = (lambda value: "-" if after is None else value(after))
+    def cells(cell) -> tuple[str, str]:
+        """(baseline, tuned) of one measure; "-" for a tuned side not scored yet."""
+        return cell(before), "-" if after is None else cell(after)
+
     return [
-        row(f"words/clip ({summary.clips} clips)", f"{before.words_per_clip:.2f}",
-            tuned(lambda side: f"{side.words_per_clip:.2f}"), comparisons.get("words_per_clip")),
-        row("clips with text", f"{before.clips_with_text} ({before.text_share:.0%})",
-            tuned(lambda side: f"{side.clips_with_text} ({side.text_share:.0%})"), comparisons.get("text_share"), 3),
-        row("looping clips", str(len(before.looping_clips)), tuned(lambda side: str(len(side.looping_clips)))),
-        row("flags", flag_list(before.flags), tuned(lambda side: flag_list(side.flags))),
+        row(f"words/clip ({summary.clips} clips)", *cells(lambda side: f"{side.words_per_clip:.2f}"),
+            comparisons.get("words_per_clip")),
+        row("clips with text", *cells(lambda side: f"{side.clips_with_text} ({side.text_share:.0%})"),
+            comparisons.get("text_share"), 3),
+        row("looping clips", *cells(lambda side: str(len(side.looping_clips)))),
+        row("flags", *cells(lambda side: flag_list(side.flags))),
     ]
 
 
