@@ -215,7 +215,7 @@ def planted_summary(tuned_hypotheses: list[str]) -> NonspeechSummary:
 
 def test_nonspeech_scoring_counts_the_words_and_the_clips_with_text():
     score = score_nonspeech("Contest center, one two zero.")
-    assert (score.ref_words, score.insertions, score.word_errors) == (0, 5, 5)
+    assert (score.ref_words, score.insertions, score.word_errors, score.hyp_norm) == (0, 3, 3, "contest center 120")
     summary = planted_summary([CAPPED] * 30 + [""] * 10)
     words, share = summary.comparisons["words_per_clip"], summary.comparisons["text_share"]
     assert (words.baseline_wer, words.metric, words.label) == (0.0, "words_per_clip", "words/clip")
