@@ -27,7 +27,7 @@ def folder_counts(folder: Path) -> dict:
     scores = [score_nonspeech(row["hyp"], normalize) if nonspeech else score_utterance(row["ref"], row["hyp"], normalize)
               for row in rows]
     capped = ["token_cap_hit" in row["flags"] for row in rows]
-    flags = [flag_utterance(score, cap) for score, cap in zip(scores, capped)]
+    flags = [flag_utterance(score, cap, row["hyp"], row["ref"]) for score, cap, row in zip(scores, capped, rows)]
     return {
         "folder": str(folder), "clips": len(rows), "nonspeech": nonspeech,
         "wer": None if nonspeech else corpus_score(scores).wer,

@@ -20,7 +20,7 @@ from moonlora.data.text import normalizer_for
 from moonlora.eval.contract import EvalContract
 from moonlora.eval.evaluate import ClipResult, EvalResult
 from moonlora.eval.metrics import (LoopSpan, corpus_score, find_long_loop, find_repeat_loop, flag_utterance,
-                                   score_nonspeech, score_utterance)
+                                   score_nonspeech, score_utterance, written_words)
 from moonlora.eval.stats import compare_nonspeech
 from moonlora.model.decoder import DecodedClip, repetition_cut
 from moonlora.runfolder import NonspeechSide, NonspeechSummary, RunRecord, write_config_dict, write_record
@@ -78,10 +78,24 @@ def test_a_genuine_repeat_the_reference_also_has_is_no_loop():
 def test_no_reference_the_synthetic_domains_write_is_flagged(domain):
     """The demo's, the sweeps' and the hidden sets' references come from these generators: as hypotheses
     with no reference of their own, neither loop rule fires on any of 3000."""
-    normalize = normalizer_for()
-    texts = [normalize(text) for text in DOMAINS[domain](3000, random.Random(7))]
+    normalize, written = normalizer_for(), DOMAINS[domain](3000, random.Random(7))
+    texts = [normalize(text) for text in written]
     assert [text for text in texts if find_long_loop(text.split(), [])] == []
     assert [text for text in texts if find_repeat_loop(text.split(), [])] == []
+    assert [text for text in written if find_long_loop(written_words(text), [])] == []
+
+
+def test_a_loop_inside_spelled_digits_is_seen_in_the_written_words():
+    """The normalizer writes "one two six six seven ..." as one number, which hides the loop; the long-loop
+    rule reads the written words too (a hypothesis the H4 adapter wrote, cut by its cap)."""
+    hypothesis = ("Squat one two six six seven one seven one seven, squat one two six six seven one seven one seven, "
+                  "squat one two six seven")
+    score = score_utterance("speedbird one two squawk one two six seven", hypothesis)
+    assert score.hyp_norm.split()[:2] == ["squat", "126671717"]
+    assert find_long_loop(score.hyp_norm.split(), score.ref_norm.split()) is None
+    loop = flag_utterance(score, True, hypothesis, "speedbird one two squawk one two six seven").long_loop
+    assert (loop.words, loop.phrase, loop.start, loop.end) == (
+        "written", "squat one two six six seven one seven one seven", 0, 24)
 
 
 # --- the repetition guard --------------------------------------------------------------------------------------

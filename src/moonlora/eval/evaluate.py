@@ -143,7 +143,8 @@ def evaluate_manifest(
     clips = []
     for utterance, clip in zip(utterances, decoded):
         score = clip_score(utterance, clip.text, normalizer, manifest.nonspeech)
-        clips.append(ClipResult(utterance, clip.text, clip, score, flag_utterance(score, clip.token_cap_hit)))
+        flags = flag_utterance(score, clip.token_cap_hit, clip.text, utterance.text)
+        clips.append(ClipResult(utterance, clip.text, clip, score, flags))
     contract = EvalContract.build(
         manifest.content_hash, audio, decode, loaded.weights_sha256, adapter_sha256(loaded.model),
         runtime=loaded.runtime_dict(), model_type=loaded.model_type, load_check=loaded.load_check,
@@ -211,4 +212,4 @@ def _stored_clip(utterance: Utterance, row: dict, where: str, normalizer, nonspe
     except (KeyError, TypeError, ValueError) as error:
         raise TranscriptsError(f"{where}: not a transcripts row ({type(error).__name__}: {error}); {DAMAGED}") from None
     score = clip_score(utterance, decoded.text, normalizer, nonspeech)
-    return ClipResult(utterance, decoded.text, decoded, score, flag_utterance(score, cap_hit))
+    return ClipResult(utterance, decoded.text, decoded, score, flag_utterance(score, cap_hit, decoded.text, utterance.text))

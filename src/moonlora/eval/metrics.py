@@ -11,7 +11,8 @@ count, and a hypothesis's word spacing is no error.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 
 import jiwer
 
@@ -197,13 +198,14 @@ def find_repeat_loop(hyp_words: list[str], ref_words: list[str]) -> str | None:
 
 @dataclass(frozen=True)
 class LoopSpan:
-    """A phrase the hypothesis repeats back to back: words [start, end) of the normalized hypothesis."""
+    """A phrase the hypothesis repeats back to back: words [start, end) of the hypothesis's `words`."""
 
     phrase: str  # one copy of the looping phrase, as it first occurs
     start: int
     end: int
     copies: float  # words in the span / words in the phrase (2.4 = two copies and 40 % of a third)
     text: str  # the looping span itself
+    words: str = "normalized"  # which words: "normalized" (as scored) or "written" (`written_words`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -278,11 +280,29 @@ class UtteranceFlags:
         return self.repeat_loop is not None or self.long_loop is not None
 
 
-def flag_utterance(score: UtteranceScore, token_cap_hit: bool) -> UtteranceFlags:
+def written_words(text: str) -> list[str]:
+    """The words as the model wrote them, lowercased, punctuation dropped: no number merging."""
+    return re.findall(r"[^\W_]+(?:'[^\W_]+)*", text.lower())
+
+
+def long_loop_of(score: UtteranceScore, hypothesis: str | None, reference: str | None) -> LoopSpan | None:
+    """The long loop in the normalized words, else in the written ones: the English normalizer writes spelled
+    digits as one number ("six six six ..." -> "666..."), which hides a loop inside a digit string."""
+    found = find_long_loop(score.hyp_norm.split(), score.ref_norm.split())
+    if found is None and hypothesis is not None:
+        found = find_long_loop(written_words(hypothesis), written_words(reference or ""))
+        found = found and replace(found, words="written")
+    return found
+
+
+def flag_utterance(score: UtteranceScore, token_cap_hit: bool, hypothesis: str | None = None,
+                   reference: str | None = None) -> UtteranceFlags:
+    """The clip's flags; `hypothesis` and `reference` as written let the long-loop rule also read the words
+    before normalization."""
     hyp_words, ref_words = score.hyp_norm.split(), score.ref_norm.split()
     return UtteranceFlags(
         empty_hypothesis=not score.hyp_norm,
         token_cap_hit=token_cap_hit,
         repeat_loop=find_repeat_loop(hyp_words, ref_words),
-        long_loop=find_long_loop(hyp_words, ref_words),
+        long_loop=long_loop_of(score, hypothesis, reference),
     )
