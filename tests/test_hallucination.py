@@ -276,3 +276,33 @@ def test_the_report_shows_the_nonspeech_table_base_and_tuned(tmp_path):
     assert "| looping clips | 0 | 30 |" in result.markdown
     html = result.html_path.read_text()
     assert "Non-speech canary" in html and BABBLE in html
+
+
+def test_the_onnxruntime_greedy_loop_honours_the_guard_too():
+    """The deployed decoder's greedy loop (a scripted decoder graph that loops an 8-token phrase) stops at
+    the loop's second copy and keeps one, as the torch decoder does; off, it runs to the cap."""
+    from types import SimpleNamespace
+
+    from moonlora.model.ort import EOS_ID, OrtModel
+
+    phrase = list(range(10, 18))
+
+    class LoopingGraph:
+        def __init__(self):
+            self.step = 0
+
+        def get_outputs(self):
+            return [SimpleNamespace(name="logits")]
+
+        def run(self, names, feed):
+            logits = np.zeros((1, 1, 40), dtype=np.float32)
+            logits[0, -1, phrase[self.step % len(phrase)]] = 1.0
+            self.step += 1
+            return [logits]
+
+    def greedy(guard):
+        model = OrtModel(Path("."), None, LoopingGraph(), "int8", "s" * 64, past_shapes={})
+        return model.greedy(np.zeros((1, 4, 8), dtype=np.float32), cap=40, guard=guard)
+
+    assert greedy(8) == [*phrase, EOS_ID]
+    assert greedy(0) == [*(phrase * 5)[:39], EOS_ID]
