@@ -230,6 +230,7 @@ NON_DEFAULT = {
     "mixed_precision": ["--mixed-precision", "bf16"], "gradient_checkpointing": ["--gradient-checkpointing", "off"],
     "val_fraction": ["--val-fraction", "0.3"], "extra_manifest": ["--extra-manifest", "x.jsonl"],
     "canary_manifest": ["--canary-manifest", "c.jsonl"], "canary_margin": ["--canary-margin", "0.05"],
+    "nonspeech_manifest": ["--nonspeech-manifest", "n.jsonl"], "repetition_guard": ["--repetition-guard", "8"],
     "replay_manifest": ["--replay-manifest", "r.jsonl"], "replay_ratio": ["--replay-ratio", "0.25", "--replay-manifest", "r.jsonl"],  # needs one
     "log_manifest_interval_wer": ["--log-manifest-interval-wer"], "export": ["--export", "ort"],
     "export_margin": ["--export-margin", "0.01"], "select": ["--select", "last"],

@@ -260,3 +260,28 @@ def test_best_and_last_adapters_are_both_kept_and_scored(tiny_model_dir, data, t
     saved = json.loads((out / "experiment_metrics.json").read_text())
     assert saved["candidates"]["best"]["adapter_dir"] == "adapter-best" and saved["config"]["select"] == "last"
     assert any(note.startswith("adapters: best (step 2) main WER") for note in record.notes)
+
+
+def test_a_nonspeech_manifest_is_scored_at_baseline_and_tuned_with_the_guard_recorded(tiny_model_dir, data, tmp_path):
+    import dataclasses
+
+    from moonlora.data.synth.nonspeech import build_nonspeech
+    from moonlora.runfolder import read_record
+
+    canary = build_nonspeech(tmp_path / "ns", progress=False).manifest
+    small = canary.with_name("four.jsonl")
+    small.write_text("".join(canary.read_text().splitlines(keepends=True)[:4]))
+    config = config_for(tiny_model_dir, data, tmp_path / "run", max_steps=2)
+    config = dataclasses.replace(config, nonspeech_manifest=str(small),
+                                 decode=dataclasses.replace(config.decode, repetition_guard=4))
+    record = run_experiment(config, progress=False)
+    stored = read_record(tmp_path / "run").nonspeech
+    assert stored == record.nonspeech and stored.clips == 4 and stored.path == str(small)
+    assert set(stored.comparisons) == {"words_per_clip", "text_share"}
+    assert stored.comparisons["words_per_clip"].tuned_wer == stored.tuned.words_per_clip
+    assert stored.baseline.contract["nonspeech"] is True and stored.baseline.contract["decode"]["repetition_guard"] == 4
+    assert record.baseline["main"].contract["nonspeech"] is False and "nonspeech" not in record.baseline
+    assert record.data.eval_sets["nonspeech"].clips == 4
+    for side in ("baseline", "tuned"):
+        rows = [json.loads(line) for line in (tmp_path / "run" / side / "nonspeech" / "transcripts.jsonl").open()]
+        assert len(rows) == 4 and {row["ref"] for row in rows} == {""}

@@ -22,7 +22,7 @@ def test_transcribe_beckett_with_bundled_model(tmp_path):
     row = json.loads((out / "transcripts.jsonl").read_text().splitlines()[0])
     assert summary["wer"] <= 0.10, row["hyp"]
     assert row["hyp_norm"] == "ever tried ever failed no matter try again fail again fail better"
-    assert summary["flags"] == {"empty_hypothesis": 0, "token_cap_hit": 0, "repeat_loop": 0}
+    assert summary["flags"] == {"empty_hypothesis": 0, "token_cap_hit": 0, "repeat_loop": 0, "long_loop": 0}
 
 
 def test_demo_command_runs_as_a_user_would(tmp_path):
@@ -42,7 +42,10 @@ def test_demo_command_runs_as_a_user_would(tmp_path):
     assert [row["step"] for row in metrics["training"]["losses"]] == [1, 2]
     decision = json.loads((out / "decision.json").read_text())
     assert {v["criterion"] for v in decision["verdicts"]} == {"primary", "secondary", "H3 (within band)", "sanity",
-                                                              "reproducibility", "export parity"}
+                                                              "non-speech", "reproducibility", "export parity"}
+    nonspeech = metrics["nonspeech"]  # the demo's non-speech canary, base and tuned
+    assert nonspeech["clips"] == 42 and set(nonspeech["comparisons"]) == {"words_per_clip", "text_share"}
+    assert "Non-speech canary" in (out / "training_report.md").read_text()
     assert set(metrics["candidates"]) == {"best", "last"} and metrics["checklist"]["leakage"]["found"] == []
     parity = metrics["export_parity"]  # the shipped int8 graphs, scored against the torch model
     assert parity["runtime"] == {"name": "onnxruntime", "precision": "int8"}

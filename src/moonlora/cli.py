@@ -39,6 +39,7 @@ from moonlora.sweep import AXES, RUN_CONTROL, GridFile, SweepConfig, load_grid, 
 from moonlora.sweep import check_output as check_sweep_output
 from moonlora.data.synth.build import build_domain
 from moonlora.data.synth.domains import DOMAINS
+from moonlora.data.synth.nonspeech import DOMAIN as NONSPEECH_DOMAIN, build_nonspeech
 from moonlora.train.output_dir import validate_run_dir
 
 # Errors that come from what the user passed (moonlora.errors): one line, exit code 2, no traceback.
@@ -115,10 +116,15 @@ def add_model_args(parser: argparse.ArgumentParser, default: str) -> None:
                              "graphs, scored through onnxruntime on the CPU; no --adapter)")
 
 
+GUARD_HELP = ("0: off; N: stop a hypothesis once it ends in a loop (two copies of a phrase of N or more tokens, or "
+              "three or more holding N tokens) and keep one copy; recorded in the eval contract when on")
+
+
 def add_decode_args(parser: argparse.ArgumentParser) -> None:
     defaults = DecodeConfig()
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="clips per decode batch")
     parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="1 = greedy search")
+    parser.add_argument("--repetition-guard", type=int, default=defaults.repetition_guard, help=GUARD_HELP)
     parser.add_argument("--device", default=defaults.device, help=DEVICE_HELP)
     parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPE_NAMES, help="model weights and inputs")
     add_encoder_arg(parser)
@@ -175,9 +181,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     config = TranscribeConfig(
         manifest=args.manifest, model=args.model, adapter=args.adapter, output_dir=args.output_dir,
-        overwrite=args.overwrite, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
+        overwrite=args.overwrite, nonspeech=args.nonspeech, audio=AudioConfig(rms_target_dbfs=args.rms_target_dbfs),
         decode=DecodeConfig(num_beams=args.num_beams, batch_size=args.batch_size, device=args.device,
-                            dtype=args.dtype, encoder=args.encoder),
+                            dtype=args.dtype, encoder=args.encoder, repetition_guard=args.repetition_guard),
         scoring=ScoringConfig(language=args.language, metric=args.metric),
     )
     config = with_run_settings(config, args.given_flags)  # a run's adapter: the run's audio and decode settings
@@ -271,7 +277,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
     from moonlora.verdict.decide import decide, render
 
     decision = decide(args.runs, DecideConfig(margin=args.margin, h3_band=args.h3_band,
-                                              regression_factor=args.regression_factor))
+                                              regression_factor=args.regression_factor,
+                                              nonspeech_margin=args.nonspeech_margin))
     print(render(decision))
     if json_path is not None:
         write_json(json_path, decision.to_dict(), command="decide")
@@ -334,6 +341,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    if args.domain == NONSPEECH_DOMAIN:
+        canary = build_nonspeech(Path(args.out), seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+        print(f"{canary.clips} non-speech clips ({canary.seconds / 60:.1f} min, no transcripts): {canary.manifest}")
+        return 0
     result = build_domain(args.domain, n=args.n, seed=args.seed, out_dir=Path(args.out),
                           test_fraction=args.test_fraction, overwrite=args.overwrite, progress=not args.quiet)
     print(f"{result.n_train} train clips ({result.train_seconds / 60:.1f} min): {result.train_manifest}")
@@ -460,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes transcripts.jsonl (ref, hyp, duration, errors, flags per clip) and summary.json (WER, CER, hours, "
         "skipped rows with reasons, flag counts, WER by duration, RTFx, eval contract).", cmd_transcribe)
     transcribe.add_argument("--manifest", required=True, help="JSONL manifest (audio_filepath, text, ...)")
+    transcribe.add_argument("--nonspeech", action="store_true",
+                            help="the manifest holds clips without speech (no transcripts; moonlora synth --domain "
+                                 "nonspeech): scored by the words emitted per clip, not WER")
     add_model_args(transcribe, default_of(TranscribeConfig, "model"))
     transcribe.add_argument("--adapter", default=default_of(TranscribeConfig, "adapter"),
                             help="a PEFT LoRA adapter folder to apply; a run's adapter (RUN/adapter, RUN/adapter-best, "
@@ -510,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     decide_cmd = add_command(commands, "decide", "the plan's decision criteria over run folders",
                              "Primary (CI excludes 0), secondary as non-inferiority per extra manifest and canary, "
-                             "H3's band, reproducibility across seeds and sanity, plus export parity for "
+                             "H3's band, reproducibility across seeds and sanity, non-speech (words emitted where "
+                             "nobody speaks) for runs made with --nonspeech-manifest, plus export parity for "
                              "runs made with --export (pass, fail, or inconclusive when the CI straddles the "
                              "margin), as a verdict; an unfinished run gets a line saying where it stands (died, "
                              "resumable from step N); refuses runs measured under different eval contracts.",
@@ -523,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="H3: tuned main WER must improve or stay within this share of the baseline")
     decide_cmd.add_argument("--regression-factor", type=float, default=default_of(DecideConfig, "regression_factor"),
                             help="sanity fails when a manifest's WER exceeds its baseline times this")
+    decide_cmd.add_argument("--nonspeech-margin", type=float, default=default_of(DecideConfig, "nonspeech_margin"),
+                            help="non-speech: the CI high end of words per clip (tuned - baseline) on the "
+                                 "--nonspeech-manifest must be at most this")
     add_json_arg(decide_cmd, "the verdicts")
 
     compare = add_command(
@@ -604,7 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "Templated text spoken by espeak-ng voices (pip-installed, no system package); train and "
                         "test voices disjoint; deterministic for a seed.", cmd_synth)
     synth_defaults = SynthConfig()
-    synth.add_argument("--domain", default=synth_defaults.domain, choices=tuple(DOMAINS), help="registered domain")
+    synth.add_argument("--domain", default=synth_defaults.domain, choices=(*DOMAINS, NONSPEECH_DOMAIN),
+                       help="registered domain; nonspeech: the non-speech canary (a fixed set of clips of silence, "
+                            "hiss, noise, radio static, hum and tones; nonspeech.jsonl; --n and --test-fraction "
+                            "do not apply)")
     synth.add_argument("--n", type=int, default=synth_defaults.n, help="number of utterances")
     synth.add_argument("--seed", type=int, default=synth_defaults.seed, help="seed of texts, voices, rates and pitches")
     synth.add_argument("--out", required=True,
@@ -715,6 +736,9 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
     add_setting(experiment, "extra_manifest", "secondary held-out manifest (repeatable)", action="append", default=[])
     add_setting(experiment, "canary_manifest", "general speech that must not get worse")
     add_setting(experiment, "canary_margin", "stop when canary WER rises by more than this")
+    add_setting(experiment, "nonspeech_manifest", "clips without speech (moonlora synth --domain nonspeech, or "
+                "recorded room noise; no transcripts): words emitted per clip and share of clips with text, "
+                "baseline vs tuned with paired-bootstrap CIs; decide's non-speech criterion")
     add_setting(experiment, "replay_manifest", "general speech mixed into training")
     add_setting(experiment, "replay_ratio", "share of training clips from --replay-manifest")
     add_setting(experiment, "log_manifest_interval_wer",
@@ -732,6 +756,7 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
                 "manifest shares (refused otherwise, naming the rows)")
     add_setting(experiment, "decode_batch_size", "clips per decode batch (baseline, interval and tuned WER)")
     add_setting(experiment, "num_beams", "1 = greedy search")
+    add_setting(experiment, "repetition_guard", GUARD_HELP)
     add_setting(experiment, "device", DEVICE_HELP)
     add_encoder_arg(experiment)
     add_rms_arg(experiment)

@@ -2,7 +2,9 @@
 
 The rate is the primary metric's, named by `metric` ("wer", or "cer" for Chinese, Japanese, Korean and
 wherever a run said `--metric cer`); the fields keep their `_wer` names (the run record's schema), and a
-comparison written before metrics were recorded reads as WER.
+comparison written before metrics were recorded reads as WER. On a non-speech manifest the same type
+holds words emitted per clip ("words_per_clip") or the share of clips with any text ("text_share"):
+`moonlora.eval.stats.compare_nonspeech`.
 
 The experiment's per-manifest comparisons and candidates, its export parity, `moonlora compare`
 (A is the baseline, B the tuned side) and `decide` all hold this one type; the non-inferiority
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from moonlora.schema import typed
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+LABELS = {"words_per_clip": "words/clip", "text_share": "text share"}  # the non-speech comparisons
 DERIVED = ("excludes_zero", "relative_delta")  # written for readers of the JSON, computed on reading
 
 
@@ -41,8 +44,8 @@ class Comparison:
 
     @property
     def label(self) -> str:
-        """The metric as tables print it: WER or CER."""
-        return self.metric.upper()
+        """The metric as tables print it: WER, CER, words/clip or text share."""
+        return LABELS.get(self.metric, self.metric.upper())
 
     @property
     def tuned_shown_better(self) -> bool:

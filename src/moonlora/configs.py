@@ -91,6 +91,9 @@ class ScoringConfig:
         return asdict(self)
 
 
+MAX_REPETITION_GUARD = 64  # tokens; Moonshine's longest loops repeat phrases of ~20
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """How Moonshine turns audio into text. Only `result_fields` can change a transcript."""
@@ -108,8 +111,14 @@ class DecodeConfig:
     # padded batch, exact: the same states within 1e-4, the same transcripts). "auto" is
     # per-clip on CPU, where eval_speed.py measures it faster, and batched on accelerators.
     encoder: str = "auto"
+    # Repetition guard: 0 = off; N = stop a hypothesis once it ends in a loop (two copies of a phrase
+    # of N or more tokens, or three or more copies holding N tokens) and keep one copy
+    # (`moonlora.model.decoder.repetition_cut`). A contract records it only when on.
+    repetition_guard: int = 0
 
-    result_fields = ("num_beams", "tokens_per_second", "extra_tokens", "dtype")
+    result_fields = ("num_beams", "tokens_per_second", "extra_tokens", "dtype", "repetition_guard")
+    # result fields a contract records only away from their default, so earlier fingerprints hold
+    recorded_when_set = {"repetition_guard": 0}
 
     def __post_init__(self) -> None:
         if self.num_beams < 1:
@@ -124,6 +133,10 @@ class DecodeConfig:
             raise ConfigError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.encoder not in ENCODER_MODES:
             raise ConfigError(f"encoder must be one of {', '.join(ENCODER_MODES)}, got {self.encoder!r}")
+        if isinstance(self.repetition_guard, bool) or not isinstance(self.repetition_guard, int) \
+                or not 0 <= self.repetition_guard <= MAX_REPETITION_GUARD:
+            raise ConfigError(f"--repetition-guard must be 0 (off) or a phrase length in tokens from 1 to "
+                              f"{MAX_REPETITION_GUARD}, got {self.repetition_guard!r}")
 
     def token_cap(self, seconds: float) -> int:
         return math.ceil(self.tokens_per_second * seconds) + self.extra_tokens
@@ -133,7 +146,8 @@ class DecodeConfig:
 
     def result_dict(self) -> dict:
         """The settings that can change a transcript (batching and device cannot)."""
-        return {name: getattr(self, name) for name in self.result_fields}
+        return {name: getattr(self, name) for name in self.result_fields
+                if getattr(self, name) != self.recorded_when_set.get(name, object())}
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,7 @@ class ExperimentConfig:
     extra_manifests: tuple[str, ...] = ()
     canary_manifest: str | None = None  # general speech that must not get worse
     canary_margin: float = 0.02  # stop when canary WER > baseline canary WER + this
+    nonspeech_manifest: str | None = None  # clips without speech: words emitted per clip, baseline vs tuned
     replay_manifest: str | None = None  # general speech mixed into training (replay_ratio in train)
     log_manifest_interval_wer: bool = False  # main-manifest WER at intervals, for plots only
     export: str | None = None  # "ort": export the chosen adapter and score it (export parity)
@@ -334,6 +349,7 @@ EXPERIMENT_FLAGS = {
     "extra_manifest": "extra_manifests",  # repeatable: one manifest per flag
     "canary_manifest": "canary_manifest",
     "canary_margin": "canary_margin",
+    "nonspeech_manifest": "nonspeech_manifest",
     "replay_manifest": "replay_manifest",
     "replay_ratio": "train.replay_ratio",
     "log_manifest_interval_wer": "log_manifest_interval_wer",
@@ -346,6 +362,7 @@ EXPERIMENT_FLAGS = {
     "num_beams": "decode.num_beams",
     "device": ("decode.device", "train.device"),  # one model trains and decodes on one device
     "encoder": "decode.encoder",
+    "repetition_guard": "decode.repetition_guard",
     "rms_target_dbfs": "audio.rms_target_dbfs",
     "language": "scoring.language",
     "metric": "scoring.metric",
@@ -460,6 +477,7 @@ class TranscribeConfig:
     adapter: str | None = None
     output_dir: str | None = None  # default: outputs/transcribe/<manifest>-<time>
     overwrite: bool = False
+    nonspeech: bool = False  # the manifest holds clips without speech: scored by the words emitted
     audio: AudioConfig = field(default_factory=AudioConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)

@@ -1,7 +1,8 @@
 """`moonlora demo`: the whole path on the offline default, in one command.
 
 1. synthesize a small air-traffic-control domain (espeak-ng; train and test voices disjoint);
-2. build a general-speech canary (the real beckett.wav + Harvard sentences);
+2. build a general-speech canary (the real beckett.wav + Harvard sentences) and the non-speech canary
+   (silence, hiss, noise, radio static, hum and tones: words emitted where nobody speaks);
 3. run the experiment on `bundled:base-en` once per seed (baseline, LoRA, interval WER, tuned,
    paired-bootstrap CIs), then export the chosen adapter as the deployable int8 `.ort` folder and
    score it against the torch model (export parity; Moonshine base only, so skipped for other
@@ -21,6 +22,7 @@ from moonlora.model import bundled
 from moonlora.configs import DEFAULT_MODEL, DecodeConfig, DemoConfig, ExperimentConfig, TrainConfig
 from moonlora.outputs import check_output_dir, claim_output_dir, write_json
 from moonlora.data.synth.build import build_domain
+from moonlora.data.synth.nonspeech import MANIFEST_NAME as NONSPEECH_MANIFEST, build_nonspeech
 
 if TYPE_CHECKING:
     from moonlora.verdict.decide import Decision
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["DemoConfig", "DemoResult", "check_output", "experiment_config", "run_demo"]
 
 OUTPUT_KIND = "demo"
-OUTPUT_ENTRIES = ("demo_config.json", "atc", "canary", "runs", "decision.json", "training_report.md", "report.html")
+OUTPUT_ENTRIES = ("demo_config.json", "atc", "canary", "nonspeech", "runs", "decision.json", "training_report.md", "report.html")
 
 
 @dataclass
@@ -47,10 +49,12 @@ def check_output(config: DemoConfig) -> Path:
                             config.overwrite, require_empty=True)
 
 
-def experiment_config(config: DemoConfig, data: Path, canary: Path, run_dir: Path, seed: int) -> ExperimentConfig:
+def experiment_config(config: DemoConfig, data: Path, canary: Path, run_dir: Path, seed: int,
+                      nonspeech: Path | None = None) -> ExperimentConfig:
     return ExperimentConfig(
         output_dir=str(run_dir), dataset_path=str(data / "train.jsonl"), manifest_path=str(data / "test.jsonl"),
         model=config.model, canary_manifest=str(canary), wer_stop_threshold=1.5,
+        nonspeech_manifest=None if nonspeech is None else str(nonspeech),
         train=TrainConfig(max_steps=config.max_steps, learning_rate=config.learning_rate,
                           batch_size=config.batch_size, grad_accum=1, warmup_steps=min(5, config.max_steps - 1),
                           eval_interval=config.eval_interval, seed=seed, device=config.device),
@@ -62,7 +66,8 @@ def check_settings(config: DemoConfig, out_dir: Path) -> None:
     """Every run's settings and the device, before any data is synthesized: the experiment configs are built
     (and so validated) with the paths they will get."""
     for seed in config.seeds:
-        experiment_config(config, out_dir / "atc", out_dir / "canary" / "canary.jsonl", run_dir(out_dir, seed), seed)
+        experiment_config(config, out_dir / "atc", out_dir / "canary" / "canary.jsonl", run_dir(out_dir, seed), seed,
+                          out_dir / "nonspeech" / NONSPEECH_MANIFEST)
     from moonlora.model.device import check_device
 
     check_device(config.device)
@@ -85,8 +90,10 @@ def run_demo(config: DemoConfig, progress: bool = True) -> DemoResult:
     domain = build_domain("atc", n=config.domain_clips, seed=0, out_dir=out_dir / "atc", progress=progress)
     beckett = {"audio_filepath": str(bundled.beckett_wav_path()), "text": bundled.BECKETT_TEXT, "speaker": "beckett"}
     canary = build_canary(out_dir / "canary", [beckett], sentences=config.canary_sentences, seed=0, progress=progress)
+    nonspeech = build_nonspeech(out_dir / "nonspeech", seed=0, progress=progress).manifest
     run_dirs = [run_dir(out_dir, seed) for seed in config.seeds]
-    runs = [run_experiment(experiment_config(config, domain.out_dir, canary, folder, seed), progress=progress)
+    runs = [run_experiment(experiment_config(config, domain.out_dir, canary, folder, seed, nonspeech),
+                           progress=progress)
             for seed, folder in zip(config.seeds, run_dirs)]
     decision = decide(run_dirs)
     write_json(out_dir / "decision.json", decision.to_dict(), command=OUTPUT_KIND)

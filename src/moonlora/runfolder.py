@@ -9,7 +9,8 @@ Layout of a run folder:
     experiment_metrics.json  the run record (RunRecord): status from the first second, updated
                              atomically at each phase, final status on any exit
     baseline/<set>/, tuned/<set>/   transcripts.jsonl + summary.json per scored manifest (read_transcripts
-                             is the one reader of transcripts.jsonl, for every command)
+                             is the one reader of transcripts.jsonl, for every command); the set "nonspeech" is
+                             the --nonspeech-manifest (words emitted where nobody speaks)
     adapter/                 the chosen LoRA adapter (PEFT save_pretrained)
     export/ort/, export/scores/   with --export ort: the deployable int8 graphs and their scores
     checkpoints/step-NNNNNNNN/   resumable training state, the last two kept
@@ -48,6 +49,7 @@ CANDIDATES = ("best", "last")
 CANDIDATE_ADAPTER_DIRS = {"best": "adapter-best", "last": "adapter-last"}  # both are always kept
 CANDIDATE_SCORE_DIRS = {"best": "tuned-best", "last": "tuned-last"}  # the other candidate's main-manifest score
 BASELINE_DIR = "baseline"
+NONSPEECH = "nonspeech"  # the non-speech manifest's folder under baseline/ and tuned/
 TUNED_DIR = "tuned"
 TENSORBOARD_DIR = "tensorboard"
 EXPORT_DIR = "export"
@@ -204,6 +206,30 @@ class ExportParity:
         return self.sets["main"]
 
 
+@dataclass
+class NonspeechSide:
+    """The baseline or the tuned model on the non-speech manifest (transcripts in baseline|tuned/nonspeech/)."""
+
+    words_per_clip: float  # normalized words emitted, over all clips
+    text_share: float  # share of clips with any word
+    clips_with_text: int
+    flags: dict[str, int]
+    looping_clips: list[str]  # utt_ids either loop rule flagged
+    contract: dict
+
+
+@dataclass
+class NonspeechSummary:
+    """experiment --nonspeech-manifest: what each model writes where nobody speaks (`decide`'s non-speech
+    criterion reads `comparisons["words_per_clip"]`)."""
+
+    path: str
+    clips: int
+    baseline: NonspeechSide
+    tuned: NonspeechSide | None = None
+    comparisons: dict[str, Comparison] = field(default_factory=dict)  # words_per_clip, text_share: tuned - baseline
+
+
 @dataclass(frozen=True)
 class ValSplitCheck:
     clips: int
@@ -325,6 +351,7 @@ class RunRecord:
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     training: TrainingSummary | None = None
     export_parity: ExportParity | None = None  # experiment --export: the shipped model scored against the torch one
+    nonspeech: NonspeechSummary | None = None  # experiment --nonspeech-manifest: words emitted without speech
     candidates: dict[str, Candidate] = field(default_factory=dict)  # "best" and "last"
     checklist: Checklist = field(default_factory=Checklist)  # the plan's checklist: val split, leakage, headroom, sufficiency
     notes: list[str] = field(default_factory=list)  # one-line findings for the console and the reports
@@ -401,6 +428,8 @@ RECORD_FIELDS = {
     "export_parity": reader(ExportParity, PARITY_FIELDS),
     "candidates": mapping_of(reader(Candidate, {"main": _summary, "comparison": _comparison})),
     "checklist": reader(Checklist, CHECKLIST_FIELDS),
+    "nonspeech": reader(NonspeechSummary, {"baseline": reader(NonspeechSide), "tuned": reader(NonspeechSide),
+                                           "comparisons": mapping_of(_comparison)}),
 }
 
 

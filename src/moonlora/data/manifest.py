@@ -6,6 +6,10 @@ fine-tuner's manifests (`moonshine_voice.lora`: `{"audio": path, "text": ...}` a
 list or `{"utterances": [...]}`, or `path<TAB>text` lines in a .tsv/.csv) load as they are;
 audio held inline (`{"array": [...], "sampling_rate": ...}` or encoded bytes) is refused with a
 pointer to `moonlora import`, which writes it to files.
+
+A non-speech manifest (`load_manifest(..., nonspeech=True)`: `experiment --nonspeech-manifest`, the
+canary `moonlora synth --domain nonspeech` writes) names clips in which nobody speaks: a row needs no
+transcript, and a row whose transcript has words is skipped ("has_words": it is speech).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class SkippedRow:
     manifest: str
     line: int
     # bad_json | no_audio_field | empty_text | text_normalizes_to_nothing | missing_audio
-    # | unreadable_audio | bad_duration
+    # | unreadable_audio | bad_duration | has_words (a non-speech manifest's row with a transcript)
     kind: str
     reason: str
 
@@ -75,6 +79,7 @@ class Manifest:
     path: Path
     utterances: list[Utterance]
     skipped: list[SkippedRow] = field(default_factory=list)
+    nonspeech: bool = False  # clips without speech: every transcript is empty
 
     @property
     def total_seconds(self) -> float:
@@ -121,9 +126,10 @@ def _parse_duration(value) -> float | None:
 
 
 def parse_row(row: object, manifest_dir: Path, name: str, line: int,
-              language: str = DEFAULT_LANGUAGE) -> Utterance | SkippedRow:
+              language: str = DEFAULT_LANGUAGE, nonspeech: bool = False) -> Utterance | SkippedRow:
     """Turn one decoded JSON row into an Utterance, or say why it cannot be used (`language` picks the
-    normalizer that decides whether the transcript has a word to score)."""
+    normalizer that decides whether the transcript has a word to score; `nonspeech`: the row must have
+    none, and its Utterance's text is empty)."""
 
     def skip(kind: str, reason: str) -> SkippedRow:
         return SkippedRow(name, line, kind, reason)
@@ -142,9 +148,14 @@ def parse_row(row: object, manifest_dir: Path, name: str, line: int,
     if not isinstance(audio_field, str) or not audio_field.strip():
         return skip("no_audio_field", f"no audio path (expected one of {', '.join(AUDIO_KEYS)})")
     text = _first(row, TEXT_KEYS)
-    if not isinstance(text, str) or not text.strip():
+    if nonspeech:
+        if isinstance(text, str) and has_words(normalize(text, language)):
+            return skip("has_words", f"transcript {text.strip()!r} has words, but a non-speech manifest holds "
+                                     "clips in which nobody speaks; drop the row or its text")
+        text = ""
+    elif not isinstance(text, str) or not text.strip():
         return skip("empty_text", f"empty or missing transcript (expected one of {', '.join(TEXT_KEYS)})")
-    if not has_words(normalize(text, language)):
+    elif not has_words(normalize(text, language)):
         # Scoring compares normalized words; with none in the reference, WER has no denominator.
         return skip(
             "text_normalizes_to_nothing",
@@ -215,10 +226,11 @@ def _rows(path: Path):
                 yield line_number, _line_row(path, line_number, raw)
 
 
-def load_manifest(path: str | Path, language: str = DEFAULT_LANGUAGE) -> Manifest:
+def load_manifest(path: str | Path, language: str = DEFAULT_LANGUAGE, nonspeech: bool = False) -> Manifest:
     """Read a manifest (JSONL, or the fine-tuner's JSON/TSV); unusable rows are collected in `Manifest.skipped`.
 
-    `language` is the transcripts' (the scoring normalizer's, see moonlora.data.text)."""
+    `language` is the transcripts' (the scoring normalizer's, see moonlora.data.text); `nonspeech`: the
+    clips hold no speech (see the module's docstring)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; pass a JSONL file with one row per clip")
@@ -228,12 +240,12 @@ def load_manifest(path: str | Path, language: str = DEFAULT_LANGUAGE) -> Manifes
         if isinstance(row, SkippedRow):
             skipped.append(row)
             continue
-        parsed = parse_row(row, path.parent, str(path), line_number, language)
+        parsed = parse_row(row, path.parent, str(path), line_number, language, nonspeech)
         (utterances if isinstance(parsed, Utterance) else skipped).append(parsed)
     if not utterances:
         detail = f"; first problem: {skipped[0]}" if skipped else ""
         raise ManifestError(f"{path}: no usable rows ({len(skipped)} skipped){detail}")
-    return Manifest(path=path, utterances=utterances, skipped=skipped)
+    return Manifest(path=path, utterances=utterances, skipped=skipped, nonspeech=nonspeech)
 
 
 def write_manifest(rows: list[dict], path: str | Path) -> Path:

@@ -22,7 +22,10 @@ encoder pipeline of that family as moonlora runs it (`ModelFamily.frontend`: e.g
 ("wer" | "cer", moonlora.eval.metrics); both are compared, so a Spanish result never compares with an
 English one, nor a CER with a WER, and the refusal names the field. Contracts from before they were
 recorded read as "en" and "wer", and a contract at exactly those values leaves them out of its
-fingerprint: an English WER result keeps the fingerprint it always had.
+fingerprint: an English WER result keeps the fingerprint it always had. `nonspeech` says the manifest
+was scored as clips without speech (`experiment --nonspeech-manifest`: words emitted per clip); False,
+as on every speech set, leaves it out of the fingerprint too. The decode settings hold the repetition
+guard only when it is on (`DecodeConfig.result_dict`), so no earlier fingerprint moves.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class ContractMismatch(MoonloraError, ValueError):
 LEGACY_MODEL_TYPE = "moonshine"  # the only model family before contracts recorded one
 # What contracts from before languages were recorded measured; at these values a field stays out of the
 # fingerprint, so English WER fingerprints do not move.
-LEGACY_SCORING = {"language": DEFAULT_LANGUAGE, "metric": "wer"}
+LEGACY_SCORING = {"language": DEFAULT_LANGUAGE, "metric": "wer", "nonspeech": False}
 
 
 def family_frontend(model_type: str) -> str | None:
@@ -72,15 +75,17 @@ class EvalContract:
     frontend: str | None = field(default=None, compare=False)  # the family's audio pipeline; not compared
     language: str = DEFAULT_LANGUAGE  # ISO code of the transcripts; picks the normalizer
     metric: str = "wer"  # the primary metric: "wer" | "cer"
+    nonspeech: bool = False  # scored as clips without speech (words emitted); fingerprinted only when True
 
     @classmethod
     def build(cls, manifest_sha256: str, audio: AudioConfig, decode: DecodeConfig,
               model_sha256: str, adapter_sha256: str | None, runtime: dict | None = None,
               model_type: str = LEGACY_MODEL_TYPE, load_check: dict | None = None,
-              scoring: ScoringConfig | None = None) -> EvalContract:
+              scoring: ScoringConfig | None = None, nonspeech: bool = False) -> EvalContract:
         """`runtime` defaults to torch at the decode dtype (what `load_model(dtype=decode.dtype)` runs);
         `model_type` and `load_check` come from the LoadedModel; `scoring` (default: English, WER)
-        gives the language, its normalizer and the primary metric."""
+        gives the language, its normalizer and the primary metric; `nonspeech`: the manifest holds clips
+        without speech, scored by the words emitted."""
         scoring = scoring or ScoringConfig()
         return cls(manifest_sha256=manifest_sha256, audio=audio.to_dict(),
                    normalizer=normalizer_id(scoring.language), language=scoring.language,
@@ -88,7 +93,7 @@ class EvalContract:
                    decode=decode.result_dict(), model_sha256=model_sha256, adapter_sha256=adapter_sha256,
                    runtime=dict(runtime) if runtime is not None else torch_runtime(decode.dtype),
                    model_type=model_type, load_check=None if load_check is None else dict(load_check),
-                   frontend=family_frontend(model_type))
+                   frontend=family_frontend(model_type), nonspeech=nonspeech)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "fingerprint": self.fingerprint}

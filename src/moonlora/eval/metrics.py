@@ -11,7 +11,8 @@ count, and a hypothesis's word spacing is no error.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 
 import jiwer
 
@@ -54,6 +55,12 @@ def metric_for(scoring: ScoringConfig) -> Metric:
 # unless the reference has the same run.
 LOOP_MIN_REPEATS = 3
 LOOP_MAX_NGRAM = 6
+# The long-loop rule (`find_long_loop`): a phrase of at least this many words repeated back to back,
+# two full copies and a partial third, or two full copies that end the hypothesis; shorter phrases
+# are the n-gram rule's. The span must also hold this many words, so a natural "one two one two" or a
+# spelled-out number never counts.
+LONG_LOOP_MIN_PHRASE = 3
+LONG_LOOP_MIN_SPAN = 8
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,13 @@ def score_utterance(reference: str, hypothesis: str, normalizer: TextNormalizer 
         ref_norm, hyp_norm, len(ref_norm.split()), words.substitutions, words.deletions, words.insertions,
         len(ref_norm), char_errors, raw_ref_words, raw_errors,
     )
+
+
+def score_nonspeech(hypothesis: str, normalizer: TextNormalizer | None = None) -> UtteranceScore:
+    """A clip in which nobody speaks: every word the hypothesis holds is an insertion (no reference words)."""
+    hyp_norm = (normalizer or normalizer_for())(hypothesis)
+    words = len(hyp_norm.split())
+    return UtteranceScore("", hyp_norm, 0, 0, 0, words, 0, len(hyp_norm), 0, len(hypothesis.split()))
 
 
 @dataclass(frozen=True)
@@ -183,10 +197,70 @@ def find_repeat_loop(hyp_words: list[str], ref_words: list[str]) -> str | None:
 
 
 @dataclass(frozen=True)
+class LoopSpan:
+    """A phrase the hypothesis repeats back to back: words [start, end) of the hypothesis's `words`."""
+
+    phrase: str  # one copy of the looping phrase, as it first occurs
+    start: int
+    end: int
+    copies: float  # words in the span / words in the phrase (2.4 = two copies and 40 % of a third)
+    text: str  # the looping span itself
+    words: str = "normalized"  # which words: "normalized" (as scored) or "written" (`written_words`)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _periodic_runs(words: list[str], period: int):
+    """(start, end) of every maximal stretch of `words` that repeats itself with this period (end exclusive)."""
+    i, n = 0, len(words)
+    while i + period < n:
+        if words[i] != words[i + period]:
+            i += 1
+            continue
+        j = i
+        while j + period < n and words[j] == words[j + period]:
+            j += 1
+        yield i, j + period
+        i = j + 1
+
+
+def _has_period(words: list[str], period: int) -> bool:
+    return all(words[i] == words[i + period] for i in range(len(words) - period))
+
+
+def _contains(words: list[str], part: list[str]) -> bool:
+    size = len(part)
+    return any(words[i : i + size] == part for i in range(len(words) - size + 1))
+
+
+def find_long_loop(hyp_words: list[str], ref_words: list[str]) -> LoopSpan | None:
+    """The first phrase of `LONG_LOOP_MIN_PHRASE` or more words that the hypothesis repeats back to back
+    (two full copies plus at least one word of a third, or two full copies that end the hypothesis, as
+    a decode cut off by its token cap leaves it) over at least `LONG_LOOP_MIN_SPAN` words; None when there
+    is none, or when the reference holds that same span (a genuine repeat is no loop).
+
+    Moonshine's loops on noise repeat a 10-20 word phrase until the token cap, which the short n-gram
+    rule (three copies of up to six words) cannot see."""
+    for period in range(LONG_LOOP_MIN_PHRASE, len(hyp_words) // 2 + 1):
+        for start, end in _periodic_runs(hyp_words, period):
+            size = end - start
+            at_end = end == len(hyp_words)
+            if size < LONG_LOOP_MIN_SPAN or size < 2 * period + (0 if at_end else 1):
+                continue
+            span = hyp_words[start:end]
+            if any(_has_period(span, shorter) for shorter in range(1, period)) or _contains(ref_words, span):
+                continue  # a shorter phrase's loop (the n-gram rule's, or found at its own period), or genuine
+            return LoopSpan(" ".join(span[:period]), start, end, round(size / period, 2), " ".join(span))
+    return None
+
+
+@dataclass(frozen=True)
 class UtteranceFlags:
     empty_hypothesis: bool
     token_cap_hit: bool
     repeat_loop: str | None  # the looping n-gram
+    long_loop: LoopSpan | None = None  # the looping span of a longer phrase
 
     def names(self) -> list[str]:
         flags = []
@@ -196,12 +270,39 @@ class UtteranceFlags:
             flags.append("token_cap_hit")
         if self.repeat_loop is not None:
             flags.append("repeat_loop")
+        if self.long_loop is not None:
+            flags.append("long_loop")
         return flags
 
+    @property
+    def loops(self) -> bool:
+        """Either loop rule fired."""
+        return self.repeat_loop is not None or self.long_loop is not None
 
-def flag_utterance(score: UtteranceScore, token_cap_hit: bool) -> UtteranceFlags:
+
+def written_words(text: str) -> list[str]:
+    """The words as the model wrote them, lowercased, punctuation dropped: no number merging."""
+    return re.findall(r"[^\W_]+(?:'[^\W_]+)*", text.lower())
+
+
+def long_loop_of(score: UtteranceScore, hypothesis: str | None, reference: str | None) -> LoopSpan | None:
+    """The long loop in the normalized words, else in the written ones: the English normalizer writes spelled
+    digits as one number ("six six six ..." -> "666..."), which hides a loop inside a digit string."""
+    found = find_long_loop(score.hyp_norm.split(), score.ref_norm.split())
+    if found is None and hypothesis is not None:
+        found = find_long_loop(written_words(hypothesis), written_words(reference or ""))
+        found = found and replace(found, words="written")
+    return found
+
+
+def flag_utterance(score: UtteranceScore, token_cap_hit: bool, hypothesis: str | None = None,
+                   reference: str | None = None) -> UtteranceFlags:
+    """The clip's flags; `hypothesis` and `reference` as written let the long-loop rule also read the words
+    before normalization."""
+    hyp_words, ref_words = score.hyp_norm.split(), score.ref_norm.split()
     return UtteranceFlags(
         empty_hypothesis=not score.hyp_norm,
         token_cap_hit=token_cap_hit,
-        repeat_loop=find_repeat_loop(score.hyp_norm.split(), score.ref_norm.split()),
+        repeat_loop=find_repeat_loop(hyp_words, ref_words),
+        long_loop=long_loop_of(score, hypothesis, reference),
     )

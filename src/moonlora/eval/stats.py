@@ -156,6 +156,25 @@ def compare_results(
     )
 
 
+def compare_nonspeech(baseline: EvalResult, tuned: EvalResult, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                      confidence: float = 0.95) -> dict[str, Comparison]:
+    """Two paired bootstraps over the clips of a non-speech manifest, by the one `paired_bootstrap` with
+    one unit per clip: "words_per_clip" (words emitted per clip) and "text_share" (share of clips
+    with any word). Negative deltas: the tuned model writes less on non-speech."""
+    base, tune = _keyed(baseline, "baseline"), _keyed(tuned, "tuned")
+    if base.keys() != tune.keys():
+        raise ValueError("baseline and tuned do not hold the same non-speech clips (utt_id + audio_sha256)")
+    keys = list(base)
+    ones = [1] * len(keys)
+    counts = {
+        "words_per_clip": lambda clip: len(clip.score.hyp_norm.split()),
+        "text_share": lambda clip: int(bool(clip.score.hyp_norm)),
+    }
+    return {name: paired_bootstrap([count(base[k]) for k in keys], ones, [count(tune[k]) for k in keys], ones,
+                                   resamples=resamples, seed=seed, confidence=confidence, metric=name)
+            for name, count in counts.items()}
+
+
 def format_delta(result: Comparison) -> str:
     """`delta [ci_low, ci_high], P(better)=p` for tables."""
     return (

@@ -51,6 +51,8 @@ def with_run_settings(config: TranscribeConfig, given: set[str]) -> TranscribeCo
             raise InputError(f"{flag} {given_value} conflicts with the run this adapter comes from ({source}: "
                              f"{run_value}); drop {flag} to score the adapter under the run's own settings")
     decode = replace(config.decode, **run.decode.result_dict())
+    if "--repetition-guard" in given:  # a decode guard the user turns on or off for this scoring (contract-recorded)
+        decode = replace(decode, repetition_guard=config.decode.repetition_guard)
     return replace(config, adapter=str(resolved.adapter_dir), model=run.model,
                    audio=replace(config.audio, rms_target_dbfs=run.audio.rms_target_dbfs), decode=decode,
                    scoring=run.scoring)
@@ -73,7 +75,7 @@ def run_transcribe(config: TranscribeConfig, progress: bool = True) -> tuple[Eva
     skeleton = model_skeleton(config.model)  # the family's limits, from config.json, before any weights load
     if skeleton is not None:
         check_family_settings(family_for(skeleton.config.model_type), encoder=config.decode.encoder)
-    manifest = load_manifest(config.manifest, config.scoring.language)
+    manifest = load_manifest(config.manifest, config.scoring.language, nonspeech=config.nonspeech)
     loaded = load_model(config.model, device=config.decode.device, dtype=config.decode.dtype, adapter=config.adapter)
     loaded.decoder().check(config.decode)  # whatever runs it (torch or onnxruntime) takes these settings
     result = evaluate_manifest(loaded, manifest, config.audio, config.decode, progress=progress,
@@ -89,14 +91,14 @@ def summary_table(result: EvalResult, title: str = "moonlora transcribe") -> Tab
     """WER and CER both; the title names the language and the primary metric (the contract's)."""
     title += f" (language {result.contract.language}, primary metric {result.metric.label})"
     table = Table(title=title, show_header=True)
-    for column in ("clips", "hours", "WER", "CER", "skipped", "empty", "cap hits", "loops", "RTFx"):
+    for column in ("clips", "hours", "WER", "CER", "skipped", "empty", "cap hits", "loops", "long loops", "RTFx"):
         table.add_column(column, justify="right", no_wrap=True)
     flags = result.flag_counts()
     rtfx = result.audio_seconds / result.decode_seconds if result.decode_seconds else float("nan")
     table.add_row(
         str(len(result.clips)), f"{result.audio_seconds / 3600:.3f}", f"{result.corpus.wer:.4f}",
         f"{result.corpus.cer:.4f}", str(len(result.skipped)), str(flags["empty_hypothesis"]),
-        str(flags["token_cap_hit"]), str(flags["repeat_loop"]), f"{rtfx:.1f}x",
+        str(flags["token_cap_hit"]), str(flags["repeat_loop"]), str(flags["long_loop"]), f"{rtfx:.1f}x",
     )
     return table
 
@@ -104,6 +106,9 @@ def summary_table(result: EvalResult, title: str = "moonlora transcribe") -> Tab
 def print_summary(result: EvalResult, out_dir: Path, console: Console | None = None) -> None:
     console = console or Console()
     console.print(summary_table(result))
+    if result.nonspeech:
+        console.print(f"non-speech: {result.words_per_clip():.2f} words per clip, text on "
+                      f"{result.text_share():.0%} of the clips (WER does not apply)", highlight=False)
     console.print(f"eval contract {result.contract.fingerprint}", highlight=False)
     for row in result.skipped[:20]:
         console.print(f"[yellow]skipped[/yellow] {row}", highlight=False)

@@ -15,8 +15,9 @@ How to add a decoder backend (a runtime, or a model family whose decoding differ
    import of this module (the protocol is structural), and its constructor takes
    `(model, feature_extractor, tokenizer)` or is wrapped by a `decoder_factory` function;
 2. make it honour the contract of each member: the per-clip token cap (`DecodeConfig.token_cap`,
-   end forced after cap - 1 generated tokens), no special tokens in the returned ids, and a clip's
-   ids that do not depend on which other clips share its batch;
+   end forced after cap - 1 generated tokens), the repetition guard when it is on (`repetition_cut`
+   after every token), no special tokens in the returned ids, and a clip's ids that do not depend on
+   which other clips share its batch;
 3. have the loader that builds the `LoadedModel` pass its factory (`decoder_factory=...`), as
    `moonlora.model.loading.load_ort` does; decode, evaluate and the verdict stay untouched;
 4. add it to tests/test_decoder_protocol.py, which checks every implementation against `Decoder`.
@@ -72,6 +73,26 @@ def batch_order(durations: Sequence[float], config: DecodeConfig) -> list[list[i
     if config.sort_by_length:
         order.sort(key=lambda i: -durations[i])
     return [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+
+
+def repetition_cut(tokens: Sequence[int], min_phrase: int) -> int | None:
+    """The repetition guard (`DecodeConfig.repetition_guard`): when the tokens end in a loop, how many to
+    keep (everything up to the end of the loop's first copy); None otherwise.
+
+    A loop is a phrase of p tokens repeated back to back at the very end: two copies of a phrase of
+    `min_phrase` or more tokens, or three or more copies that together hold `min_phrase` tokens (so
+    "zero zero zero" in a clean transcript is never one). Checked after every generated token, a loop
+    is caught at its first repeat, so the hypothesis keeps one copy and decoding stops there.
+    """
+    n = len(tokens)
+    for period in range(1, n // 2 + 1):
+        copies = 1
+        while (copies + 1) * period <= n and \
+                list(tokens[n - (copies + 1) * period : n - copies * period]) == list(tokens[n - period :]):
+            copies += 1
+        if (copies >= 2 and period >= min_phrase) or (copies >= 3 and copies * period >= min_phrase):
+            return n - (copies - 1) * period
+    return None
 
 
 def one_clip_at_a_time(durations: Sequence[float]) -> list[list[int]]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from moonlora.configs import DecodeConfig
 from moonlora.errors import ModelSourceError
-from moonlora.model.decoder import one_clip_at_a_time
+from moonlora.model.decoder import one_clip_at_a_time, repetition_cut
 
 RUNTIME_NAME = "onnxruntime"
 ENCODER_FILE = "encoder_model.ort"
@@ -64,9 +64,10 @@ class OrtModel:
         (hidden,) = self.encoder.run(["last_hidden_state"], {"input_values": inputs})
         return hidden
 
-    def greedy(self, encoder_hidden: np.ndarray, cap: int) -> list[int]:
+    def greedy(self, encoder_hidden: np.ndarray, cap: int, guard: int = 0) -> list[int]:
         """Generated tokens (end-of-sequence included) for one clip, capped like PerClipTokenCap:
-        after cap - 1 tokens without an end, the end is forced (and not computed)."""
+        after cap - 1 tokens without an end, the end is forced (and not computed); with the repetition
+        guard on (`guard` > 0) a loop ends the clip too, cut back to its first copy."""
         past_names = list(self.past_shapes)
         past = {name: np.zeros(shape, dtype=np.float32) for name, shape in self.past_shapes.items()}
         output_names = [o.name for o in self.decoder.get_outputs()]
@@ -79,6 +80,8 @@ class OrtModel:
             tokens.append(token)
             if token == EOS_ID:
                 return tokens
+            if guard and (cut := repetition_cut(tokens, guard)) is not None:
+                return [*tokens[:cut], EOS_ID]
             for name in past_names:
                 # Cached steps return empty cross-attention K/V: keep the ones computed at step 0.
                 if ".decoder." in name or step == 0:
@@ -228,7 +231,7 @@ class OrtDecoder:
 
     def generate(self, encoded: list[np.ndarray], caps: list[int], config: DecodeConfig) -> list[list[int]]:
         special = {DECODER_START_ID, EOS_ID}
-        return [[token for token in self.model.greedy(hidden, cap) if token not in special]
+        return [[token for token in self.model.greedy(hidden, cap, config.repetition_guard) if token not in special]
                 for hidden, cap in zip(encoded, caps)]
 
     def detokenize(self, token_ids: list[int]) -> str:

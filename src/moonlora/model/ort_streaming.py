@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from moonlora.errors import ModelSourceError
+from moonlora.model.decoder import repetition_cut
 from moonlora.model.ort import _require_io, _session, graph_precision
 
 GRAPHS = ("frontend", "encoder", "adapter", "cross_kv", "decoder_kv")
@@ -105,9 +106,10 @@ class StreamingOrtModel:
         keys, values = self.sessions["cross_kv"].run(None, {"memory": memory})
         return keys, values
 
-    def greedy(self, cross: tuple[np.ndarray, np.ndarray], cap: int) -> list[int]:
+    def greedy(self, cross: tuple[np.ndarray, np.ndarray], cap: int, guard: int = 0) -> list[int]:
         """Generated tokens (end included) for one clip; after cap - 1 tokens without an end, the end is
-        forced (and not computed), as `moonlora.model.torch_decoder.PerClipTokenCap` does."""
+        forced (and not computed), as `moonlora.model.torch_decoder.PerClipTokenCap` does; with the
+        repetition guard on (`guard` > 0) a loop ends the clip too, cut back to its first copy."""
         depth, heads, head_dim = (self.config[key] for key in ("depth", "nheads", "head_dim"))
         empty = np.zeros((depth, 1, heads, 0, head_dim), dtype=np.float32)
         feed = {"k_self": empty, "v_self": empty, "out_k_cross": cross[0], "out_v_cross": cross[1]}
@@ -119,6 +121,8 @@ class StreamingOrtModel:
             tokens.append(token)
             if token == eos:
                 return tokens
+            if guard and (cut := repetition_cut(tokens, guard)) is not None:
+                return [*tokens[:cut], eos]
         return [*tokens, eos]
 
 

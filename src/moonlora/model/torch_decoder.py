@@ -16,7 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from moonlora.configs import DecodeConfig
 from moonlora.errors import ConfigError
-from moonlora.model.decoder import batch_order
+from moonlora.model.decoder import batch_order, repetition_cut
 from moonlora.model.device import DTYPES
 from moonlora.model.encoder import encode_exact
 from moonlora.model.families import MOONSHINE, family_for
@@ -41,6 +41,27 @@ class PerClipTokenCap(LogitsProcessor):
             scores[at_cap] = torch.finfo(scores.dtype).min
             scores[at_cap, self.eos_token_id] = 0.0
         return scores
+
+
+class RepetitionGuard(LogitsProcessor):
+    """Force end-of-sequence once a hypothesis ends in a loop (`repetition_cut`); the generated tokens
+    are cut back to the loop's first copy afterwards (`TorchDecoder.generate`)."""
+
+    def __init__(self, min_phrase: int, eos_token_id: int, prompt_length: int):
+        self.min_phrase, self.eos_token_id, self.prompt_length = min_phrase, eos_token_id, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, tokens in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            if tokens and tokens[-1] != self.eos_token_id and repetition_cut(tokens, self.min_phrase) is not None:
+                scores[row] = torch.finfo(scores.dtype).min
+                scores[row, self.eos_token_id] = 0.0
+        return scores
+
+
+def guarded(tokens: list[int], min_phrase: int) -> list[int]:
+    """The tokens cut back to a loop's first copy when the guard is on (min_phrase > 0) and they end in one."""
+    cut = repetition_cut(tokens, min_phrase) if min_phrase else None
+    return tokens if cut is None else tokens[:cut]
 
 
 def encoder_mode(config: DecodeConfig, model, exact_padded_batches: bool = True) -> str:
@@ -97,7 +118,9 @@ class TorchDecoder:
         generation_config = self.model.generation_config
         eos_id = generation_config.eos_token_id
         eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
-        cap = PerClipTokenCap(caps, eos_id, prompt_length=1, num_beams=config.num_beams)
+        processors = [PerClipTokenCap(caps, eos_id, prompt_length=1, num_beams=config.num_beams)]
+        if config.repetition_guard:
+            processors.append(RepetitionGuard(config.repetition_guard, eos_id, prompt_length=1))
         with torch.inference_mode():
             sequences = self.model.generate(
                 encoder_outputs=self.encoder_path.output_class(last_hidden_state=states, attention_mask=mask),
@@ -105,10 +128,10 @@ class TorchDecoder:
                 max_new_tokens=max(caps),
                 num_beams=config.num_beams,
                 do_sample=False,
-                logits_processor=LogitsProcessorList([cap]),
+                logits_processor=LogitsProcessorList(processors),
             )
         special = {eos_id, generation_config.decoder_start_token_id, generation_config.pad_token_id}
-        return [_strip_special(row, special) for row in sequences.tolist()]
+        return [guarded(_strip_special(row, special), config.repetition_guard) for row in sequences.tolist()]
 
     def detokenize(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()

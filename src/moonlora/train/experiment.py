@@ -46,13 +46,14 @@ from moonlora.outputs import OutputError, claim_output_dir
 from moonlora.provenance import provenance
 from moonlora.runfolder import (ADAPTER_DIR, BASELINE_DIR, CANDIDATE_ADAPTER_DIRS, CANDIDATE_SCORE_DIRS, CANDIDATES,
                                 Candidate, Checklist, DataReport, DatasetInfo, DurationFilter, EvalSetInfo, EvalSummary,
-                                EXPORT_DIR, ExportParity, LeakageCheck, Leg, LOCK_FILE, LoraSummary, ParitySet,
+                                EXPORT_DIR, ExportParity, LeakageCheck, Leg, LOCK_FILE, LoraSummary, NONSPEECH,
+                                NonspeechSide, NonspeechSummary, ParitySet,
                                 ReplayInfo, RUN_ENTRIES, RUN_KIND, RunLock, RunRecord, SplitInfo, TENSORBOARD_DIR,
                                 TrainingSummary, TUNED_DIR, find_resume_checkpoint, is_main_process, now_iso,
                                 remove_path, swap_in_folder, write_config_dict, write_record)
 from moonlora.data.splits import split_train_val
 from moonlora.eval.metrics import metric_for
-from moonlora.eval.stats import compare_results
+from moonlora.eval.stats import compare_nonspeech, compare_results
 from moonlora.train.loop import IntervalEval, TrainResult, TrainState, TrainStream, adapter_loaded, train
 from moonlora.train.output_dir import check_resumable, validate_run_dir
 from moonlora.errors import InputError
@@ -80,6 +81,7 @@ class RunData:
     eval_sets: dict[str, Manifest]  # "val", "main", "extra-<stem>", "canary"
     report: DataReport
     checklist: Checklist  # the plan's checklist items known before the model loads (val split, leakage)
+    nonspeech: Manifest | None = None  # --nonspeech-manifest: scored by the words emitted, at baseline and tuned
 
 
 def check_leakage(config: ExperimentConfig, train: list[Utterance], replay: list[Utterance],
@@ -112,6 +114,7 @@ def load_run_data(config: ExperimentConfig) -> RunData:
     if config.canary_manifest:
         eval_sets["canary"] = load_manifest(config.canary_manifest, language)
     replay = load_manifest(config.replay_manifest, language).utterances if config.replay_manifest else []
+    nonspeech = load_manifest(config.nonspeech_manifest, language, nonspeech=True) if config.nonspeech_manifest else None
     checks = Checklist(val_split=val_split, leakage=check_leakage(config, split.train, replay, eval_sets))
     report = DataReport(
         dataset=DatasetInfo(path=config.dataset_path, clips=len(dataset.utterances), skipped=len(dataset.skipped),
@@ -119,10 +122,10 @@ def load_run_data(config: ExperimentConfig) -> RunData:
         filter=filtering, split=SplitInfo(**split.to_dict()),
         eval_sets={name: EvalSetInfo(path=str(m.path), clips=len(m.utterances), hours=m.total_seconds / 3600,
                                      skipped=len(m.skipped), skipped_by_kind=m.skipped_by_kind(), sha256=m.content_hash)
-                   for name, m in eval_sets.items()},
+                   for name, m in {**eval_sets, **({NONSPEECH: nonspeech} if nonspeech else {})}.items()},
         replay=ReplayInfo(path=config.replay_manifest, clips=len(replay)),
     )
-    return RunData(split.train, replay, eval_sets, report, checks)
+    return RunData(split.train, replay, eval_sets, report, checks, nonspeech)
 
 
 def data_notes(report: DataReport) -> list[str]:
@@ -275,6 +278,50 @@ def baseline_results(loaded: LoadedModel, data: RunData, config: ExperimentConfi
             store.put(data.eval_sets[name], result)
     results.update(decoded)
     return {name: results[name] for name in data.eval_sets}
+
+
+def nonspeech_side(result: EvalResult) -> NonspeechSide:
+    return NonspeechSide(words_per_clip=result.words_per_clip(), text_share=result.text_share(),
+                         clips_with_text=sum(bool(c.score.hyp_norm) for c in result.clips), flags=result.flag_counts(),
+                         looping_clips=result.looping_clips(), contract=result.contract.to_dict())
+
+
+def nonspeech_baseline(loaded: LoadedModel, data: RunData, config: ExperimentConfig, run_dir: Path,
+                       progress: bool) -> EvalResult | None:
+    """The base model on the non-speech manifest (read back on resume when scored under this contract)."""
+    if data.nonspeech is None:
+        return None
+    expected = EvalContract.build(data.nonspeech.content_hash, config.audio, config.decode, loaded.weights_sha256,
+                                  None, model_type=loaded.model_type, scoring=config.scoring, nonspeech=True)
+    stored = read_eval(run_dir / BASELINE_DIR / NONSPEECH, data.nonspeech) if config.resume else None
+    if stored is not None and stored.contract == expected:
+        return stored
+    return evaluate_sets(loaded, {NONSPEECH: data.nonspeech}, config, run_dir / BASELINE_DIR, progress,
+                         "baseline")[NONSPEECH]
+
+
+def nonspeech_summary(data: RunData, baseline: EvalResult, tuned: EvalResult | None,
+                      config: ExperimentConfig) -> NonspeechSummary:
+    """Both sides on the non-speech manifest and, with the tuned side, the paired bootstraps of tuned - baseline."""
+    comparisons = {}
+    if tuned is not None:
+        require_comparable(baseline.contract, tuned.contract, allow=("adapter_sha256",))
+        comparisons = compare_nonspeech(baseline, tuned, config.bootstrap_resamples, config.train.seed)
+    return NonspeechSummary(path=str(data.nonspeech.path), clips=len(baseline.clips), baseline=nonspeech_side(baseline),
+                            tuned=None if tuned is None else nonspeech_side(tuned), comparisons=comparisons)
+
+
+def loop_notes(baseline: dict[str, EvalResult], tuned: dict[str, EvalResult], shown: int = 10) -> list[str]:
+    """One note per set on which the tuned model loops (either loop rule), naming the clips."""
+    notes = []
+    for name, after in tuned.items():
+        looping = after.looping_clips()
+        if looping:
+            before = len(baseline[name].looping_clips()) if name in baseline else 0
+            more = f" (+{len(looping) - shown} more)" if len(looping) > shown else ""
+            notes.append(f"loops on {name}: baseline {before} -> tuned {len(looping)} clip(s): "
+                         f"{', '.join(looping[:shown])}{more}")
+    return notes
 
 
 def make_evaluator(loaded: LoadedModel, data: RunData, baseline: dict[str, EvalResult], config: ExperimentConfig,
@@ -544,9 +591,11 @@ class RunSession:
 
 
 def score_tuned(session: RunSession, tunable: LoadedModel, data: RunData, baseline: dict[str, EvalResult],
-                trained: TrainResult, config: ExperimentConfig, processes: int, progress: bool) -> None:
-    """The tuned model (the selected adapter, loaded by the caller) on every set, both candidates on
-    the main manifest, and with --export the shipped model; each result saved in the record."""
+                trained: TrainResult, config: ExperimentConfig, processes: int, progress: bool,
+                nonspeech_base: EvalResult | None = None) -> None:
+    """The tuned model (the selected adapter, loaded by the caller) on every set (and the non-speech one,
+    against `nonspeech_base`), both candidates on the main manifest, and with --export the shipped model;
+    each result saved in the record, a note for each set the tuned model loops on."""
     record, run_dir = session.record, session.start.run_dir
     training = training_summary(trained.state, tunable.model, len(data.train), processes,
                                 config.scoring.primary_metric)
@@ -554,6 +603,14 @@ def score_tuned(session: RunSession, tunable: LoadedModel, data: RunData, baseli
     tuned = evaluate_sets(tunable, data.eval_sets, config, run_dir / TUNED_DIR, progress, "tuned")
     record.tuned = {name: eval_summary(r) for name, r in tuned.items()}
     record.comparisons = compare(baseline, tuned, config.bootstrap_resamples, config.train.seed)
+    looped_before, looped_after = dict(baseline), dict(tuned)
+    if nonspeech_base is not None:
+        nonspeech_tuned = evaluate_sets(tunable, {NONSPEECH: data.nonspeech}, config, run_dir / TUNED_DIR, progress,
+                                        "tuned")[NONSPEECH]
+        record.nonspeech = nonspeech_summary(data, nonspeech_base, nonspeech_tuned, config)
+        looped_before[NONSPEECH], looped_after[NONSPEECH] = nonspeech_base, nonspeech_tuned
+    for line in loop_notes(looped_before, looped_after):
+        session.note(line)
     record.candidates = score_candidates(tunable, data, trained, baseline, tuned, config, run_dir, progress)
     session.note(candidates_note(record.candidates))
     note = best_step_zero_note(training)
@@ -599,6 +656,9 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         record.provenance = {**provenance(), "model_sha256": base.weights_sha256}
         session.save(phase="baseline")
         baseline = baseline_results(base, data, config, run_dir, progress, baseline_store)
+        nonspeech_base = nonspeech_baseline(base, data, config, run_dir, progress)
+        if nonspeech_base is not None:
+            record.nonspeech = nonspeech_summary(data, nonspeech_base, None, config)
         session.note_checklist(headroom=checklist.headroom(baseline["main"].corpus.primary, baseline["main"].corpus.metric),
                                sufficiency=checklist.sufficiency(len(data.train)))
         # attach_lora wraps the base model in place: from here on only `tunable` names it
@@ -621,7 +681,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         state = trained.state
         save_candidates(tunable.model, trained, run_dir, config.select)
         with adapter_loaded(tunable.model, trained.adapter(config.select)):  # the run's tuned model
-            score_tuned(session, tunable, data, baseline, trained, config, processes, progress)
+            score_tuned(session, tunable, data, baseline, trained, config, processes, progress, nonspeech_base)
         record.status = "stopped_early" if state.stop_reason else "success"
         record.reason, record.phase = state.stop_reason, "done"
     except KeyboardInterrupt:

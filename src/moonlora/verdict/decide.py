@@ -12,6 +12,10 @@ the numbers it used:
 - reproducibility: the primary result holds in every one of >= 2 runs that differ only by seed;
 - sanity: training loss decreased, no manifest's WER more than `regression_factor`x its baseline,
   and no manifest with a 0.0 baseline rose beyond `margin`;
+- non-speech (runs made with --nonspeech-manifest): the tuned model may not emit more words where nobody
+  speaks than the baseline, beyond `nonspeech_margin` words per clip: the CI high end of words per clip
+  (tuned - baseline, paired bootstrap) must be at most the margin; the share of clips with text and the
+  looping clips (either loop rule) are printed beside it;
 - export parity (runs made with --export): the outcome the run stored (`comparison.parity_outcome`:
   the exported model's WER within the margin of the torch model's, CI high end of the paired delta,
   and its CI against the baseline excluding 0; "inconclusive", not a failure, when the CI straddles
@@ -46,12 +50,15 @@ class DecideConfig:
     margin: float = 0.01  # non-inferiority margin, absolute WER (secondary; sanity from a 0.0 baseline)
     h3_band: float = 0.05  # H3: tuned within +-5 % (relative) of the baseline, or better
     regression_factor: float = 2.0  # sanity: "catastrophic" = more than this times the baseline WER
+    nonspeech_margin: float = 0.5  # non-speech: words per clip the tuned model may add where nobody speaks
 
     def __post_init__(self) -> None:
         in_range = 0 <= self.margin < math.inf and 0 <= self.h3_band < math.inf and 1 < self.regression_factor < math.inf
         if not in_range:  # also refuses NaN
             raise InputError("--margin and --h3-band must be >= 0, --regression-factor above 1, all finite; got "
                              f"{self.margin}, {self.h3_band}, {self.regression_factor}")
+        if not 0 <= self.nonspeech_margin < math.inf:
+            raise InputError(f"--nonspeech-margin is words per clip, a finite number >= 0; got {self.nonspeech_margin}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,9 @@ def require_one_protocol(records: list[RunRecord]) -> None:
                 require_comparable(EvalContract.from_dict(first.baseline[name].contract),
                                    EvalContract.from_dict(other.baseline[name].contract),
                                    allow=("adapter_sha256",))
+        if first.nonspeech is not None and other.nonspeech is not None:
+            require_comparable(EvalContract.from_dict(first.nonspeech.baseline.contract),
+                               EvalContract.from_dict(other.nonspeech.baseline.contract), allow=("adapter_sha256",))
 
 
 def primary(record: RunRecord) -> Verdict:
@@ -151,6 +161,26 @@ def sanity(record: RunRecord, thresholds: DecideConfig) -> Verdict:
     return Verdict("sanity", FAIL if problems else PASS, f"{record.run_id}: {detail}")
 
 
+def nonspeech(record: RunRecord, thresholds: DecideConfig) -> Verdict:
+    """Where nobody speaks, the tuned model writes no more than the baseline, within the margin (words per clip)."""
+    summary = record.nonspeech
+    if summary is None or "words_per_clip" not in summary.comparisons:
+        return Verdict("non-speech", NOT_ASSESSED, f"{record.run_id}: no --nonspeech-manifest "
+                       "(moonlora synth --domain nonspeech builds one)")
+    words, share = summary.comparisons["words_per_clip"], summary.comparisons.get("text_share")
+    holds = words.ci_high <= thresholds.nonspeech_margin
+    share_text = "" if share is None else (f"; clips with text {share.baseline_wer:.0%} -> {share.tuned_wer:.0%}")
+    loops = (f"; looping clips {len(summary.baseline.looping_clips)} -> "
+             f"{len(summary.tuned.looping_clips) if summary.tuned else '-'}")
+    finding = (f"CI high {words.ci_high:+.2f} <= margin {thresholds.nonspeech_margin}" if holds else
+               f"CI high {words.ci_high:+.2f} > margin {thresholds.nonspeech_margin}: the tuned model writes text "
+               "where nobody speaks")
+    detail = (f"{record.run_id}: {summary.clips} non-speech clips, words/clip {words.baseline_wer:.2f} -> "
+              f"{words.tuned_wer:.2f}, delta {words.delta:+.2f} [{words.ci_low:+.2f}, {words.ci_high:+.2f}]"
+              f"{share_text}{loops}; {finding}")
+    return Verdict("non-speech", PASS if holds else FAIL, detail)
+
+
 def export_parity(record: RunRecord) -> Verdict:
     """The shipped model scores like the measured one, and still beats the baseline (outcome stored by the run)."""
     parity = record.export_parity
@@ -202,7 +232,7 @@ def decide(run_dirs: list[str | Path], thresholds: DecideConfig | None = None) -
         elif run.record.finished:
             record = run.record
             decision.verdicts += [primary(record), *secondary(record, thresholds), h3(record, thresholds),
-                                  sanity(record, thresholds)]
+                                  sanity(record, thresholds), nonspeech(record, thresholds)]
             if record.export_parity:
                 decision.verdicts.append(export_parity(record))
         else:
@@ -217,5 +247,6 @@ def render(decision: Decision) -> str:
     lines += [f"| {v.criterion} | {v.outcome} | {v.detail} |" for v in decision.verdicts]
     t = decision.thresholds
     lines.append(f"\nOverall: {'PASS' if decision.passed else 'FAIL'} (non-inferiority margin {t.margin}, "
-                 f"H3 band +-{t.h3_band:.0%}, regression factor {t.regression_factor:g}x)")
+                 f"H3 band +-{t.h3_band:.0%}, regression factor {t.regression_factor:g}x, "
+                 f"non-speech margin {t.nonspeech_margin:g} words/clip)")
     return "\n".join(lines)

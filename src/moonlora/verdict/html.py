@@ -15,9 +15,9 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from moonlora.verdict.tables import (CANDIDATE_COLUMNS, CER_NOTE, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells,
-                                    format_wer, headers, metric_label, run_metric,
-                                    manifest_cells, matrix_cells, status_text)
+from moonlora.verdict.tables import (CANDIDATE_COLUMNS, CER_NOTE, MANIFEST_COLUMNS, MATRIX_COLUMNS, NONSPEECH_COLUMNS,
+                                    candidate_cells, format_wer, headers, metric_label, run_metric,
+                                    manifest_cells, matrix_cells, nonspeech_cells, status_text)
 from moonlora.runfolder import (BASELINE_DIR, TRANSCRIPTS_FILE, TUNED_DIR, FoundRun, RunRecord, TrainingSummary,
                                 UnreadableRun, read_transcripts)
 
@@ -380,6 +380,11 @@ def run_section(run: FoundRun) -> str:
         table = html_table(CANDIDATE_COLUMNS, [[r[c] for c in CANDIDATE_COLUMNS] for r in candidates],
                            {c: "num" for c in CANDIDATE_COLUMNS[1:5]}, run_metric(record))
         parts.append("<h3>Best and last adapter (main manifest)</h3>" + table)
+    nonspeech = nonspeech_cells(record)
+    if nonspeech:
+        table = html_table(NONSPEECH_COLUMNS, [[r[c] for c in NONSPEECH_COLUMNS] for r in nonspeech],
+                           {c: "num" for c in NONSPEECH_COLUMNS[1:]})
+        parts.append("<h3>Non-speech canary (words emitted where nobody speaks)</h3>" + table)
     parts.append(plots_block(run))
     parts.append("<h3>Clips that changed most (main manifest)</h3>" + changed_clips_block(run))
     return "\n".join(parts) + "\n</section>"

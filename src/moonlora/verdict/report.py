@@ -15,8 +15,9 @@ from rich.table import Table
 
 from moonlora.outputs import check_output_file, write_signed_text
 from moonlora import markdown
-from moonlora.verdict.tables import (CANDIDATE_COLUMNS, CER_NOTE, MANIFEST_COLUMNS, MATRIX_COLUMNS, candidate_cells, delta_cell,
-                                    headers, manifest_cells, matrix_cells, metric_label, run_metric, status_text)
+from moonlora.verdict.tables import (CANDIDATE_COLUMNS, CER_NOTE, MANIFEST_COLUMNS, MATRIX_COLUMNS, NONSPEECH_COLUMNS,
+                                    candidate_cells, delta_cell, headers, manifest_cells, matrix_cells, metric_label,
+                                    nonspeech_cells, run_metric, status_text)
 from moonlora.runfolder import FoundRun, RunRecord, UnreadableRun, discover_runs
 from moonlora.errors import MissingInput
 
@@ -48,6 +49,9 @@ def print_experiment(record: RunRecord, console: Console | None = None) -> None:
                       f"{speed} samples/s over {training.train_seconds:.1f} s of training steps", highlight=False)
     if record.reason:
         console.print(f"{record.status}: {record.reason}", highlight=False)
+    for row in nonspeech_cells(record):
+        console.print(f"non-speech {row['Non-speech']}: {row['Baseline']} -> {row['Tuned']}, delta "
+                      f"{row['95% CI (tuned - baseline)']}", highlight=False)
     for note in record.notes:
         console.print(f"note: {note}", highlight=False)
 
@@ -95,6 +99,12 @@ def markdown_report(runs: list[FoundRun], skipped: list[UnreadableRun], runs_dir
             lines += ["", "Best and last adapter on the main manifest:", ""]
             lines += markdown.table(headers(CANDIDATE_COLUMNS, own),
                                     [[markdown.text(r[c]) for c in CANDIDATE_COLUMNS] for r in candidates])
+        nonspeech = nonspeech_cells(run.record)
+        if nonspeech:
+            lines += ["", "Non-speech canary (words emitted where nobody speaks; negative delta = tuned writes less):",
+                      ""]
+            lines += markdown.table(NONSPEECH_COLUMNS, [[markdown.text(r[c]) for c in NONSPEECH_COLUMNS]
+                                                        for r in nonspeech])
         if run.record.notes:
             lines += [""] + [f"- {markdown.text(note)}" for note in run.record.notes]
     return "\n".join(lines) + "\n"

@@ -148,6 +148,41 @@ def manifest_cells(record: RunRecord) -> list[dict[str, str]]:
     return rows
 
 
+def flag_list(flags: dict[str, int]) -> str:
+    """"token_cap_hit 3, long_loop 2": the flags that fired; "none" when none did."""
+    return ", ".join(f"{flag} {count}" for flag, count in flags.items() if count) or "none"
+
+
+NONSPEECH_COLUMNS = ("Non-speech", "Baseline", "Tuned", "95% CI (tuned - baseline)")
+
+
+def nonspeech_cells(record: RunRecord) -> list[dict[str, str]]:
+    """The --nonspeech-manifest, base and tuned: words per clip, share of clips with text (each with its
+    paired-bootstrap CI), looping clips and flags; no rows for a run without one."""
+    summary = record.nonspeech
+    if summary is None:
+        return []
+    before, after, comparisons = summary.baseline, summary.tuned, summary.comparisons
+
+    def row(name: str, base: str, tuned: str, comparison: Comparison | None = None, digits: int = 2) -> dict:
+        ci = "-" if comparison is None else (f"{comparison.delta:+.{digits}f} [{comparison.ci_low:+.{digits}f}, "
+                                             f"{comparison.ci_high:+.{digits}f}]")
+        return dict(zip(NONSPEECH_COLUMNS, (name, base, tuned, ci)))
+
+    def cells(cell) -> tuple[str, str]:
+        """(baseline, tuned) of one measure; "-" for a tuned side not scored yet."""
+        return cell(before), "-" if after is None else cell(after)
+
+    return [
+        row(f"words/clip ({summary.clips} clips)", *cells(lambda side: f"{side.words_per_clip:.2f}"),
+            comparisons.get("words_per_clip")),
+        row("clips with text", *cells(lambda side: f"{side.clips_with_text} ({side.text_share:.0%})"),
+            comparisons.get("text_share"), 3),
+        row("looping clips", *cells(lambda side: str(len(side.looping_clips)))),
+        row("flags", *cells(lambda side: flag_list(side.flags))),
+    ]
+
+
 def candidate_cells(record: RunRecord) -> list[dict[str, str]]:
     """The best-val and the last adapter on the main manifest (the selected one marked)."""
     rows = []
