@@ -88,6 +88,7 @@ def test_export_of_a_run_through_the_cli(tiny_model_dir, tmp_path, capsys):
     assert saved["source_run"] == str(tmp_path / "run") and saved["base_model"] == str(tiny_model_dir)
     assert saved["run_eval_contracts"]["main"] == record.tuned["main"].contract
     assert saved["run_tuned_wer"]["main"] == record.tuned["main"].wer and saved["run_metric"]["main"] == "wer"
+    assert saved["run_tuned_primary"]["main"] == record.tuned["main"].wer
     merged = MoonshineForConditionalGeneration.from_pretrained(out)
     assert weights_sha256(merged) == saved["merged_weights_sha256"]
     assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 2  # never overwritten silently

@@ -194,7 +194,8 @@ def test_japanese_is_scored_by_cer_in_transcribe_experiment_decide_and_report(ti
     shipped = tmp_path / "shipped-ja"  # the export manifest says which metric the run's numbers are
     assert main(["--quiet", "export", str(run), "--out", str(shipped)]) == 0
     saved = json.loads((shipped / "manifest.json").read_text())
-    assert saved["run_metric"]["main"] == "cer" and saved["run_tuned_wer"]["main"] == pytest.approx(main_after.cer)
+    assert saved["run_metric"]["main"] == "cer" and saved["run_tuned_primary"]["main"] == pytest.approx(main_after.cer)
+    assert saved["run_tuned_wer"]["main"] == pytest.approx(main_after.wer)
 
 
 def test_compare_bootstraps_cer_on_character_counts(tiny_model_dir, tmp_path, capsys):

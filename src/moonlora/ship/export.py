@@ -135,10 +135,10 @@ def export_manifest(source: ExportSource, base_sha: str, adapter_sha: str | None
         "precision": (quantization or {}).get("precision", "int8" if quantization else "float32"),
         "quantization": quantization,
         "run_eval_contracts": {name: s.contract for name, s in scores.items()} if source.record else None,
-        # The run's primary metric under the record's `_wer` keys: CER where its contract says so.
         "run_tuned_wer": {name: s.wer for name, s in scores.items()} if source.record else None,
-        "run_metric": {name: (s.contract or {}).get("metric", "wer") for name, s in scores.items()}
-        if source.record else None,
+        # The run's primary metric (CER where its --language or --metric says so) and its value.
+        "run_metric": {name: s.metric for name, s in scores.items()} if source.record else None,
+        "run_tuned_primary": {name: s.primary for name, s in scores.items()} if source.record else None,
         "provenance": provenance(),
     }
 
