@@ -10,7 +10,7 @@ from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import DEFAULT_TARGETS, LoraSettings, TrainConfig
 from moonlora.model.lora import attach_lora
 from moonlora.data.manifest import load_manifest
-from moonlora.model.encoder import MOONSHINE_PATH
+from moonlora.model.encoder import MOONSHINE_PATH, encoder_path_of
 from moonlora.train.loop import EncoderCache, IntervalEval, TrainStream, encoder_is_frozen, train
 
 
@@ -99,3 +99,40 @@ def test_cached_encoder_training_matches_uncached_training(tiny_model_dir, tone_
     assert cached[-1] != cached[0]  # the adapter did train
     for name, tensor in cached_adapter.items():
         assert torch.allclose(tensor, plain_adapter[name], atol=1e-4), name
+
+
+@pytest.mark.parametrize("family", ["moonshine", "moonshine_streaming"])
+def test_the_loss_on_target_positions_equals_the_models_own_loss_and_gradients(family, tiny_model_dir, tiny_streaming_dir):
+    """`teacher_forced_loss` projects only the non-padded label positions; loss and LoRA gradients must be the
+    ones `model(labels=...)` gives (a non-identity adapter, labels of unequal lengths so padding exists)."""
+    from moonlora.model.loading import load_model
+    from moonlora.train.loop import label_ids, teacher_forced_loss
+
+    folder = tiny_model_dir if family == "moonshine" else tiny_streaming_dir
+    loaded = load_model(str(folder), device="cpu")
+    model = attach_lora(loaded.model, LoraSettings(r=4, dropout=0.0), seed=0)
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.1)
+    hidden = model.config.encoder_config.hidden_size if family == "moonshine_streaming" else model.config.hidden_size
+    states = torch.randn(3, 17, hidden)
+    mask = torch.ones(3, 17, dtype=torch.long)
+    mask[1, 12:] = 0
+    labels = label_ids(loaded.tokenizer, ["a longer sentence than the rest", "short", "mid length one"],
+                       model.config.eos_token_id)
+    assert (labels == -100).sum() > 5
+    def encoded():  # a fresh copy each call: the streaming decoder adds its position embedding in place
+        return encoder_path_of(model).output_class(last_hidden_state=states.clone(), attention_mask=mask)
+
+    gradients = []
+    for loss_of in (lambda: model(encoder_outputs=encoded(), attention_mask=mask, labels=labels).loss,
+                    lambda: teacher_forced_loss(model, encoded(), mask, labels)):
+        model.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        gradients.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (expected_loss, expected), (loss, got) = gradients
+    assert loss == pytest.approx(expected_loss, rel=1e-6)
+    assert expected.keys() == got.keys() and all(torch.allclose(got[n], expected[n], atol=1e-6) for n in expected)
+    assert any(float(g.abs().max()) > 0 for g in got.values())

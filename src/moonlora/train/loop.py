@@ -29,6 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import TrainConfig
+from moonlora.model.device import reuse_freed_memory
 from moonlora.model.encoder import encode_exact, encoder_path_of, pad_states, stem_is_frozen, to_model
 from moonlora.data.manifest import Utterance
 from moonlora.outputs import OutputError, write_bytes_atomic
@@ -269,7 +270,28 @@ def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray],
     eos_id = model.config.eos_token_id
     labels = label_ids(tokenizer, texts, eos_id).to(parameter.device)
     encoded = path.output_class(last_hidden_state=states, attention_mask=mask)
-    return model(encoder_outputs=encoded, attention_mask=mask, labels=labels, **cache_kwargs).loss
+    return teacher_forced_loss(model, encoded, mask, labels, **cache_kwargs)
+
+
+def teacher_forced_loss(model, encoded, mask: torch.Tensor, labels: torch.Tensor, **cache_kwargs) -> torch.Tensor:
+    """The model's own seq2seq loss (`model(labels=...).loss`: decoder inputs are the labels shifted right
+    behind the start token, mean cross-entropy over the non-padded targets), with the output layer applied
+    to the non-padded positions only.
+
+    The vocabulary projection and its softmax are most of a decoder-only step (32768 classes: on the
+    streaming tiny architecture about half of it), and a batch's padded label positions, a quarter or more
+    of them, add nothing to the loss; transformers' forward projects them all.
+    """
+    from transformers.models.moonshine.modeling_moonshine import shift_tokens_right
+
+    generator = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = generator.config
+    decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+    hidden = generator.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=decoder_input_ids,
+                             **cache_kwargs).last_hidden_state
+    targets = labels != -100
+    logits = generator.proj_out(hidden[targets])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[targets])
 
 
 class ExactEncodeLoss(torch.nn.Module):
@@ -467,6 +489,8 @@ def train(
     accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available(),
                               step_scheduler_with_optimizer=False)
     autocast_bf16 = resolve_mixed_precision(config.mixed_precision) == "bf16"
+    if accelerator.device.type == "cpu":
+        reuse_freed_memory()
     loss_module = ExactEncodeLoss(loaded.model, loaded.feature_extractor, loaded.tokenizer)
     parameters = [p for p in loss_module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
