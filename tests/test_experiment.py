@@ -5,6 +5,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,6 +206,28 @@ def test_train_stream_is_a_pure_function_of_seed_and_step():
     assert sorted(epoch) == sorted(train)  # one epoch visits every clip once
     ranks = [no_replay.micro_batch(0, rank=r, world=2) for r in range(2)]
     assert not set(ranks[0]) & set(ranks[1])  # processes see different clips
+
+
+def test_group_by_length_batches_similar_durations_each_epoch_in_a_new_order():
+    from types import SimpleNamespace
+
+    from moonlora.train.loop import TrainStream
+
+    rng = np.random.default_rng(3)
+    train = [SimpleNamespace(name=f"t{i}", duration=float(d)) for i, d in enumerate(rng.uniform(1, 20, 24))]
+    config = TrainConfig(batch_size=4, seed=9, group_by_length=True)
+    stream = TrainStream(train, [], config)
+    epochs = [[stream.micro_batch(e * 6 + b) for b in range(6)] for e in range(2)]
+    for batches in epochs:
+        assert sorted(u.name for batch in batches for u in batch) == sorted(u.name for u in train)
+        by_duration = sorted(train, key=lambda u: u.duration)
+        groups = {frozenset(u.name for u in by_duration[i:i + 4]) for i in range(0, 24, 4)}
+        assert {frozenset(u.name for u in batch) for batch in batches} == groups  # neighbours in duration
+    assert [b[0].name for b in epochs[0]] != [b[0].name for b in epochs[1]]  # batch order reshuffled
+    plain = TrainStream(train, [], TrainConfig(batch_size=4, seed=9))
+    spread = np.mean([np.ptp([u.duration for u in plain.micro_batch(b)]) for b in range(6)])
+    grouped = np.mean([np.ptp([u.duration for u in batch]) for batch in epochs[0]])
+    assert grouped < spread / 3
 
 
 def test_only_the_main_process_writes_run_files(tiny_model_dir, data, tmp_path, monkeypatch):

@@ -264,3 +264,50 @@ def test_no_cross_attention_cache_while_the_cross_attention_trains(tiny_model_di
     model = attach_lora(load_model(str(tiny_model_dir), device="cpu").model,
                         LoraSettings(target_modules=("decoder",)), seed=0)  # Moonshine's decoder preset: cross too
     assert not cross_attention_is_frozen(model, MOONSHINE_PATH)
+
+
+def test_layers_batched_over_clip_alone_stems_are_exact_with_gradients(tiny_architecture, speech):
+    """`states_from_stems_batched`: each clip's stem from the clip alone, the layers as one padded batch;
+    the states and an adapted encoder's gradients equal clip by clip, with nothing non-finite from the padding."""
+    from moonlora.model.streaming_encoder import batch_pays, states_from_stems_batched
+
+    encoder, extractor = tiny_architecture.get_encoder(), bundled_feature_extractor()
+    with torch.no_grad():  # as the stem cache keeps them
+        stems = [STREAMING_PATH.stem(encoder, clip_inputs(encoder, extractor, clip)) for clip in speech]
+    assert len({mask.shape[1] for _, mask in stems}) == len(speech)  # four different lengths: real padding
+    layer = encoder.layers[0].self_attn.q_proj
+    results = []
+    for batched in (False, True):
+        encoder.zero_grad()
+        states = (states_from_stems_batched(encoder, stems) if batched
+                  else [STREAMING_PATH.states_from_stem(encoder, *stem) for stem in stems])
+        sum(s.pow(2).sum() * (index + 1) for index, s in enumerate(states)).backward()
+        results.append(([s.detach() for s in states], layer.weight.grad.clone()))
+    (alone, alone_grad), (together, together_grad) = results
+    assert [s.shape for s in alone] == [s.shape for s in together]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(alone, together))
+    assert torch.isfinite(together_grad).all() and torch.allclose(alone_grad, together_grad, rtol=1e-4, atol=1e-4)
+    assert float(together_grad.abs().max()) > 0
+    assert not batch_pays(stems)  # roger vs. a long sentence: padding well over BATCHED_LAYERS_MAX_PADDING
+    assert batch_pays([stems[0], stems[0]]) and not batch_pays(stems[:1])
+
+
+def test_grouped_batches_train_the_same_loss_through_both_caches(tiny_streaming_dir, speech):
+    """Similar lengths make `batch_pays` true: the stem cache's batched layers and the encoder cache's batched
+    fill give the per-clip loss."""
+    from moonlora.model.loading import load_model
+
+    loaded = load_model(str(tiny_streaming_dir), device="cpu")
+    model, extractor, tokenizer = loaded.model, loaded.feature_extractor, loaded.tokenizer
+    model.requires_grad_(False)
+    clips = [speech[0], speech[0][:-800], speech[0][:-1600]]  # 100 ms apart
+    encoder = model.get_encoder()
+    assert STREAMING_PATH.batch_pays([STREAMING_PATH.stem(encoder, clip_inputs(encoder, extractor, c)) for c in clips])
+    texts, keys = [PHRASES[0]] * 3, ["a", "b", "c"]
+    with torch.no_grad():
+        plain = batch_loss(model, extractor, tokenizer, clips, texts)
+        encoder_cache = EncoderCache(2**30)
+        cached = batch_loss(model, extractor, tokenizer, clips, texts, keys, encoder_cache=encoder_cache)
+        stems = batch_loss(model, extractor, tokenizer, clips, texts, keys, cache=StemCache())
+    assert sorted(k for k in encoder_cache.saved if isinstance(k, str)) == keys
+    assert torch.allclose(plain, cached, atol=1e-5) and torch.allclose(plain, stems, atol=1e-5)

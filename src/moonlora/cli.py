@@ -741,6 +741,9 @@ def add_experiment_args(experiment: argparse.ArgumentParser) -> None:
                 "baseline vs tuned with paired-bootstrap CIs; decide's non-speech criterion")
     add_setting(experiment, "replay_manifest", "general speech mixed into training")
     add_setting(experiment, "replay_ratio", "share of training clips from --replay-manifest")
+    add_setting(experiment, "group_by_length", "batch clips of similar duration (each epoch: sorted by duration, "
+                "batches shuffled), as transformers' group_by_length and moonshine_voice.lora do: less padding, "
+                "and Moonshine Streaming's encoder then trains in exact padded batches instead of clip by clip")
     add_setting(experiment, "log_manifest_interval_wer",
                 "also log main-manifest WER at intervals (plots only, never used for choices)")
     add_setting(experiment, "export", "at the end, export the chosen adapter as int8 .ort graphs (export/ort/), score "

@@ -163,6 +163,10 @@ class TrainConfig:
     seed: int = 42
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | no | bf16
     replay_ratio: float = 0.0  # share of training clips drawn from the replay manifest
+    # batches of similar duration (each epoch: clips sorted by duration, random order among equals,
+    # cut into batches, batches shuffled), as transformers' group_by_length and moonshine_voice.lora
+    # batch; off: each epoch a random permutation
+    group_by_length: bool = False
     # auto: recompute the encoder's transformer layers in backward (instead of keeping their
     # activations) when they train on the CPU | on | off; no effect on the numbers
     gradient_checkpointing: str = "auto"
@@ -352,6 +356,7 @@ EXPERIMENT_FLAGS = {
     "nonspeech_manifest": "nonspeech_manifest",
     "replay_manifest": "replay_manifest",
     "replay_ratio": "train.replay_ratio",
+    "group_by_length": "train.group_by_length",
     "log_manifest_interval_wer": "log_manifest_interval_wer",
     "export": "export",
     "export_margin": "export_margin",

@@ -40,6 +40,8 @@ class EncoderPath:
     stem(encoder, inputs) -> (stem output, frame mask or None): the front part no LoRA preset adapts;
     states_from_stem(encoder, stem output, frame mask) -> clip_states from a cached stem;
     stem_modules(encoder) -> the modules whose weights must be frozen for a stem cache to be exact;
+    states_from_stems_batched(encoder, [(stem output, frame mask)]) -> [clip_states] of several clips in one
+    padded pass, or None where the family has none; batch_pays(stems) -> whether that pass is worth it;
     output_class(last_hidden_state=, attention_mask=) -> what the model takes as `encoder_outputs`;
     encode_batched_exact(model, feature_extractor, waveforms, dtype) -> a one-pass padded batch with the
     per-clip states, or None where the family has none (`ModelFamily.exact_padded_batches`);
@@ -54,6 +56,8 @@ class EncoderPath:
     stem: Callable
     states_from_stem: Callable
     stem_modules: Callable
+    states_from_stems_batched: Callable | None
+    batch_pays: Callable | None
     output_class: type
     encode_batched_exact: Callable | None
     memory: Callable
@@ -95,6 +99,14 @@ def stem_is_frozen(model) -> bool:
     """True when no stem weight trains (LoRA targets only the transformer layers)."""
     encoder = model.get_encoder()
     return not any(p.requires_grad for m in encoder_path_of(model).stem_modules(encoder) for p in m.parameters())
+
+
+def states_from_stems(encoder, path: EncoderPath, stems: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
+    """Each clip's states from its stem: in one padded pass where the family has an exact one and it pays,
+    else clip by clip."""
+    if path.states_from_stems_batched is not None and path.batch_pays(stems):
+        return path.states_from_stems_batched(encoder, stems)
+    return [path.states_from_stem(encoder, *stem) for stem in stems]
 
 
 def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,6 +254,8 @@ MOONSHINE_PATH = EncoderPath(
     stem=moonshine_stem,
     states_from_stem=moonshine_states_from_stem,
     stem_modules=moonshine_stem_modules,
+    states_from_stems_batched=None,  # encode_batched_exact batches the whole encoder
+    batch_pays=None,
     output_class=MoonshineEncoderModelOutput,
     encode_batched_exact=encode_batched_exact,
     memory=moonshine_memory,

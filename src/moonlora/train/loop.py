@@ -30,7 +30,8 @@ from transformers import get_linear_schedule_with_warmup
 from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import TrainConfig
 from moonlora.model.device import reuse_freed_memory
-from moonlora.model.encoder import encode_exact, encoder_path_of, pad_states, stem_is_frozen, to_model
+from moonlora.model.encoder import (encode_exact, encoder_path_of, pad_states, states_from_stems, stem_is_frozen,
+                                   to_model)
 from moonlora.data.manifest import Utterance
 from moonlora.outputs import OutputError, write_bytes_atomic
 from moonlora.progress import progress_bar
@@ -55,8 +56,20 @@ class TrainStream:
     def _train_item(self, position: int) -> Utterance:
         epoch, offset = divmod(position, len(self.train))
         if epoch not in self._permutations:
-            self._permutations[epoch] = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train))
+            self._permutations[epoch] = self._epoch_order(epoch)
         return self.train[int(self._permutations[epoch][offset])]
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The clips of an epoch in drawing order: a seeded permutation, or with `group_by_length` that
+        permutation sorted by duration (ties stay shuffled), cut into batches whose order is shuffled."""
+        rng = np.random.default_rng([self.config.seed, epoch])
+        order = rng.permutation(len(self.train))
+        if not self.config.group_by_length:
+            return order
+        order = order[np.argsort([self.train[i].duration for i in order], kind="stable")]
+        size = self.config.batch_size
+        batches = [order[start:start + size] for start in range(0, len(order), size)]
+        return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
 
     def _item(self, position: int) -> Utterance:
         if self.replay and self.config.replay_ratio > 0:
@@ -197,10 +210,27 @@ class EncoderCache:
             return self.saved[key]
         with torch.no_grad(), eval_mode(encoder):
             states = path.clip_states(encoder, inputs)
+        self._keep(key, states)
+        return states
+
+    def batch_states(self, encoder, path, keys: list[str], inputs: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """`states` of a batch's clips; those not cached yet go through the family's one-pass exact batch
+        where it has one and it pays (similar lengths: `--group-by-length`), else clip by clip."""
+        missing = [index for index, key in enumerate(keys) if key not in self.saved]
+        if path.states_from_stems_batched is not None and len(missing) > 1:
+            with torch.no_grad(), eval_mode(encoder):
+                stems = [path.stem(encoder, inputs[index]) for index in missing]
+                if path.batch_pays(stems):
+                    fresh = dict(zip(missing, path.states_from_stems_batched(encoder, stems)))
+                    for index, states in fresh.items():
+                        self._keep(keys[index], states)
+                    return [fresh[index] if index in fresh else self.saved[key] for index, key in enumerate(keys)]
+        return [self.states(encoder, path, key, x) for key, x in zip(keys, inputs)]
+
+    def _keep(self, key, states: torch.Tensor) -> None:
         size = states.numel() * states.element_size()
         if self.used_bytes + size <= self.max_bytes:
             self.saved[key], self.used_bytes = states, self.used_bytes + size
-        return states
 
     def cross_kv(self, decoder, path, key: str, states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each decoder layer's cross-attention (keys, values) of one clip, (kv heads, frames, head dim) each,
@@ -254,7 +284,7 @@ def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray],
     cache_kwargs = {}
     if encoder_cache is not None and keys is not None and encoder_is_frozen(model):
         inputs = clip_inputs(path, encoder, feature_extractor, waveforms, parameter)
-        clip_states = [encoder_cache.states(encoder, path, key, x) for key, x in zip(keys, inputs)]
+        clip_states = encoder_cache.batch_states(encoder, path, keys, inputs)
         # pad_states copies: the streaming decoder adds its position embedding to the states in place
         states, mask = pad_states(clip_states)
         if cross_attention_is_frozen(model, path):
@@ -263,8 +293,8 @@ def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray],
                 [encoder_cache.cross_kv(decoder, path, key, clip) for key, clip in zip(keys, clip_states)])
     elif cache is not None and keys is not None and stem_is_frozen(model):
         inputs = clip_inputs(path, encoder, feature_extractor, waveforms, parameter)
-        states, mask = pad_states([path.states_from_stem(encoder, *cache.stem(encoder, path, key, x))
-                                   for key, x in zip(keys, inputs)])
+        states, mask = pad_states(states_from_stems(encoder, path, [cache.stem(encoder, path, key, x)
+                                                                    for key, x in zip(keys, inputs)]))
     else:
         states, mask = encode_exact(model, feature_extractor, waveforms, parameter.dtype)
     eos_id = model.config.eos_token_id
