@@ -233,11 +233,12 @@ def ours_child(args, sites: str, steps: int) -> dict:
     targets = our_targets(loaded.model, sites)
     if sites == "decoder" and args.decoder_preset != "none":
         targets = (args.decoder_preset,)  # the family's preset; `adapted` below is checked against the official sites
-    loaded.model = attach_lora(loaded.model, LoraSettings(r=RANK, target_modules=targets), 0)
+    loaded.model = attach_lora(loaded.model, LoraSettings(r=RANK, target_modules=targets, dropout=args.lora_dropout), 0)
     adapted = adapted_names(loaded.model)
     trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
     config = TrainConfig(max_steps=steps, learning_rate=official.default_lr("lora", sites), batch_size=BATCH,
-                         grad_accum=1, eval_interval=steps, seed=0, mixed_precision="no", device="cpu")
+                         grad_accum=1, eval_interval=steps, seed=0, mixed_precision="no", device="cpu",
+                         group_by_length=not args.random_batches)
     step_ends: list[float] = []
 
     def clock(name: str, value: float, step: int) -> None:  # right after each update, before any eval
@@ -340,7 +341,9 @@ def in_fresh_process(args, kind: str, sites: str, steps: int, manifest: str) -> 
         command = [sys.executable, __file__, "--child", kind, "--sites", sites, "--steps", str(steps),
                    "--clips-manifest", manifest, "--model-dir", args.model_dir, "--threads", str(args.threads),
                    "--repeats", str(args.repeats), "--eval-cap", str(args.eval_cap)]
-        command += ["--decoder-preset", args.decoder_preset]
+        command += ["--decoder-preset", args.decoder_preset, "--lora-dropout", str(args.lora_dropout)]
+        if args.random_batches:
+            command += ["--random-batches"]
         if args.eval_single:
             command += ["--eval-single"]
         started = time.perf_counter()
@@ -406,6 +409,12 @@ def main() -> None:
     parser.add_argument("--decoder-preset", default="decoder",
                         help="moonlora --target-modules of the decoder paths: the streaming family's preset (default "
                              "`decoder`: self_attn q/k/v of the decoder layers), or none: the 18 module names")
+    parser.add_argument("--lora-dropout", type=float, default=0.0,
+                        help="moonlora's LoRA dropout (default 0: the official tool's LoRA has none; moonlora's own "
+                             "default is 0.05)")
+    parser.add_argument("--random-batches", action="store_true",
+                        help="moonlora draws random batches (its default) instead of `--group-by-length` batches "
+                             "(the official tool's make_batches sorts clips by length)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="run only paths whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON results (default: next to this script)")
@@ -467,6 +476,7 @@ def main() -> None:
     seconds = data["train_seconds"]
     report = {"clips": clips, "clip_seconds_min_mean_max": [min(seconds), sum(seconds) / len(seconds), max(seconds)],
               "steps": steps, "batch_size": BATCH, "rank": RANK, "repeats": args.repeats, "threads": args.threads,
+              "ours_lora_dropout": args.lora_dropout, "ours_group_by_length": not args.random_batches,
               "model": "random-init MoonshineStreaming, tiny architecture", "parameters": parameters,
               "cpu": cpu_model(), "cores": load_at_start["cores"], "torch": torch.__version__,
               "transformers": transformers.__version__, "moonshine_voice": package_version("moonshine-voice"),

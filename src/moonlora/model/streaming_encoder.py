@@ -11,8 +11,11 @@ final norm. Three facts of the transformers implementation decide how moonlora r
 - A padded batch is not exact: the convolutions mark an output frame valid when any sample of its
   window is real, so in a batch a clip gains one or two frames (made partly of padding) that it
   does not have alone, and attention sees them. tests/test_streaming_encoder.py measures the
-  difference; `ModelFamily.exact_padded_batches` is False for this family and each clip is
-  encoded alone. The decoder still runs batched.
+  difference; `ModelFamily.exact_padded_batches` is False for this family and decoding encodes
+  each clip alone. The decoder still runs batched. What is exact is a batch over the layers only:
+  each clip's embedder output computed alone, padded, and masked out of attention
+  (`states_from_stems_batched`); training uses it for batches of similar lengths
+  (`--group-by-length`), where it is faster than clip by clip.
 - The decoder adds its position embedding to the encoder states in place
   (`encoder_hidden_states += ...`): states handed to the model are always a fresh padded copy
   (`pad_states`), never a cached tensor.
