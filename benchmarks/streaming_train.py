@@ -35,9 +35,14 @@ before the model loads to the end of training) and the machine load before it. T
 loads the model once, warms both paths up untimed, then times them --repeats times interleaved.
 
     uv run --with pyarrow --with scipy python benchmarks/streaming_train.py [--repeats 3] [--clips 104] \
-        [--decoder-epochs 3] [--both-epochs 2] [--eval-clips 104] [--eval-single]
+        [--decoder-epochs 8] [--both-epochs 8] [--eval-clips 104] [--eval-single] [--lora-dropout 0] [--random-batches]
     uv run --with pyarrow --with scipy python benchmarks/streaming_train.py --clips 16 --synth-n 30 \
         --repeats 1 --decoder-epochs 1 --both-epochs 1 --eval-clips 8          # smoke
+
+Settings matched to the official tool's (defaults; the flags turn them back to moonlora's own): no LoRA
+dropout (the official LoRA has none; moonlora's default is 0.05) and length-grouped batches (its
+`make_batches` sorts clips by length; moonlora `--group-by-length`, which also lets the streaming
+encoder train in exact padded batches). Epochs default to 8, the experiment plan's H2 regime.
 
 (`--with pyarrow --with scipy`: the official package imports them, its `[finetune]` extra; moonlora's
 lock does not pin them, and neither is used on this script's path.)
@@ -399,8 +404,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved fresh-process runs per path")
     parser.add_argument("--clips", type=int, default=104, help="training clips (trimmed to whole batches of 8)")
     parser.add_argument("--synth-n", type=int, default=170, help="utterances synthesized (2/3 train voices)")
-    parser.add_argument("--decoder-epochs", type=int, default=3, help="epochs of the decoder-LoRA paths")
-    parser.add_argument("--both-epochs", type=int, default=2, help="epochs of the encoder+decoder paths (0: skip)")
+    parser.add_argument("--decoder-epochs", type=int, default=8,
+                        help="epochs of the decoder-LoRA paths (8: the experiment plan's H2 regime, ~2000 steps over "
+                             "1000 clips)")
+    parser.add_argument("--both-epochs", type=int, default=8, help="epochs of the encoder+decoder paths (0: skip)")
     parser.add_argument("--eval-clips", type=int, default=104, help="clips of the eval comparison (0: skip)")
     parser.add_argument("--eval-cap", type=int, default=35,
                         help="token cap of every eval clip, both sides (35 = moonlora's cap for a 5 s clip)")

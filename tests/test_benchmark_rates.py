@@ -36,3 +36,21 @@ def test_ratios_are_against_the_best_peer_of_the_group_and_the_best_all_stack_pe
     assert table["ours: dec"]["speed_vs_best_peer_same_targets"] == pytest.approx(10 / 5)
     assert table["ours: dec"]["steady_vs_best_all_stack_peer"] == pytest.approx(20.0 / 4.0)
     assert table["ours: dec"]["steady_vs_best_peer_same_targets"] == pytest.approx(20.0 / 8.0)
+
+
+def test_the_streaming_ratios_the_readme_and_docs_state_are_the_recorded_runs():
+    """README and docs/benchmarks.md quote benchmarks/streaming_train.json: the ratios, rounded as printed."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "benchmarks" / "streaming_train.json").read_text())
+    training = report["training"]
+    stated = [f"{training['ours decoder']['ratio_vs_official']:.2f}×",
+              f"{training['ours decoder']['steady_ratio_vs_official']:.2f}×",
+              f"{training['ours both']['ratio_vs_official']:.2f}×", f"{report['eval']['rtfx_ratio']:.2f}×"]
+    assert stated == ["2.49×", "3.22×", "1.09×", "1.02×"]
+    readme, docs = (root / "README.md").read_text(), (root / "docs" / "benchmarks.md").read_text()
+    assert all(f"**{ratio}**" in readme and f"**{ratio}**" in docs for ratio in stated)
+    assert report["steps"] == {"decoder": 104, "both": 104} and report["ours_group_by_length"] is True
+    assert report["ours_lora_dropout"] == 0.0
+    assert all(training[f"ours {sites}"]["same_adapted_modules"] for sites in ("decoder", "both"))

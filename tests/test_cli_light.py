@@ -234,7 +234,7 @@ NON_DEFAULT = {
     "replay_manifest": ["--replay-manifest", "r.jsonl"], "replay_ratio": ["--replay-ratio", "0.25", "--replay-manifest", "r.jsonl"],  # needs one
     "log_manifest_interval_wer": ["--log-manifest-interval-wer"], "export": ["--export", "ort"],
     "export_margin": ["--export-margin", "0.01"], "select": ["--select", "last"],
-    "min_val_clips": ["--min-val-clips", "2"], "allow_leakage": ["--allow-leakage"],
+    "min_val_clips": ["--min-val-clips", "2"], "allow_leakage": ["--allow-leakage"], "group_by_length": ["--group-by-length"],
     "decode_batch_size": ["--decode-batch-size", "4"], "num_beams": ["--num-beams", "2"],
     "device": ["--device", "cpu"], "encoder": ["--encoder", "batched"], "rms_target_dbfs": ["--rms-target-dbfs", "-20"],
     "language": ["--language", "de"], "metric": ["--metric", "cer"],

@@ -323,7 +323,19 @@ def test_guarded_stop_and_best_and_last_adapters_on_the_streaming_family(tiny_st
                 "--decode-batch-size", "8", "--min-val-clips", "1", *extra]
 
     plant_val_wer(monkeypatch, {2: 0.1, 4: 0.5})  # best at step 2, mid-run; the last adapter is another one
-    assert main(argv(tmp_path / "best")) == 0
+    from moonlora.model import streaming_encoder
+
+    batched_passes, real_layers = [], streaming_encoder.layers
+
+    def counting_layers(encoder, hidden, frame_mask):
+        batched_passes.append(hidden.shape[0])
+        return real_layers(encoder, hidden, frame_mask)
+
+    monkeypatch.setattr(streaming_encoder, "layers", counting_layers)
+    assert main(argv(tmp_path / "best", "--group-by-length")) == 0
+    # equal-length pairs: the encoder trains in exact padded batches of 2 over clip-alone stems
+    assert 2 in batched_passes
+    assert json.loads((tmp_path / "best" / "experiment_config.json").read_text())["train"]["group_by_length"] is True
     record = read_record(tmp_path / "best")
     best, last = record.candidates["best"], record.candidates["last"]
     assert (best.step, best.selected, last.step, last.selected) == (2, True, 4, False)
