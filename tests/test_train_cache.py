@@ -136,3 +136,14 @@ def test_the_loss_on_target_positions_equals_the_models_own_loss_and_gradients(f
     assert loss == pytest.approx(expected_loss, rel=1e-6)
     assert expected.keys() == got.keys() and all(torch.allclose(got[n], expected[n], atol=1e-6) for n in expected)
     assert any(float(g.abs().max()) > 0 for g in got.values())
+
+
+def test_reuse_freed_memory_applies_on_glibc_and_changes_nothing_elsewhere(monkeypatch):
+    import platform
+
+    from moonlora.model.device import reuse_freed_memory
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert reuse_freed_memory() is True  # every mallopt call was accepted
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("musl", "1.2"))
+    assert reuse_freed_memory() is False

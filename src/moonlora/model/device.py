@@ -45,10 +45,11 @@ def reuse_freed_memory() -> bool:
     """Let glibc keep freed blocks of up to 32 MB for reuse instead of handing them back to the kernel.
 
     A CPU training step allocates and frees the same large tensors every time (the output layer's
-    logits and their gradients: 25 MB for a batch of 8 on the streaming tiny architecture). glibc
-    maps blocks that large afresh on every allocation and unmaps them on free, so each step pays a
-    page fault per 4 KB touched; with the blocks kept in the heap, a step reuses warm memory (about
-    a tenth of a decoder-only step on 2 cores, benchmarks/streaming_train.py). PyTorch's CPU tuning
+    logits and their gradients: 17-25 MB for a batch of 8 on the streaming tiny architecture). With
+    its defaults glibc maps such blocks afresh or trims them back to the kernel, so each step pays a
+    page fault per 4 KB touched; kept in the heap, a step reuses warm memory. Steady decoder-only step
+    on 2 cores, 3 interleaved pairs (`benchmarks/streaming_probes.py step`, docs/benchmarks.md): 0.218-
+    0.220 s with it, 0.232-0.282 s with `--no-reuse-memory`. PyTorch's CPU tuning
     guide gets the same by preloading jemalloc or tcmalloc, which a pip install cannot do. Process-wide
     and permanent; returns False where the C library is not glibc (nothing changes there).
     """

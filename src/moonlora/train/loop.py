@@ -217,15 +217,13 @@ class EncoderCache:
         """`states` of a batch's clips; those not cached yet go through the family's one-pass exact batch
         where it has one and it pays (similar lengths: `--group-by-length`), else clip by clip."""
         missing = [index for index, key in enumerate(keys) if key not in self.saved]
-        if path.states_from_stems_batched is not None and len(missing) > 1:
-            with torch.no_grad(), eval_mode(encoder):
-                stems = [path.stem(encoder, inputs[index]) for index in missing]
-                if path.batch_pays(stems):
-                    fresh = dict(zip(missing, path.states_from_stems_batched(encoder, stems)))
-                    for index, states in fresh.items():
-                        self._keep(keys[index], states)
-                    return [fresh[index] if index in fresh else self.saved[key] for index, key in enumerate(keys)]
-        return [self.states(encoder, path, key, x) for key, x in zip(keys, inputs)]
+        if path.states_from_stems_batched is None or len(missing) < 2:
+            return [self.states(encoder, path, key, x) for key, x in zip(keys, inputs)]
+        with torch.no_grad(), eval_mode(encoder):
+            fresh = dict(zip(missing, states_from_stems(encoder, path, [path.stem(encoder, inputs[i]) for i in missing])))
+        for index, states in fresh.items():
+            self._keep(keys[index], states)
+        return [fresh[index] if index in fresh else self.saved[key] for index, key in enumerate(keys)]
 
     def _keep(self, key, states: torch.Tensor) -> None:
         size = states.numel() * states.element_size()

@@ -1,0 +1,134 @@
+"""Probes behind the "what changed" notes of docs/benchmarks.md's Moonshine Streaming section.
+
+Not races against the official tool (benchmarks/streaming_train.py is): small in-process measurements
+on the same random-init tiny-architecture model and synthetic ATC clips, so each step-time claim can
+be checked again. Run one job at a time; compare settings by interleaving runs yourself.
+
+    uv run python benchmarks/streaming_probes.py step --sites decoder --steps 39 [--group-by-length] \\
+        [--lora-dropout 0.05] [--no-reuse-memory] [--attn eager]
+    uv run python benchmarks/streaming_probes.py fill     # encoder states: clip by clip vs sorted batches of 8
+
+step: `moonlora.train.loop.train` (no-op evaluator) with batch 8, rank 8, lr 1e-3; prints train seconds,
+samples/s, the mean and median step of the first epoch (the encoder cache fills) and the median step
+after it (steady state). --no-reuse-memory skips `reuse_freed_memory` (glibc keeps its defaults).
+fill: every training clip's encoder states without gradients, clip by clip (`clip_states`) and in
+length-sorted groups of 8 (`states_from_stems_batched`), twice each, interleaved, ms per clip.
+
+--work DIR holds the model folder and clips (built on first use, as streaming_train.py builds them;
+a few minutes of speech synthesis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import streaming_train  # noqa: E402
+
+BATCH, RANK = streaming_train.BATCH, streaming_train.RANK
+
+
+def work_folder(work: Path) -> tuple[str, str]:
+    """(model folder, train manifest), built once into `work`."""
+    if not (work / "data.json").is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        streaming_train.build_model_folder(work / "model")
+        (work / "data.json").write_text(json.dumps(streaming_train.build_clips(work, 170, 104, 104)))
+    return str(work / "model"), json.loads((work / "data.json").read_text())["train"]
+
+
+def step_probe(args) -> None:
+    from moonlora.configs import LoraSettings, TrainConfig
+    from moonlora.data.audio import AudioConfig
+    from moonlora.data.manifest import load_manifest
+    from moonlora.model.loading import load_model
+    from moonlora.model.lora import attach_lora
+    from moonlora.train import loop
+
+    model_dir, manifest = work_folder(Path(args.work))
+    if args.no_reuse_memory:
+        loop.reuse_freed_memory = lambda: False
+    clips = load_manifest(manifest).utterances
+    loaded = load_model(model_dir, device="cpu")
+    if args.attn:
+        loaded.model.set_attn_implementation(args.attn)
+    targets = (("decoder",) if args.sites == "decoder"
+               else streaming_train.our_targets(loaded.model, "both"))
+    loaded.model = attach_lora(loaded.model, LoraSettings(r=RANK, target_modules=targets, dropout=args.lora_dropout), 0)
+    config = TrainConfig(max_steps=args.steps, learning_rate=1e-3, batch_size=BATCH, grad_accum=1,
+                         eval_interval=args.steps, seed=0, mixed_precision="no", device="cpu",
+                         group_by_length=args.group_by_length)
+    ends: list[float] = []
+    started = time.perf_counter()
+    state = loop.train(loaded, loop.TrainStream(clips, [], config), config, AudioConfig(),
+                       evaluate=lambda model, step: loop.IntervalEval(0.0, None, {}),
+                       run_dir=Path(tempfile.mkdtemp(prefix="probe-run-")), progress=False,
+                       log=lambda name, value, step: ends.append(time.perf_counter()) if name == "train/loss" else None).state
+    steps = np.diff([started] + ends)
+    first = -(-len(clips) // BATCH)  # steps of the first epoch
+    steady = f"{np.median(steps[first:]):.3f}" if len(steps) > first else "- (run ends in the first epoch)"
+    print(f"train_seconds {state.train_seconds:.2f} samples/s {state.samples / state.train_seconds:.2f} "
+          f"epoch1 mean step {steps[:first].mean():.3f} median {np.median(steps[:first]):.3f} "
+          f"steady median step {steady}")
+
+
+def fill_probe(args) -> None:
+    from moonlora.data.audio import AudioConfig, load_audio
+    from moonlora.data.manifest import load_manifest
+    from moonlora.model.encoder import encoder_path_of, to_model
+    from moonlora.model.loading import load_model
+    from moonlora.model.streaming_encoder import batch_pays, states_from_stems_batched
+
+    model_dir, manifest = work_folder(Path(args.work))
+    loaded = load_model(model_dir, device="cpu")
+    model = loaded.model.eval()
+    encoder, path = model.get_encoder(), encoder_path_of(model)
+    inputs = [to_model(path.clip_inputs(encoder, loaded.feature_extractor, load_audio(u.audio_filepath, AudioConfig())),
+                       torch.device("cpu"), torch.float32) for u in load_manifest(manifest).utterances]
+    order = sorted(range(len(inputs)), key=lambda i: inputs[i]["input_values"].shape[1])
+    groups = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
+
+    def clip_by_clip():
+        return [path.clip_states(encoder, x) for x in inputs]
+
+    def sorted_batches():
+        for group in groups:
+            stems = [path.stem(encoder, inputs[i]) for i in group]
+            if not batch_pays(stems):
+                raise SystemExit("a sorted group pads more than BATCHED_LAYERS_MAX_PADDING")
+            states_from_stems_batched(encoder, stems)
+
+    with torch.no_grad():
+        clip_by_clip()  # warm-up
+        for run in (sorted_batches, clip_by_clip) * 2:
+            started = time.perf_counter()
+            run()
+            print(f"{run.__name__}: {(time.perf_counter() - started) / len(inputs) * 1000:.1f} ms/clip")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("probe", choices=["step", "fill"])
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "moonlora-streaming-probes"))
+    parser.add_argument("--sites", choices=["decoder", "both"], default="decoder")
+    parser.add_argument("--steps", type=int, default=39)
+    parser.add_argument("--group-by-length", action="store_true")
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--no-reuse-memory", action="store_true")
+    parser.add_argument("--attn", default=None, help="attention implementation for the whole model (eager, sdpa)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    {"step": step_probe, "fill": fill_probe}[args.probe](args)
+
+
+if __name__ == "__main__":
+    main()
