@@ -327,14 +327,16 @@ def test_guarded_stop_and_best_and_last_adapters_on_the_streaming_family(tiny_st
 
     batched_passes, real_layers = [], streaming_encoder.layers
 
-    def counting_layers(encoder, hidden, frame_mask):
-        batched_passes.append(hidden.shape[0])
-        return real_layers(encoder, hidden, frame_mask)
+    def counting_layers(encoder, hidden, frame_mask, banded=False):
+        batched_passes.append((hidden.shape[0], banded))
+        return real_layers(encoder, hidden, frame_mask, banded)
 
     monkeypatch.setattr(streaming_encoder, "layers", counting_layers)
     assert main(argv(tmp_path / "best", "--group-by-length")) == 0
-    # equal-length pairs: the encoder trains in exact padded batches of 2 over clip-alone stems
-    assert 2 in batched_passes
+    # equal-length pairs: the encoder trains in exact padded batches of 2 over clip-alone stems, with banded
+    # attention; decoding encodes each clip alone through the model's own masked attention
+    assert (2, True) in batched_passes and (1, False) in batched_passes
+    assert all(banded for batch, banded in batched_passes if batch > 1)
     assert json.loads((tmp_path / "best" / "experiment_config.json").read_text())["train"]["group_by_length"] is True
     record = read_record(tmp_path / "best")
     best, last = record.candidates["best"], record.candidates["last"]

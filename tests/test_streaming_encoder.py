@@ -12,7 +12,7 @@ from moonlora.data.synth import espeak
 from moonlora.errors import ConfigError
 from moonlora.model.encoder import encode_exact, pad_states
 from moonlora.model.loading import bundled_feature_extractor
-from moonlora.model.streaming_encoder import STREAMING_PATH, clip_inputs
+from moonlora.model.streaming_encoder import STREAMING_PATH, clip_inputs, layers
 from moonlora.model.torch_decoder import TorchDecoder
 from moonlora.train.loop import EncoderCache, StemCache, batch_loss
 
@@ -279,8 +279,9 @@ def test_layers_batched_over_clip_alone_stems_are_exact_with_gradients(tiny_arch
     results = []
     for batched in (False, True):
         encoder.zero_grad()
+        # alone: the model's own masked attention (decoding's); together: training's banded attention
         states = (states_from_stems_batched(encoder, stems) if batched
-                  else [STREAMING_PATH.states_from_stem(encoder, *stem) for stem in stems])
+                  else [layers(encoder, hidden, mask)[0, mask[0].bool()] for hidden, mask in stems])
         sum(s.pow(2).sum() * (index + 1) for index, s in enumerate(states)).backward()
         results.append(([s.detach() for s in states], layer.weight.grad.clone()))
     (alone, alone_grad), (together, together_grad) = results
@@ -311,3 +312,61 @@ def test_grouped_batches_train_the_same_loss_through_both_caches(tiny_streaming_
         stems = batch_loss(model, extractor, tokenizer, clips, texts, keys, cache=StemCache())
     assert sorted(k for k in encoder_cache.saved if isinstance(k, str)) == keys
     assert torch.allclose(plain, cached, atol=1e-5) and torch.allclose(plain, stems, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,kv_heads,windows", [(2, 2, [[16, 4], [16, 0]]), (4, 2, [[3, 2], [5, 1]])])
+def test_banded_attention_is_the_models_windowed_attention_with_gradients(heads, kv_heads, windows):
+    """Training's banded attention against the model's own masked attention on a padded batch: states and
+    gradients equal, a clip much shorter than the batch (padded queries with no valid key in their window)
+    stays finite, the grouped-query case included, and the encoder's attention setting comes back."""
+    from transformers import MoonshineStreamingConfig, MoonshineStreamingForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = MoonshineStreamingConfig(
+        encoder_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=heads,
+                            num_key_value_heads=kv_heads, head_dim=8, sliding_windows=windows),
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2)
+    encoder = MoonshineStreamingForConditionalGeneration(config).get_encoder().eval()
+    with torch.no_grad():  # weights large enough that every frame in a window visibly moves another
+        for weight in encoder.layers.parameters():
+            if weight.dim() == 2:
+                weight.normal_(std=0.3)
+    lengths = torch.tensor([70, 53, 9])  # 70 frames: five blocks, the last partly padding
+    frame_mask = torch.arange(70)[None, :] < lengths[:, None]
+    hidden, direction = torch.randn(3, 70, 16), torch.randn(3, 70, 16)
+    results = []
+    for banded in (False, True):
+        encoder.zero_grad()
+        states = layers(encoder, hidden, frame_mask, banded=banded)
+        assert encoder.config._attn_implementation == "sdpa"
+        (states * direction)[frame_mask].sum().backward()  # (a sum of squares is flat under the final norm)
+        results.append((states.detach(), [p.grad.clone() for p in encoder.parameters() if p.grad is not None]))
+    (model_states, model_grads), (banded_states, banded_grads) = results
+    assert torch.isfinite(banded_states).all()
+    assert torch.allclose(model_states[frame_mask], banded_states[frame_mask], atol=1e-5)
+    assert len(model_grads) == len(banded_grads) > 0
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(model_grads, banded_grads))
+    moved = hidden.clone()
+    moved[0, 40] += torch.randn(16)  # moves exactly the frames whose windows (through both layers) reach frame 40
+    with torch.no_grad():
+        changed = [{frame for frame in range(70) if not torch.allclose(
+            layers(encoder, moved, frame_mask, banded=banded)[0, frame], states[0, frame], atol=1e-6)}
+            for banded, states in ((False, model_states), (True, banded_states))]
+    reach = {40}
+    for left, right in windows:  # query q reads key k when 0 <= q - k < left or 0 < k - q < right
+        reach = {q for k in reach for q in range(k - max(right - 1, 0), min(k + left, 70))}
+    assert changed[0] == changed[1] == reach and min(reach) < 40
+
+
+def test_the_attention_setting_comes_back_after_an_error():
+    from moonlora.model.attention import attention_implementation
+    from transformers import MoonshineStreamingConfig
+
+    config = MoonshineStreamingConfig()
+    config._attn_implementation = "sdpa"
+    with pytest.raises(RuntimeError):
+        with attention_implementation(config, "eager"):
+            assert config._attn_implementation == "eager" and config.encoder_config._attn_implementation == "sdpa"
+            raise RuntimeError
+    assert config._attn_implementation == "sdpa"

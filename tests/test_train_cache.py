@@ -125,6 +125,9 @@ def test_the_loss_on_target_positions_equals_the_models_own_loss_and_gradients(f
     def encoded():  # a fresh copy each call: the streaming decoder adds its position embedding in place
         return encoder_path_of(model).output_class(last_hidden_state=states.clone(), attention_mask=mask)
 
+    attention_seen = []
+    model.get_decoder().layers[0].self_attn.register_forward_pre_hook(
+        lambda module, args: attention_seen.append(module.config._attn_implementation))
     gradients = []
     for loss_of in (lambda: model(encoder_outputs=encoded(), attention_mask=mask, labels=labels).loss,
                     lambda: teacher_forced_loss(model, encoded(), mask, labels)):
@@ -133,6 +136,9 @@ def test_the_loss_on_target_positions_equals_the_models_own_loss_and_gradients(f
         loss.backward()
         gradients.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (expected_loss, expected), (loss, got) = gradients
+    # the family's training attention (streaming: eager) for the training forward only, then the model's again
+    assert attention_seen == ["sdpa", "eager" if family == "moonshine_streaming" else "sdpa"]
+    assert model.config._attn_implementation == "sdpa"
     assert loss == pytest.approx(expected_loss, rel=1e-6)
     assert expected.keys() == got.keys() and all(torch.allclose(got[n], expected[n], atol=1e-6) for n in expected)
     assert any(float(g.abs().max()) > 0 for g in got.values())

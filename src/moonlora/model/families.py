@@ -55,6 +55,9 @@ class ModelFamily:
     encoding: str  # "module:NAME" of its EncoderPath (imported lazily: it needs torch)
     frontend: str  # the audio front end and encoder pipeline moonlora runs, as the eval contract records it
     sampling_rate: int = SAMPLE_RATE  # what its feature extractor must be set to (Hz)
+    # The decoder's attention implementation in the training forward (`train.loop.teacher_forced_loss`),
+    # None to keep the model's; decoding always keeps the model's (the eval contract's pipeline).
+    training_attention: str | None = None
 
     def encoder_path(self):
         """The family's `moonlora.model.encoder.EncoderPath` (imports torch and transformers)."""
@@ -124,6 +127,11 @@ MOONSHINE_STREAMING = ModelFamily(
     frontend=("raw 16 kHz samples in 80-sample frames, a trailing partial frame dropped (frame CMVN, asinh, "
               "causal convs inside the model); "
               "sliding-window encoder attention (the model's masked forward); each clip encoded alone"),
+    # Eager: at a training batch's shapes (20-30 queries over 20-30 tokens or 150-400 encoder frames) the
+    # CPU flash kernel behind SDPA cost ~33 ms of a ~0.22 s decoder-only step on 2 cores, eager ~17 ms
+    # (torch.profiler over 19 steps, benchmarks/streaming_probes.py's setup). Moonshine keeps SDPA: not
+    # measured there, and its training numerics stay those the README's demo numbers were made with.
+    training_attention="eager",
 )
 
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (MOONSHINE, MOONSHINE_STREAMING)}

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,7 +29,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from moonlora.data.audio import AudioConfig, load_audio
 from moonlora.configs import TrainConfig
+from moonlora.model.attention import attention_implementation, attention_implementations
 from moonlora.model.device import reuse_freed_memory
+from moonlora.model.families import family_for
 from moonlora.model.encoder import (encode_exact, encoder_path_of, pad_states, states_from_stems, stem_is_frozen,
                                    to_model)
 from moonlora.data.manifest import Utterance
@@ -168,19 +170,30 @@ def resolve_gradient_checkpointing(setting: str, model, device_type: str) -> boo
     return device_type == "cpu" and not encoder_is_frozen(model)
 
 
+def same_attention_in_rerun(layer) -> tuple:
+    """`torch.utils.checkpoint` context_fn: called as a checkpointed forward starts, it notes the attention
+    implementation each of the layer's configs has then and reruns the layer in backward under it."""
+    configs = {id(module.config): module.config for module in layer.modules()
+               if hasattr(getattr(module, "config", None), "_attn_implementation_internal")}
+    in_forward = [(config, config._attn_implementation_internal) for config in configs.values()]
+    return nullcontext(), attention_implementations(in_forward)
+
+
 @contextmanager
 def checkpointed_layers(layers, enabled: bool = True):
     """Gradient checkpointing for a section: each layer keeps only its inputs and reruns its forward in
     backward. Transformers' layers do this themselves in training mode with gradients on, once flagged.
 
     Non-reentrant checkpointing restores the RNG state for the rerun, so dropout draws the same masks
-    and the loss, gradients and RNG stream equal an unflagged run's.
+    and the loss, gradients and RNG stream equal an unflagged run's; the rerun also gets the attention
+    implementation the forward had (training may switch it for a call: `moonlora.model.attention`).
     """
     saved = [(layer, layer.gradient_checkpointing, layer.__dict__.get("_gradient_checkpointing_func")) for layer in layers]
     if enabled:
         for layer in layers:
             layer.gradient_checkpointing = True
-            layer._gradient_checkpointing_func = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+            layer._gradient_checkpointing_func = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False,
+                                                         context_fn=partial(same_attention_in_rerun, layer))
     try:
         yield
     finally:
@@ -230,23 +243,30 @@ class EncoderCache:
         if self.used_bytes + size <= self.max_bytes:
             self.saved[key], self.used_bytes = states, self.used_bytes + size
 
-    def cross_kv(self, decoder, path, key: str, states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each decoder layer's cross-attention (keys, values) of one clip, (kv heads, frames, head dim) each,
-        while the cross-attention trains nothing. Projecting every clip's memory at every step is a large
-        share of a decoder-only step (the memory has ~12 frames a token: on the streaming tiny architecture
-        about as much work as the 32768-way output layer); kept in the same byte budget as the states."""
-        cross_key = ("cross", key)
-        if cross_key in self.saved:
-            return self.saved[cross_key]
-        with torch.no_grad(), eval_mode(decoder):
-            memory = path.memory(decoder, states)
-            pairs = [tuple(projection(memory).view(memory.shape[0], -1, layer.encoder_attn.head_dim).transpose(0, 1)
-                           .contiguous() for projection in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj))
-                     for layer in decoder.layers]
-        size = sum(t.numel() * t.element_size() for pair in pairs for t in pair)
-        if self.used_bytes + size <= self.max_bytes:
-            self.saved[cross_key], self.used_bytes = pairs, self.used_bytes + size
-        return pairs
+    def batch_cross_kv(self, decoder, path, keys: list[str], states: list[torch.Tensor]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Each clip's per-layer cross-attention (keys, values), (kv heads, frames, head dim) each, while the
+        cross-attention trains nothing. Projecting every clip's memory at every step is a large share of a
+        decoder-only step (the memory has ~12 frames a token: on the streaming tiny architecture about as
+        much work as the 32768-way output layer); kept in the same byte budget as the states. Clips not
+        cached yet are projected together: their memories joined along frames, one matrix product per
+        projection (a clip's 150-400 frames alone keep these products small and slow on the CPU)."""
+        missing = [index for index, key in enumerate(keys) if ("cross", key) not in self.saved]
+        fresh = {}
+        if missing:
+            with torch.no_grad(), eval_mode(decoder):
+                memories = [path.memory(decoder, states[index]) for index in missing]
+                frames = [memory.shape[0] for memory in memories]
+                joined = torch.cat(memories)
+                per_layer = [[projection(joined).view(joined.shape[0], -1, layer.encoder_attn.head_dim).split(frames)
+                              for projection in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj)]
+                             for layer in decoder.layers]
+            for position, index in enumerate(missing):
+                fresh[index] = [tuple(parts[position].transpose(0, 1).contiguous() for parts in layer)
+                                for layer in per_layer]
+                size = sum(t.numel() * t.element_size() for pair in fresh[index] for t in pair)
+                if self.used_bytes + size <= self.max_bytes:
+                    self.saved[("cross", keys[index])], self.used_bytes = fresh[index], self.used_bytes + size
+        return [fresh[index] if index in fresh else self.saved[("cross", key)] for index, key in enumerate(keys)]
 
 
 def cross_attention_cache(per_clip: list[list[tuple[torch.Tensor, torch.Tensor]]]):
@@ -288,7 +308,7 @@ def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray],
         if cross_attention_is_frozen(model, path):
             decoder = model.get_decoder()
             cache_kwargs["cache"] = cross_attention_cache(
-                [encoder_cache.cross_kv(decoder, path, key, clip) for key, clip in zip(keys, clip_states)])
+                encoder_cache.batch_cross_kv(decoder, path, keys, clip_states))
     elif cache is not None and keys is not None and stem_is_frozen(model):
         inputs = clip_inputs(path, encoder, feature_extractor, waveforms, parameter)
         states, mask = pad_states(states_from_stems(encoder, path, [cache.stem(encoder, path, key, x)
@@ -304,7 +324,8 @@ def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray],
 def teacher_forced_loss(model, encoded, mask: torch.Tensor, labels: torch.Tensor, **cache_kwargs) -> torch.Tensor:
     """The model's own seq2seq loss (`model(labels=...).loss`: decoder inputs are the labels shifted right
     behind the start token, mean cross-entropy over the non-padded targets), with the output layer applied
-    to the non-padded positions only.
+    to the non-padded positions only, and the decoder's attention as the family trains it
+    (`ModelFamily.training_attention`: the same function, computed another way).
 
     The vocabulary projection and its softmax are most of a decoder-only step (32768 classes: on the
     streaming tiny architecture about half of it), and a batch's padded label positions, a quarter or more
@@ -315,8 +336,9 @@ def teacher_forced_loss(model, encoded, mask: torch.Tensor, labels: torch.Tensor
     generator = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = generator.config
     decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
-    hidden = generator.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=decoder_input_ids,
-                             **cache_kwargs).last_hidden_state
+    with attention_implementation(config, family_for(config.model_type).training_attention):
+        hidden = generator.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=decoder_input_ids,
+                                 **cache_kwargs).last_hidden_state
     targets = labels != -100
     logits = generator.proj_out(hidden[targets])
     return torch.nn.functional.cross_entropy(logits.float(), labels[targets])
