@@ -89,11 +89,18 @@ def train_decoder_only(model_dir, manifest, run_dir, steps: int) -> tuple[list[f
 
 
 def test_cached_encoder_training_matches_uncached_training(tiny_model_dir, tone_manifest, tmp_path, monkeypatch):
+    from moonlora.data import audio
+
+    reads, read = [], audio.load_audio
+    monkeypatch.setattr(audio, "load_audio", lambda *args: reads.append(args[0]) or read(*args))
     steps = 5  # 10 draws from 5 clips: every clip is drawn again from the cache
     cached, cached_calls, cached_adapter = train_decoder_only(tiny_model_dir, tone_manifest, tmp_path / "a", steps)
+    cached_reads = len(reads)
     monkeypatch.setattr(train_module, "ENCODER_CACHE_BYTES", 0)
     plain, plain_calls, plain_adapter = train_decoder_only(tiny_model_dir, tone_manifest, tmp_path / "b", steps)
     assert cached_calls == 5 and plain_calls == steps * 2  # once per clip against once per draw
+    # with either cache (encoder states; without it, the frozen stem's outputs) a clip's audio is read once
+    assert cached_reads == 5 and len(reads) - cached_reads == 5
     assert abs(cached[0] - plain[0]) <= 1e-5
     assert all(abs(a - b) <= 1e-4 for a, b in zip(cached, plain))
     assert cached[-1] != cached[0]  # the adapter did train

@@ -7,6 +7,7 @@ every eval contract.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,26 @@ def load_audio(path: str | Path, config: AudioConfig = AudioConfig()) -> np.ndar
     if config.rms_target_dbfs is not None:
         waveform = normalize_rms(waveform, config.rms_target_dbfs, config.silence_floor_dbfs)
     return waveform
+
+
+class BatchAudio(Sequence):
+    """A training batch's waveforms, each read with `load_audio` when first used: a clip whose encoder output
+    or stem a training cache already holds is not read again (on a decoder-only streaming step, reading
+    and framing 8 clips was about 5% of the step)."""
+
+    def __init__(self, paths: list[str | Path], config: AudioConfig = AudioConfig()):
+        self.paths, self.config, self.read = list(paths), config, {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not isinstance(index, int):
+            raise TypeError("BatchAudio takes one clip index at a time")
+        index = range(len(self.paths))[index]  # IndexError past the end ends iteration
+        if index not in self.read:
+            self.read[index] = load_audio(self.paths[index], self.config)
+        return self.read[index]
 
 
 def header_duration(path: str | Path) -> float:

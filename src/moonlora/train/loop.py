@@ -13,7 +13,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import get_linear_schedule_with_warmup
 
-from moonlora.data.audio import AudioConfig, load_audio
+from moonlora.data.audio import AudioConfig, BatchAudio
 from moonlora.configs import TrainConfig
 from moonlora.model.attention import attention_implementation, attention_implementations
 from moonlora.model.device import reuse_freed_memory
@@ -93,6 +93,15 @@ def label_ids(tokenizer, texts: list[str], eos_id: int) -> torch.Tensor:
     return torch.tensor([row + [-100] * (width - len(row)) for row in ids])
 
 
+# One clip's model inputs, or a function making them: the caches call it only for a clip they lack, so a
+# cached clip's audio is not read again (`moonlora.data.audio.BatchAudio`).
+ClipInputs = dict[str, torch.Tensor] | Callable[[], dict[str, torch.Tensor]]
+
+
+def made(inputs: ClipInputs) -> dict[str, torch.Tensor]:
+    return inputs() if callable(inputs) else inputs
+
+
 class StemCache:
     """Stem outputs of training clips, computed once per run.
 
@@ -105,12 +114,12 @@ class StemCache:
     def __init__(self, max_bytes: int = 2 * 2**30):
         self.max_bytes, self.used_bytes, self.stems = max_bytes, 0, {}
 
-    def stem(self, encoder, path, key: str, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def stem(self, encoder, path, key: str, inputs: ClipInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(stem output, frame mask or None) of one clip, through its family's EncoderPath."""
         if key in self.stems:
             return self.stems[key]
         with torch.no_grad():
-            stem = path.stem(encoder, inputs)
+            stem = path.stem(encoder, made(inputs))
         size = sum(t.numel() * t.element_size() for t in stem if t is not None)
         if self.used_bytes + size <= self.max_bytes:
             self.stems[key], self.used_bytes = stem, self.used_bytes + size
@@ -217,23 +226,24 @@ class EncoderCache:
     def __init__(self, max_bytes: int):
         self.max_bytes, self.used_bytes, self.saved = max_bytes, 0, {}
 
-    def states(self, encoder, path, key: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def states(self, encoder, path, key: str, inputs: ClipInputs) -> torch.Tensor:
         """(frames, hidden) encoder states of one clip, through its family's EncoderPath."""
         if key in self.saved:
             return self.saved[key]
         with torch.no_grad(), eval_mode(encoder):
-            states = path.clip_states(encoder, inputs)
+            states = path.clip_states(encoder, made(inputs))
         self._keep(key, states)
         return states
 
-    def batch_states(self, encoder, path, keys: list[str], inputs: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    def batch_states(self, encoder, path, keys: list[str], inputs: list[ClipInputs]) -> list[torch.Tensor]:
         """`states` of a batch's clips; those not cached yet go through the family's one-pass exact batch
         where it has one and it pays (similar lengths: `--group-by-length`), else clip by clip."""
         missing = [index for index, key in enumerate(keys) if key not in self.saved]
         if path.states_from_stems_batched is None or len(missing) < 2:
             return [self.states(encoder, path, key, x) for key, x in zip(keys, inputs)]
         with torch.no_grad(), eval_mode(encoder):
-            fresh = dict(zip(missing, states_from_stems(encoder, path, [path.stem(encoder, inputs[i]) for i in missing])))
+            fresh = dict(zip(missing, states_from_stems(encoder, path, [path.stem(encoder, made(inputs[i]))
+                                                                         for i in missing])))
         for index, states in fresh.items():
             self._keep(keys[index], states)
         return [fresh[index] if index in fresh else self.saved[key] for index, key in enumerate(keys)]
@@ -282,20 +292,24 @@ def cross_attention_cache(per_clip: list[list[tuple[torch.Tensor, torch.Tensor]]
     return EncoderDecoderCache(DynamicCache(), cross)
 
 
-def clip_inputs(path, encoder, feature_extractor, waveforms: list[np.ndarray],
-                parameter: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-    """Each clip's model inputs (batch of 1, its family's EncoderPath), on the model's device and dtype."""
-    return [to_model(path.clip_inputs(encoder, feature_extractor, w), parameter.device, parameter.dtype)
-            for w in waveforms]
+def clip_inputs(path, encoder, feature_extractor, waveforms: Sequence[np.ndarray],
+                parameter: torch.Tensor) -> list[Callable[[], dict[str, torch.Tensor]]]:
+    """For each clip, a function making its model inputs (batch of 1, its family's EncoderPath) on the model's
+    device and dtype; the waveform is taken from `waveforms` only then."""
+    def inputs_of(index: int) -> dict[str, torch.Tensor]:
+        return to_model(path.clip_inputs(encoder, feature_extractor, waveforms[index]), parameter.device, parameter.dtype)
+
+    return [partial(inputs_of, index) for index in range(len(waveforms))]
 
 
-def batch_loss(model, feature_extractor, tokenizer, waveforms: list[np.ndarray], texts: list[str],
+def batch_loss(model, feature_extractor, tokenizer, waveforms: Sequence[np.ndarray], texts: list[str],
                keys: list[str] | None = None, cache: StemCache | None = None,
                encoder_cache: EncoderCache | None = None) -> torch.Tensor:
     """Teacher-forced cross-entropy, encoding each clip alone exactly as decoding does.
 
     With `encoder_cache` and an encoder that trains nothing, whole encoder outputs come from the
-    cache; otherwise, with `cache` and a frozen conv stem, the stem outputs do.
+    cache; otherwise, with `cache` and a frozen conv stem, the stem outputs do. A cached clip's waveform
+    is not read (`waveforms` may read lazily: `BatchAudio`).
     """
     parameter = next(p for p in model.parameters())
     path, encoder = encoder_path_of(model), model.get_encoder()
@@ -631,8 +645,9 @@ def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, 
     for micro in range(config.grad_accum):
         batch = stream.micro_batch(state.step * config.grad_accum + micro,
                                    accelerator.process_index, accelerator.num_processes)
-        waveforms = [load_audio(u.audio_filepath, audio) for u in batch]
-        long_batch = sum(len(w) for w in waveforms) / audio.sample_rate > LONG_BATCH_SECONDS
+        waveforms = BatchAudio([u.audio_filepath for u in batch], audio)
+        long_batch = (bool(checkpoint_long_batches)
+                      and sum(len(w) for w in waveforms) / audio.sample_rate > LONG_BATCH_SECONDS)
         with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=autocast_bf16), \
                 checkpointed_layers(checkpoint_long_batches, bool(checkpoint_long_batches) and long_batch):
             loss = model(waveforms, [u.text for u in batch], [f"{u.audio_sha256}:{u.audio_filepath}" for u in batch])
