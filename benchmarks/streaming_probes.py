@@ -5,12 +5,15 @@ on the same random-init tiny-architecture model and synthetic ATC clips, so each
 be checked again. Run one job at a time; compare settings by interleaving runs yourself.
 
     uv run python benchmarks/streaming_probes.py step --sites decoder --steps 39 [--group-by-length] \\
-        [--lora-dropout 0.05] [--no-reuse-memory] [--attn eager]
+        [--lora-dropout 0.05] [--no-reuse-memory] [--attn eager] [--training-attention sdpa] [--no-banded]
     uv run python benchmarks/streaming_probes.py fill     # encoder states: clip by clip vs sorted batches of 8
 
 step: `moonlora.train.loop.train` (no-op evaluator) with batch 8, rank 8, lr 1e-3; prints train seconds,
 samples/s, the mean and median step of the first epoch (the encoder cache fills) and the median step
-after it (steady state). --no-reuse-memory skips `reuse_freed_memory` (glibc keeps its defaults).
+after it (steady state). --no-reuse-memory skips `reuse_freed_memory` (glibc keeps its defaults);
+--training-attention sets the decoder attention of the training forward (the family's
+`training_attention`, eager for streaming); --no-banded runs training's encoder layers with the model's
+masked attention instead of `banded_attention`; --attn sets the model's own implementation (decoding).
 fill: every training clip's encoder states without gradients, clip by clip (`clip_states`) and in
 length-sorted groups of 8 (`states_from_stems_batched`), twice each, interleaved, ms per clip.
 
@@ -56,6 +59,16 @@ def step_probe(args) -> None:
     model_dir, manifest = work_folder(Path(args.work))
     if args.no_reuse_memory:
         loop.reuse_freed_memory = lambda: False
+    if args.training_attention:
+        from dataclasses import replace
+
+        from moonlora.model import families
+        families.FAMILIES["moonshine_streaming"] = replace(families.FAMILIES["moonshine_streaming"],
+                                                           training_attention=args.training_attention)
+    if args.no_banded:
+        from moonlora.model import streaming_encoder
+        model_layers = streaming_encoder.layers
+        streaming_encoder.layers = lambda encoder, hidden, frame_mask, banded=False: model_layers(encoder, hidden, frame_mask)
     clips = load_manifest(manifest).utterances
     loaded = load_model(model_dir, device="cpu")
     if args.attn:
@@ -124,6 +137,8 @@ def main() -> None:
     parser.add_argument("--lora-dropout", type=float, default=0.05)
     parser.add_argument("--no-reuse-memory", action="store_true")
     parser.add_argument("--attn", default=None, help="attention implementation for the whole model (eager, sdpa)")
+    parser.add_argument("--training-attention", default=None, help="decoder attention in the training forward")
+    parser.add_argument("--no-banded", action="store_true", help="training's encoder layers without banded attention")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -16,6 +16,8 @@ Two families today: Moonshine (v1: tiny, base; model type `moonshine`) and Moons
    states, its stem, its encoder-output type; name it in `encoding`. Say what its encoder can do:
    `exact_padded_batches` only if a padded batch can give each clip the states it gets alone
    (Moonshine: `moonlora.model.encoder.encode_batched_exact`); otherwise clips are encoded alone.
+   Optionally `training_attention`: another registered attention implementation for the decoder in
+   the training forward, where it is measured faster (decoding keeps the model's own).
 4. Name its `export_routes` (empty while it has none: `--format ort` must then be refused before any
    work) and its vocabulary rule (`reserved_vocab_slots`: embedding rows allowed beyond the
    tokenizer's pieces).
