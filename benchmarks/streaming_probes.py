@@ -5,12 +5,13 @@ on the same random-init tiny-architecture model and synthetic ATC clips, so each
 be checked again. Run one job at a time; compare settings by interleaving runs yourself.
 
     uv run python benchmarks/streaming_probes.py step --sites decoder --steps 39 [--group-by-length] \\
-        [--lora-dropout 0.05] [--no-reuse-memory] [--attn eager] [--training-attention sdpa] [--no-banded]
+        [--lora-dropout 0.05] [--no-reuse-memory] [--trim-mib 128] [--attn eager] [--training-attention sdpa] [--no-banded]
     uv run python benchmarks/streaming_probes.py fill     # encoder states: clip by clip vs sorted batches of 8
 
 step: `moonlora.train.loop.train` (no-op evaluator) with batch 8, rank 8, lr 1e-3; prints train seconds,
 samples/s, the mean and median step of the first epoch (the encoder cache fills) and the median step
-after it (steady state). --no-reuse-memory skips `reuse_freed_memory` (glibc keeps its defaults);
+after it (steady state) with the process's minor page faults over those steady steps. --no-reuse-memory
+skips `reuse_freed_memory` (glibc keeps its defaults); --trim-mib sets the trim threshold it gives glibc;
 --training-attention sets the decoder attention of the training forward (the family's
 `training_attention`, eager for streaming); --no-banded runs training's encoder layers with the model's
 masked attention instead of `banded_attention`; --attn sets the model's own implementation (decoding).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -59,6 +61,9 @@ def step_probe(args) -> None:
     model_dir, manifest = work_folder(Path(args.work))
     if args.no_reuse_memory:
         loop.reuse_freed_memory = lambda: False
+    if args.trim_mib is not None:
+        from moonlora.model import device
+        device._TRIM_THRESHOLD = args.trim_mib * 2**20
     if args.training_attention:
         from dataclasses import replace
 
@@ -80,14 +85,21 @@ def step_probe(args) -> None:
                          eval_interval=args.steps, seed=0, mixed_precision="no", device="cpu",
                          group_by_length=args.group_by_length)
     ends: list[float] = []
+    faults: list[int] = []  # minor page faults of the process so far, at each step's end
+
+    def step_ended(name, value, step) -> None:
+        if name == "train/loss":
+            ends.append(time.perf_counter())
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
     started = time.perf_counter()
     state = loop.train(loaded, loop.TrainStream(clips, [], config), config, AudioConfig(),
                        evaluate=lambda model, step: loop.IntervalEval(0.0, None, {}),
-                       run_dir=Path(tempfile.mkdtemp(prefix="probe-run-")), progress=False,
-                       log=lambda name, value, step: ends.append(time.perf_counter()) if name == "train/loss" else None).state
+                       run_dir=Path(tempfile.mkdtemp(prefix="probe-run-")), progress=False, log=step_ended).state
     steps = np.diff([started] + ends)
     first = -(-len(clips) // BATCH)  # steps of the first epoch
-    steady = f"{np.median(steps[first:]):.3f}" if len(steps) > first else "- (run ends in the first epoch)"
+    steady = (f"{np.median(steps[first:]):.3f} minor faults {faults[-1] - faults[first - 1]}" if len(steps) > first
+              else "- (run ends in the first epoch)")
     print(f"train_seconds {state.train_seconds:.2f} samples/s {state.samples / state.train_seconds:.2f} "
           f"epoch1 mean step {steps[:first].mean():.3f} median {np.median(steps[:first]):.3f} "
           f"steady median step {steady}")
@@ -136,6 +148,8 @@ def main() -> None:
     parser.add_argument("--group-by-length", action="store_true")
     parser.add_argument("--lora-dropout", type=float, default=0.05)
     parser.add_argument("--no-reuse-memory", action="store_true")
+    parser.add_argument("--trim-mib", type=int, default=None,
+                        help="glibc's trim threshold under reuse_freed_memory (its default: 1024)")
     parser.add_argument("--attn", default=None, help="attention implementation for the whole model (eager, sdpa)")
     parser.add_argument("--training-attention", default=None, help="decoder attention in the training forward")
     parser.add_argument("--no-banded", action="store_true", help="training's encoder layers without banded attention")
