@@ -5,7 +5,7 @@ on the same random-init tiny-architecture model and synthetic ATC clips, so each
 be checked again. Run one job at a time; compare settings by interleaving runs yourself.
 
     uv run python benchmarks/streaming_probes.py step --sites decoder --steps 39 [--group-by-length] \\
-        [--lora-dropout 0.05] [--no-reuse-memory] [--trim-mib 128] [--attn eager] [--training-attention sdpa] [--no-banded]
+        [--lora-dropout 0.05] [--no-reuse-memory] [--trim-mib 128] [--attn eager] [--training-attention sdpa] [--no-banded] [--per-step]
     uv run python benchmarks/streaming_probes.py fill     # encoder states: clip by clip vs sorted batches of 8
 
 step: `moonlora.train.loop.train` (no-op evaluator) with batch 8, rank 8, lr 1e-3; prints train seconds,
@@ -15,8 +15,10 @@ skips `reuse_freed_memory` (glibc keeps its defaults); --trim-mib sets the trim 
 --training-attention sets the decoder attention of the training forward (the family's
 `training_attention`, eager for streaming); --no-banded runs training's encoder layers with the model's
 masked attention instead of `banded_attention`; --attn sets the model's own implementation (decoding).
+--per-step also prints each step's seconds and minor page faults.
 fill: every training clip's encoder states without gradients, clip by clip (`clip_states`) and in
-length-sorted groups of 8 (`states_from_stems_batched`), twice each, interleaved, ms per clip.
+length-sorted groups of 8 (`states_from_stems_batched`), twice each, interleaved, ms per clip; then the
+decoder-only cache fill part by part (three rounds) and the rate of one large fp32 matrix product.
 
 --work DIR holds the model folder and clips (built on first use, as streaming_train.py builds them;
 a few minutes of speech synthesis).
@@ -100,6 +102,9 @@ def step_probe(args) -> None:
     first = -(-len(clips) // BATCH)  # steps of the first epoch
     steady = (f"{np.median(steps[first:]):.3f} minor faults {faults[-1] - faults[first - 1]}" if len(steps) > first
               else "- (run ends in the first epoch)")
+    if args.per_step:
+        for number, (seconds, faulted) in enumerate(zip(steps, np.diff([0] + faults)), start=1):
+            print(f"step {number} {seconds:.3f} s minor faults {faulted if number > 1 else '-'}")
     print(f"train_seconds {state.train_seconds:.2f} samples/s {state.samples / state.train_seconds:.2f} "
           f"epoch1 mean step {steps[:first].mean():.3f} median {np.median(steps[:first]):.3f} "
           f"steady median step {steady}")
@@ -111,13 +116,15 @@ def fill_probe(args) -> None:
     from moonlora.model.encoder import encoder_path_of, to_model
     from moonlora.model.loading import load_model
     from moonlora.model.streaming_encoder import batch_pays, states_from_stems_batched
+    from moonlora.train.loop import EncoderCache
 
     model_dir, manifest = work_folder(Path(args.work))
     loaded = load_model(model_dir, device="cpu")
     model = loaded.model.eval()
     encoder, path = model.get_encoder(), encoder_path_of(model)
+    utterances = load_manifest(manifest).utterances
     inputs = [to_model(path.clip_inputs(encoder, loaded.feature_extractor, load_audio(u.audio_filepath, AudioConfig())),
-                       torch.device("cpu"), torch.float32) for u in load_manifest(manifest).utterances]
+                       torch.device("cpu"), torch.float32) for u in utterances]
     order = sorted(range(len(inputs)), key=lambda i: inputs[i]["input_values"].shape[1])
     groups = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
 
@@ -131,12 +138,47 @@ def fill_probe(args) -> None:
                 raise SystemExit("a sorted group pads more than BATCHED_LAYERS_MAX_PADDING")
             states_from_stems_batched(encoder, stems)
 
+    def sorted_batches_by_part():
+        """The decoder-only cache fill of training, part by part: reading and framing the audio, the stems,
+        the layers (banded, one padded pass), the cross-attention keys and values."""
+        seconds = dict.fromkeys(("read", "frame", "stem", "layers", "cross K/V"), 0.0)
+        cache = EncoderCache(2**31)
+
+        def timed(part, work):
+            started = time.perf_counter()
+            result = work()
+            seconds[part] += time.perf_counter() - started
+            return result
+
+        for group in groups:
+            waves = timed("read", lambda: [load_audio(utterances[i].audio_filepath, AudioConfig()) for i in group])
+            clip_inputs = timed("frame", lambda: [to_model(path.clip_inputs(encoder, loaded.feature_extractor, wave),
+                                                           torch.device("cpu"), torch.float32) for wave in waves])
+            stems = timed("stem", lambda: [path.stem(encoder, x) for x in clip_inputs])
+            states = timed("layers", lambda: states_from_stems_batched(encoder, stems))
+            timed("cross K/V", lambda: cache.batch_cross_kv(model.get_decoder(), path, [str(i) for i in group], states))
+        print("fill by part: " + ", ".join(f"{part} {total / len(inputs) * 1000:.1f}" for part, total in seconds.items())
+              + f" ms/clip (total {sum(seconds.values()) / len(inputs) * 1000:.1f})")
+
+    def matmul_rate():
+        """fp32 GFLOP/s of one large product on these threads, laid out as the model's linear layers run it
+        (an (out, in) weight): the rate the fill's arithmetic is set against."""
+        frames, weight = torch.randn(2128, 320), torch.randn(1280, 320)
+        torch.nn.functional.linear(frames, weight)
+        started = time.perf_counter()
+        for _ in range(50):
+            torch.nn.functional.linear(frames, weight)
+        print(f"linear 2128x320 -> 1280: {2 * 2128 * 320 * 1280 * 50 / (time.perf_counter() - started) / 1e9:.0f} GFLOP/s")
+
     with torch.no_grad():
         clip_by_clip()  # warm-up
         for run in (sorted_batches, clip_by_clip) * 2:
             started = time.perf_counter()
             run()
             print(f"{run.__name__}: {(time.perf_counter() - started) / len(inputs) * 1000:.1f} ms/clip")
+        for _ in range(3):
+            sorted_batches_by_part()
+        matmul_rate()
 
 
 def main() -> None:
@@ -153,6 +195,7 @@ def main() -> None:
     parser.add_argument("--attn", default=None, help="attention implementation for the whole model (eager, sdpa)")
     parser.add_argument("--training-attention", default=None, help="decoder attention in the training forward")
     parser.add_argument("--no-banded", action="store_true", help="training's encoder layers without banded attention")
+    parser.add_argument("--per-step", action="store_true", help="step: each step's seconds and minor page faults")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

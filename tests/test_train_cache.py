@@ -160,3 +160,26 @@ def test_reuse_freed_memory_applies_on_glibc_and_changes_nothing_elsewhere(monke
         assert reuse_freed_memory() is True  # every mallopt call was accepted
     monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("musl", "1.2"))
     assert reuse_freed_memory() is False
+
+
+def test_reuse_freed_memory_keeps_blocks_up_to_32_mb_and_a_free_heap_top_up_to_1_gb(monkeypatch):
+    """The settings docs/benchmarks.md measured: at a 128 MB trim threshold the steps after the encoder cache
+    fill faulted their memory back in (hundreds of thousands of page faults), at 1 GB they did not."""
+    import ctypes
+    import platform
+
+    from moonlora.model.device import reuse_freed_memory
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+            return 1
+
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("glibc", "2.36"))
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    assert reuse_freed_memory() is True
+    # M_MMAP_THRESHOLD (-3), M_TRIM_THRESHOLD (-1), M_TOP_PAD (-2)
+    assert calls == [(-3, 32 * 2**20), (-1, 2**30), (-2, 32 * 2**20)]

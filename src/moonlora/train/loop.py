@@ -649,7 +649,7 @@ def train_step(model, accelerator, optimizer, scheduler, stream, config, audio, 
         long_batch = (bool(checkpoint_long_batches)
                       and sum(len(w) for w in waveforms) / audio.sample_rate > LONG_BATCH_SECONDS)
         with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=autocast_bf16), \
-                checkpointed_layers(checkpoint_long_batches, bool(checkpoint_long_batches) and long_batch):
+                checkpointed_layers(checkpoint_long_batches, long_batch):
             loss = model(waveforms, [u.text for u in batch], [f"{u.audio_sha256}:{u.audio_filepath}" for u in batch])
         if not processes_agree_finite(accelerator, bool(torch.isfinite(loss))):
             finite = False
