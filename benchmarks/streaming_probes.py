@@ -7,6 +7,7 @@ be checked again. Run one job at a time; compare settings by interleaving runs y
     uv run python benchmarks/streaming_probes.py step --sites decoder --steps 39 [--group-by-length] \\
         [--lora-dropout 0.05] [--no-reuse-memory] [--trim-mib 128] [--attn eager] [--training-attention sdpa] [--no-banded] [--per-step]
     uv run python benchmarks/streaming_probes.py fill     # encoder states: clip by clip vs sorted batches of 8
+    uv run python benchmarks/streaming_probes.py head [--rounds 10]   # the output layer: one product vs blocks
 
 step: `moonlora.train.loop.train` (no-op evaluator) with batch 8, rank 8, lr 1e-3; prints train seconds,
 samples/s, the mean and median step of the first epoch (the encoder cache fills) and the median step
@@ -19,6 +20,7 @@ masked attention instead of `banded_attention`; --attn sets the model's own impl
 fill: every training clip's encoder states without gradients, clip by clip (`clip_states`) and in
 length-sorted groups of 8 (`states_from_stems_batched`), twice each, interleaved, ms per clip; then the
 decoder-only cache fill part by part (three rounds) and the rate of one large fp32 matrix product.
+head: the training forward's output layer, one product against `moonlora.train.output_layer`'s blocks.
 
 --work DIR holds the model folder and clips (built on first use, as streaming_train.py builds them;
 a few minutes of speech synthesis).
@@ -181,9 +183,37 @@ def fill_probe(args) -> None:
         matmul_rate()
 
 
+def head_probe(args) -> None:
+    """The output layer's forward product as training computes it, (target positions, 320) by the streaming
+    tiny architecture's (32768, 320) weight: one product (`torch.nn.functional.linear`) against
+    `moonlora.train.output_layer`'s blocks of VOCABULARY_BLOCK rows, interleaved, under training's allocator
+    settings; checks the two give the same bits and prints the median ms a call of each."""
+    from moonlora.model.device import reuse_freed_memory
+    from moonlora.train.output_layer import output_logits
+
+    reuse_freed_memory()
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(320, 32768, bias=False).requires_grad_(False)
+    batches = [torch.randn(positions, 320) for positions in (105, 128, 146, 168, 180)]
+    if not all(torch.equal(layer(hidden), output_logits(layer, hidden)) for hidden in batches):
+        raise SystemExit("the blocked product differs from the plain one")
+    seconds = {"one product": [], "blocked": []}
+    ways = {"one product": lambda hidden: torch.nn.functional.linear(hidden, layer.weight),
+            "blocked": lambda hidden: output_logits(layer, hidden)}
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            for name, way in ways.items():
+                started = time.perf_counter()
+                for hidden in batches:
+                    way(hidden)
+                seconds[name].append((time.perf_counter() - started) / len(batches))
+    print("output layer forward, 105-180 positions: " + ", ".join(
+        f"{name} {np.median(values) * 1000:.1f} ms" for name, values in seconds.items()) + " (median a call; same bits)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("probe", choices=["step", "fill"])
+    parser.add_argument("probe", choices=["step", "fill", "head"])
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "moonlora-streaming-probes"))
     parser.add_argument("--sites", choices=["decoder", "both"], default="decoder")
     parser.add_argument("--steps", type=int, default=39)
@@ -197,9 +227,10 @@ def main() -> None:
     parser.add_argument("--no-banded", action="store_true", help="training's encoder layers without banded attention")
     parser.add_argument("--per-step", action="store_true", help="step: each step's seconds and minor page faults")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10, help="head: interleaved rounds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"step": step_probe, "fill": fill_probe}[args.probe](args)
+    {"step": step_probe, "fill": fill_probe, "head": head_probe}[args.probe](args)
 
 
 if __name__ == "__main__":

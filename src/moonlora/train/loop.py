@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.utils.checkpoint
-from torch.nn.utils.rnn import pad_sequence
 from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import get_linear_schedule_with_warmup
+from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache
 
 from moonlora.data.audio import AudioConfig, BatchAudio
 from moonlora.configs import TrainConfig
@@ -35,6 +35,7 @@ from moonlora.model.families import family_for
 from moonlora.model.encoder import (encode_exact, encoder_path_of, pad_states, states_from_stems, stem_is_frozen,
                                    to_model)
 from moonlora.data.manifest import Utterance
+from moonlora.train.output_layer import output_logits
 from moonlora.outputs import OutputError, write_bytes_atomic
 from moonlora.progress import progress_bar
 from moonlora.runfolder import CHECKPOINT_STATE, CheckpointError, checkpoint_staging, is_main_process, publish_checkpoint, remove_path
@@ -281,15 +282,40 @@ class EncoderCache:
 
 def cross_attention_cache(per_clip: list[list[tuple[torch.Tensor, torch.Tensor]]]):
     """A transformers EncoderDecoderCache whose cross-attention layers hold the clips' keys and values, padded
-    to the longest clip (the encoder mask keeps attention off the padding), marked as already computed."""
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-    cross = DynamicCache()
+    to the longest clip (the encoder mask keeps attention off the padding), marked as already computed.
+    Both halves are `held_cache`s: the padded keys and values are written once, not copied again."""
+    cross = held_cache()
     for index in range(len(per_clip[0])):
-        keys = pad_sequence([clip[index][0].transpose(0, 1) for clip in per_clip], batch_first=True).transpose(1, 2)
-        values = pad_sequence([clip[index][1].transpose(0, 1) for clip in per_clip], batch_first=True).transpose(1, 2)
-        cross.update(keys, values, index)
-    return EncoderDecoderCache(DynamicCache(), cross)
+        cross.update(*(padded_heads([clip[index][part] for clip in per_clip]) for part in (0, 1)), index)
+    return EncoderDecoderCache(held_cache(), cross)
+
+
+def padded_heads(per_clip: list[torch.Tensor]) -> torch.Tensor:
+    """(heads, frames, head dim) tensors -> one (clips, heads, most frames, head dim), zero-padded."""
+    heads, _, head_dim = per_clip[0].shape
+    batch = per_clip[0].new_zeros(len(per_clip), heads, max(t.shape[1] for t in per_clip), head_dim)
+    for row, states in enumerate(per_clip):
+        batch[row, :, :states.shape[1]] = states
+    return batch
+
+
+class HeldLayer(DynamicLayer):
+    """A `DynamicLayer` that keeps the first keys and values it is given instead of copying them."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self.is_initialized:
+            return super().update(key_states, value_states, *args, **kwargs)
+        self.lazy_initialization(key_states, value_states)
+        self.keys, self.values = key_states, value_states
+        return self.keys, self.values
+
+
+def held_cache() -> Cache:
+    """A transformers Cache of `HeldLayer`s. `DynamicLayer` concatenates onto an empty tensor, a copy of every
+    layer's keys and values per forward (about 50 MB a decoder-only step with the cross-attention ones); the
+    training forward updates each layer once, so here nothing is copied (a second update appends as
+    `DynamicLayer` does)."""
+    return Cache(layer_class_to_replicate=HeldLayer)
 
 
 def clip_inputs(path, encoder, feature_extractor, waveforms: Sequence[np.ndarray],
@@ -354,7 +380,7 @@ def teacher_forced_loss(model, encoded, mask: torch.Tensor, labels: torch.Tensor
         hidden = generator.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=decoder_input_ids,
                                  **cache_kwargs).last_hidden_state
     targets = labels != -100
-    logits = generator.proj_out(hidden[targets])
+    logits = output_logits(generator.proj_out, hidden[targets])
     return torch.nn.functional.cross_entropy(logits.float(), labels[targets])
 
 
