@@ -494,11 +494,16 @@ def main() -> None:
 
 
 def cpu_model() -> str:
+    """The CPU's model name, family and model numbers, and its widest vector extension (two machines named
+    "AMD EPYC" here differed by AVX-512 and by a third in speed)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                      if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        flags = fields.get("flags", "").split()
+        vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+        return f"{fields['model name']} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {vector})"
+    except (OSError, KeyError, ValueError):
         pass
     return platform.processor() or platform.machine()
 
