@@ -138,6 +138,14 @@ def streaming_exports(tmp_path_factory):
     return models, root
 
 
+def as_runtime_writes(text: str) -> str:
+    """Our text as the runtime spells it: it writes a token that is a lone byte of an unfinished UTF-8
+    character (sentencepiece byte fallback, ids 3-258) as "?", where the tokenizer's decode writes U+FFFD.
+    Seen 2026-12-03 on an AVX2 machine: the int8 graphs chose id 228 (byte 0xE1) at one step of three
+    lines, on both sides (the rest of each line, which follows from that token, matched)."""
+    return text.replace("\ufffd", "?")
+
+
 def compare_lines(model, folder, tmp_path) -> list[dict]:
     """Per runtime line of every phrase: the runtime's text; ours from the samples the runtime feeds
     (`runtime_samples`, in its 1280-sample chunks) and ours from the whole line; the samples the runtime
@@ -162,7 +170,7 @@ def compare_lines(model, folder, tmp_path) -> list[dict]:
                                                max_new_tokens=cap, do_sample=False, num_beams=1)
                 assert [t for t in generated[0].tolist() if t not in (1, 2)] == tokens, text
             assert line["text"], text  # random weights, yet never silent: a real comparison
-            rows.append({"runtime": line["text"], "fed": ours.decoder().detokenize(tokens),
+            rows.append({"runtime": line["text"], "fed": as_runtime_writes(ours.decoder().detokenize(tokens)),
                          "whole": ours.decoder().detokenize(whole), "dropped": audio.size - fed.size,
                          "margins": margins})
     assert len(rows) >= 5
