@@ -3,6 +3,7 @@ SIGINT (the run records `interrupted`, as after Ctrl-C) and resumed with --resum
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -68,7 +69,16 @@ def test_a_bad_form_is_refused_before_any_process_starts(root, tiny_model_dir):
     assert studio.jobs.listing() == [] and not (root / "runs").exists()
 
 
-def test_stop_is_a_clean_interrupt_and_resume_continues_the_run(root, tiny_model_dir):
+@pytest.fixture
+def sigint_ignored():
+    """SIGINT ignored in this process, as in a background job of a non-interactive shell (how CI once ran the
+    suite): the studio's jobs inherit that disposition."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_stop_is_a_clean_interrupt_and_resume_continues_the_run(root, tiny_model_dir, sigint_ignored):
     client, studio = client_for(root)
     run = root / "runs" / "long"
     form = {"output_dir": "runs/long", "dataset_path": "data/train.jsonl", "manifest_path": "data/main.jsonl",

@@ -241,7 +241,8 @@ class Jobs:
         try:
             job.process = subprocess.Popen([sys.executable, "-m", "moonlora", "--quiet", *job.argv], cwd=self.root,
                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                           start_new_session=True,
+                                           env={**os.environ, "PYTHONUNBUFFERED": "1", "MOONLORA_STUDIO_JOB": "1"})
         finally:
             log.close()
         job.pid, job.returncode, job.ended_at, job.stopped = job.process.pid, None, None, False
