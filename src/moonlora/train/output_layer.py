@@ -4,7 +4,7 @@ On 2 CPU cores MKL runs the output layer's product, (100-200 target positions, 3
 at 55-65 GFLOP/s: its 42 MB weight and 13-24 MB of logits stream through the caches. Done 1024
 vocabulary rows at a time (a 1.3 MB weight block) the same product takes about a fifth less time
 and gives the same bits: each logit is still one 320-term dot product, computed by the same kernel
-(tests/test_train_cache.py checks equality and the gradient; `benchmarks/streaming_probes.py head`
+(tests/test_output_layer.py checks equality and the gradient; `benchmarks/streaming_probes.py head`
 times both). The backward product is left as autograd does it: its 32768-term reductions already
 run near the machine's rate. Used only where the weight trains nothing (the frozen output layer of a
 LoRA run) and on the CPU; anything else goes through the module itself.
