@@ -107,6 +107,22 @@ def tiny_loaded(tiny_model_dir):
     return load_model(str(tiny_model_dir), device="cpu")
 
 
+def lora_loaded_non_identity(folder: Path):
+    """(loaded bundle, LoRA model) from a model folder: rank 4, no dropout, every lora_B drawn from N(0, 0.1) with
+    seed 0, so the adapter changes the outputs (a fresh LoRA is the identity and checks on it pass vacuously)."""
+    from moonlora.configs import LoraSettings
+    from moonlora.model.loading import load_model
+    from moonlora.model.lora import attach_lora
+
+    loaded = load_model(str(folder), device="cpu")
+    model = attach_lora(loaded.model, LoraSettings(r=4, dropout=0.0), seed=0)
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.1)
+    return loaded, model
+
+
 def write_tone(path: Path, seconds: float, sample_rate: int = 16000, channels: int = 1, seed: int = 0) -> Path:
     """A noisy tone (stand-in speech) of the given length."""
     rng = np.random.default_rng(seed)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lora_loaded_non_identity
 
-from moonlora.configs import LoraSettings
 from moonlora.model.encoder import encoder_path_of
-from moonlora.model.lora import attach_lora
 from moonlora.train import output_layer
 from moonlora.train.loop import HeldLayer, held_cache, label_ids, teacher_forced_loss
 from moonlora.train.output_layer import blocked_output_applies, output_logits
@@ -45,14 +44,7 @@ def test_anything_but_a_frozen_bias_free_fp32_cpu_layer_goes_through_the_module(
 
 def test_the_streaming_training_loss_uses_the_blocked_head_and_gives_the_same_loss_and_gradients(tiny_streaming_dir,
                                                                                                  monkeypatch):
-    from moonlora.model.loading import load_model
-
-    loaded = load_model(str(tiny_streaming_dir), device="cpu")
-    model = attach_lora(loaded.model, LoraSettings(r=4, dropout=0.0), seed=0)
-    torch.manual_seed(0)
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            parameter.data.normal_(0, 0.1)
+    loaded, model = lora_loaded_non_identity(tiny_streaming_dir)
     states = torch.randn(2, 11, model.config.encoder_config.hidden_size)
     mask = torch.ones(2, 11, dtype=torch.long)
     labels = label_ids(loaded.tokenizer, ["cleared to land", "hold short"], model.config.eos_token_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lora_loaded_non_identity
 
 from moonlora.train import loop as train_module
 from moonlora.data.audio import AudioConfig, load_audio
@@ -112,16 +113,10 @@ def test_cached_encoder_training_matches_uncached_training(tiny_model_dir, tone_
 def test_the_loss_on_target_positions_equals_the_models_own_loss_and_gradients(family, tiny_model_dir, tiny_streaming_dir):
     """`teacher_forced_loss` projects only the non-padded label positions; loss and LoRA gradients must be the
     ones `model(labels=...)` gives (a non-identity adapter, labels of unequal lengths so padding exists)."""
-    from moonlora.model.loading import load_model
     from moonlora.train.loop import label_ids, teacher_forced_loss
 
     folder = tiny_model_dir if family == "moonshine" else tiny_streaming_dir
-    loaded = load_model(str(folder), device="cpu")
-    model = attach_lora(loaded.model, LoraSettings(r=4, dropout=0.0), seed=0)
-    torch.manual_seed(0)
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            parameter.data.normal_(0, 0.1)
+    loaded, model = lora_loaded_non_identity(folder)
     hidden = model.config.encoder_config.hidden_size if family == "moonshine_streaming" else model.config.hidden_size
     states = torch.randn(3, 17, hidden)
     mask = torch.ones(3, 17, dtype=torch.long)
