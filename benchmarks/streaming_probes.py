@@ -5,7 +5,7 @@ on the same random-init tiny-architecture model and synthetic ATC clips, so each
 be checked again. Run one job at a time; compare settings by interleaving runs yourself.
 
     uv run python benchmarks/streaming_probes.py step --sites decoder --steps 39 [--group-by-length] \\
-        [--lora-dropout 0.05] [--no-reuse-memory] [--trim-mib 128] [--attn eager] [--training-attention sdpa] [--no-banded] [--per-step]
+        [--lora-dropout 0.05] [--no-reuse-memory] [--trim-mib 128] [--attn eager] [--training-attention sdpa] [--no-banded] [--per-step] [--profile]
     uv run python benchmarks/streaming_probes.py fill     # encoder states: clip by clip vs sorted batches of 8
     uv run python benchmarks/streaming_probes.py head [--rounds 10]   # the output layer: one product vs blocks
 
@@ -16,7 +16,8 @@ skips `reuse_freed_memory` (glibc keeps its defaults); --trim-mib sets the trim 
 --training-attention sets the decoder attention of the training forward (the family's
 `training_attention`, eager for streaming); --no-banded runs training's encoder layers with the model's
 masked attention instead of `banded_attention`; --attn sets the model's own implementation (decoding).
---per-step also prints each step's seconds and minor page faults.
+--per-step also prints each step's seconds and minor page faults; --profile runs torch.profiler over the
+steps after the first epoch and prints each operator's ms a step and the rate of the encoder-sized products.
 fill: every training clip's encoder states without gradients, clip by clip (`clip_states`) and in
 length-sorted groups of 8 (`states_from_stems_batched`), twice each, interleaved, ms per clip; then the
 decoder-only cache fill part by part (three rounds) and the rate of one large fp32 matrix product.
@@ -91,17 +92,24 @@ def step_probe(args) -> None:
     ends: list[float] = []
     faults: list[int] = []  # minor page faults of the process so far, at each step's end
 
+    first = -(-len(clips) // BATCH)  # steps of the first epoch
+    profiler = torch.profiler.profile(record_shapes=True) if args.profile else None
+
     def step_ended(name, value, step) -> None:
         if name == "train/loss":
             ends.append(time.perf_counter())
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+            if profiler is not None and len(ends) == first:
+                profiler.start()  # the steps after the first epoch: the encoder cache, if any, is full
 
     started = time.perf_counter()
     state = loop.train(loaded, loop.TrainStream(clips, [], config), config, AudioConfig(),
                        evaluate=lambda model, step: loop.IntervalEval(0.0, None, {}),
                        run_dir=Path(tempfile.mkdtemp(prefix="probe-run-")), progress=False, log=step_ended).state
+    if profiler is not None:
+        profiler.stop()
+        print_profile(profiler, len(ends) - first)
     steps = np.diff([started] + ends)
-    first = -(-len(clips) // BATCH)  # steps of the first epoch
     steady = (f"{np.median(steps[first:]):.3f} minor faults {faults[-1] - faults[first - 1]}" if len(steps) > first
               else "- (run ends in the first epoch)")
     if args.per_step:
@@ -110,6 +118,29 @@ def step_probe(args) -> None:
     print(f"train_seconds {state.train_seconds:.2f} samples/s {state.samples / state.train_seconds:.2f} "
           f"epoch1 mean step {steps[:first].mean():.3f} median {np.median(steps[:first]):.3f} "
           f"steady median step {steady}")
+
+
+def print_profile(profiler, steps: int) -> None:
+    """`step --profile`: torch.profiler's ms a step per operator over the profiled steps (the 15 largest), and
+    the matrix products with over 1,000 rows (the encoder-sized ones) apart, with their GFLOP/s."""
+    if steps < 1:
+        raise SystemExit("--profile needs --steps beyond the first epoch")
+    events = profiler.key_averages(group_by_input_shape=True)
+    totals: dict[str, float] = {}
+    large_ms = large_flop = 0.0
+    for event in events:
+        totals[event.key] = totals.get(event.key, 0.0) + event.self_cpu_time_total / 1e3 / steps
+        if event.key in ("aten::mm", "aten::addmm"):
+            shapes = [shape for shape in event.input_shapes if shape]
+            left, right = (shapes[1], shapes[2]) if event.key == "aten::addmm" else (shapes[0], shapes[1])
+            if left[0] > 1000:
+                large_ms += event.self_cpu_time_total / 1e3 / steps
+                large_flop += 2 * left[0] * left[1] * right[1] * event.count / steps
+    print(f"profile over {steps} steps after the first epoch (ms a step, self CPU):")
+    for key, ms in sorted(totals.items(), key=lambda item: -item[1])[:15]:
+        print(f"  {ms:8.1f}  {key}")
+    if large_ms:
+        print(f"  matrix products over 1,000 rows: {large_ms:.1f} ms a step, {large_flop / large_ms / 1e6:.0f} GFLOP/s")
 
 
 def fill_probe(args) -> None:
@@ -226,6 +257,8 @@ def main() -> None:
     parser.add_argument("--training-attention", default=None, help="decoder attention in the training forward")
     parser.add_argument("--no-banded", action="store_true", help="training's encoder layers without banded attention")
     parser.add_argument("--per-step", action="store_true", help="step: each step's seconds and minor page faults")
+    parser.add_argument("--profile", action="store_true",
+                        help="step: torch.profiler over the steps after the first epoch, ms a step per operator")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10, help="head: interleaved rounds")
     args = parser.parse_args()

@@ -171,7 +171,7 @@ def compare_lines(model, folder, tmp_path) -> list[dict]:
                 assert [t for t in generated[0].tolist() if t not in (1, 2)] == tokens, text
             assert line["text"], text  # random weights, yet never silent: a real comparison
             rows.append({"runtime": line["text"], "fed": as_runtime_writes(ours.decoder().detokenize(tokens)),
-                         "whole": ours.decoder().detokenize(whole), "dropped": audio.size - fed.size,
+                         "whole": as_runtime_writes(ours.decoder().detokenize(whole)), "dropped": audio.size - fed.size,
                          "margins": margins})
     assert len(rows) >= 5
     return rows
